@@ -16,28 +16,25 @@ nowhere else: never printed, logged or written into a file.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import logging
-import os
 import re
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HubAuthError, PublishError, QuantkitError, UploadVerificationError
+from .errors import PublishError, UploadVerificationError
 from .gguf_split import DEFAULT_SHARD_BYTES, HUB_MAX_FILE_BYTES
+from .hub_access import check_write_access, find_token_source, resolve_token
+from .hub_errors import hub_errors, retrying
 
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = HUB_MAX_FILE_BYTES  # GGUFs above this are split before upload
 SHARD_BYTES = DEFAULT_SHARD_BYTES
 LARGE_UPLOAD_BYTES = 50 * 10**9  # above this, on the LFS path, upload_large_folder
-UPLOAD_ATTEMPTS = 3  # whole-upload attempts; the client also retries each request
-RETRY_WAIT_S = 2.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _WEIGHTS = (".gguf", ".safetensors")
 _CARD_FILES = ("manifest.json", "README.md", "Modelfile")
@@ -82,10 +79,10 @@ def publish(
     _check_arguments(folder, repo_id, revision, create_pr)
     manifest = read_manifest(folder)
     _check_files_against_manifest(folder, manifest)
-    token_source = _token_source(token)
+    token_source = find_token_source(token)
     if not dry_run:
-        token = _resolve_token(token)
-        _check_write_access(token, repo_id)
+        token = resolve_token(token)
+        check_write_access(token, repo_id)
     oversize = [
         f["name"]
         for f in manifest["files"]
@@ -125,7 +122,7 @@ def check_push_access(repo_id: str, token: str | None = None) -> None:
     """Refuse a push that would fail (bad id, no token, no write access) before a long
     conversion starts rather than after it."""
     _check_repo_id(repo_id)
-    _check_write_access(_resolve_token(token), repo_id)
+    check_write_access(resolve_token(token), repo_id)
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -163,71 +160,6 @@ def _check_files_against_manifest(folder: Path, manifest: dict[str, Any]) -> Non
             "The artifact folder does not match its manifest: " + "; ".join(problems) + ".",
             hint="Upload the folder `quantkit convert` wrote, unchanged.",
         )
-
-
-def _token_source(token: str | None) -> str | None:
-    if token:
-        return "argument"
-    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
-        return "HF_TOKEN"
-    from huggingface_hub import constants
-
-    # Only look: get_token() may exchange an OIDC token over the network.
-    return "stored login" if Path(constants.HF_TOKEN_PATH).is_file() else None
-
-
-def _resolve_token(token: str | None) -> str:
-    from huggingface_hub import get_token
-
-    token = token or get_token()
-    if not token:
-        raise HubAuthError(
-            "No Hugging Face token was found.",
-            hint="Set HF_TOKEN, or run `hf auth login` with a token that has write access.",
-        )
-    return token
-
-
-def _check_write_access(token: str, repo_id: str) -> None:
-    """Ask the Hub who the token belongs to and whether it may write to the namespace."""
-    from huggingface_hub import HfApi
-
-    with _hub_errors(repo_id, stage="checking the token"):
-        info = HfApi(token=token).whoami()
-    namespace = repo_id.split("/")[0]
-    access = (info.get("auth") or {}).get("accessToken") or {}
-    role = access.get("role")
-    orgs = {o.get("name"): o.get("roleInOrg") for o in info.get("orgs") or []}
-    user = info.get("name")
-    if role == "read":
-        raise HubAuthError(
-            f"The token ({access.get('displayName') or 'unnamed'}, of {user}) is read-only.",
-            hint="Create a token with write access at https://huggingface.co/settings/tokens.",
-        )
-    if role == "fineGrained" and not _fine_grained_may_write(access, namespace, repo_id):
-        raise HubAuthError(
-            f"The fine-grained token of {user} has no write permission on {namespace}.",
-            hint="Add 'Write access to contents/settings of all repos' for that namespace.",
-        )
-    if namespace != user and namespace not in orgs:
-        raise HubAuthError(
-            f"{user} cannot create repos under {namespace!r}: not their name nor one of their "
-            f"organizations ({', '.join(sorted(o for o in orgs if o)) or 'none'}).",
-            hint=f"Use --repo {user}/NAME or an organization you belong to.",
-        )
-    if namespace in orgs and orgs[namespace] == "read":
-        raise HubAuthError(f"{user} has the read role in the {namespace} organization.")
-
-
-def _fine_grained_may_write(access: dict[str, Any], namespace: str, repo_id: str) -> bool:
-    grants = (access.get("fineGrained") or {}).get("scoped") or []
-    for grant in grants:
-        entity = grant.get("entity") or {}
-        if entity.get("name") in (namespace, repo_id) and "repo.write" in (
-            grant.get("permissions") or []
-        ):
-            return True
-    return False
 
 
 # --- splitting and the file set ---------------------------------------------------------------
@@ -340,12 +272,12 @@ def _upload_and_verify(
     api = HfApi(token=token)
     repo_id, revision = result["repo_id"], result["revision"]
     method = _method(upload, create_pr)
-    with _hub_errors(repo_id, stage="creating the repo"):
-        repo_url = _retrying(
+    with hub_errors(repo_id, stage="creating the repo"):
+        repo_url = retrying(
             lambda: api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         )
         if revision != "main" and not revision.startswith("refs/pr/"):
-            _retrying(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True))
+            retrying(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True))
     source, target = manifest["source"], manifest["target"]
     message = f"quantkit: {target['quant']} {target['format']} of {source.get('name')}"
     patterns = [glob.escape(f["name"]) for f in upload]
@@ -373,10 +305,10 @@ def _upload_and_verify(
             allow_patterns=patterns,
         )
 
-    with _hub_errors(repo_id, stage="uploading"):
-        commit = _retrying(transfer)
+    with hub_errors(repo_id, stage="uploading"):
+        commit = retrying(transfer)
     where = commit.pr_revision if commit is not None and commit.pr_revision else revision
-    with _hub_errors(repo_id, stage="verifying the upload"):
+    with hub_errors(repo_id, stage="verifying the upload"):
         mismatches, upload = _verify(api, repo_id, where, folder, upload)
     if mismatches:
         raise UploadVerificationError(
@@ -444,99 +376,3 @@ def _sha256(path: Path) -> str:
 def _git_blob_id(path: Path) -> str:
     data = path.read_bytes()  # only small (non-LFS) files come here
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-# --- errors and retries ----------------------------------------------------------------------
-
-
-def _retrying(call):
-    """Run `call`, again on a transient failure (a 5xx, 429 or a dropped connection) after
-    the client's own per-request retries gave up. Re-running an upload sends only what the
-    Hub does not have yet: the LFS batch answers "present" for objects already stored."""
-    for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-        try:
-            return call()
-        except Exception as exc:
-            if attempt == UPLOAD_ATTEMPTS or not _transient(exc):
-                raise
-            log.warning(
-                "transient Hub error (%s); attempt %d of %d",
-                _describe(exc),
-                attempt + 1,
-                UPLOAD_ATTEMPTS,
-            )
-            time.sleep(RETRY_WAIT_S * attempt)
-    raise AssertionError("unreachable")
-
-
-def _chain(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None) if response is not None else None
-
-
-def _transient(exc: BaseException) -> bool:
-    import httpx
-
-    for link in _chain(exc):
-        if isinstance(link, httpx.TransportError | ConnectionError | TimeoutError):
-            return True
-        status = _status(link)
-        if status is not None:
-            return status >= 500 or status == 429
-    return False
-
-
-def _describe(exc: BaseException) -> str:
-    for link in _chain(exc):
-        status = _status(link)
-        if status is not None:
-            return f"HTTP {status}"
-    return type(exc).__name__
-
-
-@contextlib.contextmanager
-def _hub_errors(repo_id: str, *, stage: str):
-    """Turn huggingface_hub's and httpx's exceptions into one-line QuantkitErrors."""
-    try:
-        yield
-    except QuantkitError:
-        raise
-    except Exception as exc:
-        raise _translate(exc, f"while {stage} for {repo_id}", repo_id) from exc
-
-
-def _translate(exc: Exception, where: str, repo_id: str) -> QuantkitError:
-    from huggingface_hub.errors import LocalTokenNotFoundError
-
-    statuses = [s for s in (_status(link) for link in _chain(exc)) if s is not None]
-    status = statuses[0] if statuses else None
-    if isinstance(exc, LocalTokenNotFoundError):
-        return HubAuthError("No Hugging Face token was found.", hint="Set HF_TOKEN.")
-    if status == 401:
-        return HubAuthError(
-            f"The Hub rejected the token (401 Unauthorized) {where}.",
-            hint="Check HF_TOKEN or run `hf auth login` again.",
-        )
-    if status == 403:
-        return HubAuthError(
-            f"The token may not write to {repo_id} (403 Forbidden) {where}.",
-            hint="Use a token with write access to that namespace.",
-        )
-    if status == 404:
-        return PublishError(f"The Hub answered 404 Not Found {where}.")
-    if _transient(exc):
-        return PublishError(
-            f"The Hub connection failed {where} ({_describe(exc)}) after "
-            f"{UPLOAD_ATTEMPTS} attempts.",
-            hint="Run the same command again: files already on the Hub are not re-sent.",
-        )
-    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return PublishError(f"The upload failed {where}: {detail}.")

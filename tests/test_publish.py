@@ -17,8 +17,10 @@ import pytest
 from conftest_hub import *  # noqa: F401,F403
 from conftest_hub import READ_TOKEN, UNKNOWN_TOKEN, WRITE_TOKEN
 
+from quantkit import hub_errors
 from quantkit import publish as publish_module
-from quantkit.publish import HubAuthError, PublishError, UploadVerificationError, publish
+from quantkit.errors import HubAuthError, PublishError, UploadVerificationError
+from quantkit.publish import publish
 
 REPO = "alice/demo-Q4_K_M-GGUF"
 WRITES = ("/api/repos/create", "/preupload/", "/commit/", "/lfs")
@@ -38,7 +40,7 @@ def _assert_arrived(hub, artifact: Path, names, revision: str = "main") -> None:
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(publish_module, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(hub_errors, "RETRY_WAIT_S", 0.0)
 
 
 def test_upload_arrives_byte_for_byte_and_is_verified(hub, demo_artifact, caplog, capsys):
