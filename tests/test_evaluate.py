@@ -182,7 +182,8 @@ def test_tokenization_mismatch_is_refused_before_any_weights_load(
 
 def test_kl_estimate_and_bound_on_synthetic_distributions() -> None:
     from quantkit.eval_engines import Reference
-    from quantkit.evaluate import _compress, kl_divergence
+    from quantkit.eval_math import compress_rows as _compress
+    from quantkit.eval_math import kl_divergence
 
     rng = np.random.default_rng(1)
     vocab, n = 5000, 200
