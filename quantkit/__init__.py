@@ -4,6 +4,7 @@ Public API (heavy libraries are imported only inside the functions that need the
     convert(model, ...)       -> ConvertResult   (quantkit.pipeline.convert)
     plan(model, profile, ...) -> list[Plan]      (quantkit.planner.plan_model)
     upload(artifact_dir, repo) -> PublishResult  (quantkit.publish.publish)
+    inspect(artifact, against=None) -> InspectReport (quantkit.inspection.inspect)
     load_source(model)        -> SourceModel
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "SourceModel",
     "__version__",
     "convert",
+    "inspect",
     "load_source",
     "plan",
     "upload",
@@ -44,3 +46,11 @@ def upload(*args, **kwargs):
     from .publish import publish
 
     return publish(*args, **kwargs)
+
+
+def inspect(*args, **kwargs):
+    """See quantkit.inspection.inspect: the token, turn-end and chat-template survival checks
+    on a GGUF or safetensors artifact, optionally against its source."""
+    from .inspection import inspect as _inspect
+
+    return _inspect(*args, **kwargs)

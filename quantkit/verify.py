@@ -1,18 +1,21 @@
-"""Checks that an artifact still speaks the source's language: special tokens, the turn
-end, and a short greedy generation in the runtime that will load it.
+"""The survival checks `quantkit convert` runs on every GGUF: the whole `quantkit inspect`
+battery against the source (quantkit/inspection/), then a short greedy reply in llama.cpp.
 
-This is the check every `quantkit convert` runs on its GGUF; the full survival suite
-(templates rendered in the runtime, token types, rope) builds on the same Check records.
+Check is the record every check returns, here and in quantkit.inspection.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .chat_template import render
 from .errors import require
-from .source import SourceModel
+
+if TYPE_CHECKING:
+    from .backends.gguf.vocab import TokenTypePolicy
+    from .source import SourceModel
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,33 @@ class Check:
         return asdict(self)
 
 
-def check_gguf(path: Path, source: SourceModel, *, max_new_tokens: int = 48) -> list[Check]:
-    """Load the GGUF in llama.cpp and compare its tokens and turn end with the source."""
+def check_gguf(
+    path: Path,
+    source: SourceModel,
+    *,
+    max_new_tokens: int = 48,
+    policy: TokenTypePolicy | None = None,
+) -> list[Check]:
+    """The full inspection of a GGUF against its source (tokens, token types, turn end,
+    BOS/PAD, templates, the rendering battery, tokenization, rope; quantkit.inspection),
+    then a short greedy reply with the weights loaded. `policy` is the token-type policy
+    the GGUF was written with (convert's --token-type overrides)."""
     require("llama_cpp", "gguf")
+    from .inspection.gguf_checks import gguf_checks
+    from .inspection.gguf_meta import gguf_files
+    from .inspection.reference import reference_from_source
+
+    if source.tokenizer is None:
+        return [Check("special tokens single ids", True, "source has no tokenizer", False)]
+    reference = reference_from_source(source)
+    checks = gguf_checks(gguf_files(Path(path)), reference, policy=policy)
+    checks.append(gguf_generation_check(Path(path), reference, max_new_tokens))
+    return checks
+
+
+def gguf_generation_check(path: Path, reference, max_new_tokens: int = 48) -> Check:
+    """Load the weights (the only check that does) and let llama.cpp answer a one-line chat
+    greedily; `reference` (an inspection Reference or None) supplies the template."""
     from llama_cpp import Llama
 
     from .backends.gguf.quantize import silence_llama_cpp
@@ -36,56 +63,31 @@ def check_gguf(path: Path, source: SourceModel, *, max_new_tokens: int = 48) -> 
     silence_llama_cpp()
     llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, seed=0)
     try:
-        checks = [_added_tokens_check(llm, source), _turn_end_check(llm, source)]
-        checks.append(_generation_check(llm, source, max_new_tokens))
-        return checks
+        bundle = reference.bundle if reference is not None else None
+        return _generation_check(llm, _prompt_ids(llm, bundle), max_new_tokens)
     finally:
         llm.close()
-
-
-def _added_tokens_check(llm, source: SourceModel) -> Check:
-    bundle = source.tokenizer
-    assert bundle is not None
-    wrong = []
-    for tok in bundle.added_tokens:
-        ids = llm.tokenize(tok.content.encode(), add_bos=False, special=True)
-        if ids != [tok.id]:
-            wrong.append(f"{tok.content!r}: source id {tok.id}, artifact {ids}")
-    evidence = (
-        f"{len(bundle.added_tokens)} added tokens encode to their source ids"
-        if not wrong
-        else "; ".join(wrong[:5]) + (f" (+{len(wrong) - 5} more)" if len(wrong) > 5 else "")
-    )
-    return Check("special tokens single ids", not wrong, evidence)
-
-
-def _turn_end_check(llm, source: SourceModel) -> Check:
-    import llama_cpp
-
-    from .backends.gguf.vocab import template_turn_end
-
-    assert source.tokenizer is not None
-    turn_end = template_turn_end(source.tokenizer)
-    if turn_end is None:
-        return Check("turn end is end-of-generation", True, "source has no chat template", False)
-    turn_end_id = source.tokenizer.token_id(turn_end)
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    is_eog = bool(llama_cpp.llama_vocab_is_eog(vocab, turn_end_id))
-    return Check(
-        "turn end is end-of-generation",
-        is_eog and llm.token_eos() == turn_end_id,
-        f"{turn_end} (id {turn_end_id}): eog={is_eog}, eos id={llm.token_eos()}",
-    )
 
 
 def chat_prompt_ids(llm, source: SourceModel) -> list[int] | None:
     """A one-question chat rendered with the source's default template, tokenized by the
     artifact's runtime; None when the source has no template."""
-    assert source.tokenizer is not None
-    template = source.tokenizer.chat_templates.get("default")
+    return _prompt_ids(llm, source.tokenizer)
+
+
+def _prompt_ids(llm, bundle) -> list[int] | None:
+    """The question rendered with `bundle`'s default template (the GGUF's own when there is
+    no bundle), tokenized by llama.cpp with at most one BOS."""
+    if bundle is not None:
+        template = bundle.chat_templates.get("default")
+        bos = bundle.special_token("bos") or ""
+        add_bos = bundle.add_bos
+    else:
+        template = llm.metadata.get("tokenizer.chat_template")
+        bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+        add_bos = True  # llama.cpp adds BOS only where the GGUF says so
     if template is None:
         return None
-    bos = source.tokenizer.special_token("bos") or ""
     prompt = render(
         template,
         [{"role": "user", "content": "What is the capital of France?"}],
@@ -93,16 +95,15 @@ def chat_prompt_ids(llm, source: SourceModel) -> list[int] | None:
         bos_token=bos,
     )
     # Llama-3 templates write <|begin_of_text|> themselves: never add a second BOS.
-    add_bos = source.tokenizer.add_bos and not (bos and prompt.startswith(bos))
+    add_bos = add_bos and not (bos and prompt.startswith(bos))
     return llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
 
 
-def _generation_check(llm, source: SourceModel, max_new_tokens: int) -> Check:
+def _generation_check(llm, ids: list[int] | None, max_new_tokens: int) -> Check:
     import llama_cpp
 
-    ids = chat_prompt_ids(llm, source)
     if ids is None:
-        return Check("greedy generation stops", True, "source has no chat template", False)
+        return Check("greedy generation stops", True, "no chat template", False)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     generated: list[int] = []
     for token in llm.generate(ids, temp=0.0, top_k=1):

@@ -1,0 +1,85 @@
+"""`quantkit inspect`: the survival checks on any artifact (quantkit.inspection)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import console
+
+EXAMPLES = """
+Examples:
+
+  quantkit inspect ./hermes3-8b-q4/Hermes-3-Llama-3.1-8B-Q4_K_M.gguf
+
+  quantkit inspect ./hermes3-8b-q4 --against ./Hermes-3-Llama-3.1-8B
+
+  quantkit inspect ./model-00001-of-00003.gguf --against NousResearch/Hermes-3-Llama-3.1-70B
+
+  quantkit inspect ./hermes3-8b-fp8 --against ./Hermes-3-Llama-3.1-8B --json
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="inspect", epilog=EXAMPLES)(inspect_command)
+
+
+def inspect_command(
+    artifact: Annotated[
+        str,
+        typer.Argument(help="GGUF file (any shard of a split set), or a safetensors folder."),
+    ],
+    against: Annotated[
+        str | None,
+        typer.Option("--against", "-a", help="The source model: HF folder or Hub repo id."),
+    ] = None,
+    generate: Annotated[
+        bool,
+        typer.Option("--generate", help="Also load the weights and generate a short reply."),
+    ] = False,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Hub revision of --against.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
+) -> None:
+    """Check that an artifact's special tokens, turn end and chat templates survived.
+
+    Exit 0 when every check passes, 11 when one fails; docs/verification.md explains each.
+    """
+    from ..errors import VerificationError
+    from ..inspection import inspect
+
+    console.configure(json_mode=json_out, quiet=quiet)
+    report = inspect(artifact, against, generate=generate, revision=revision)
+    if json_out:
+        console.print_json(report.to_dict())
+    else:
+        _render(report)
+    if not report.passed:
+        raise VerificationError(
+            f"{report.artifact}: {report.summary()}.",
+            hint="See the evidence above and docs/verification.md for what to do.",
+        )
+
+
+def _render(report) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    against = f" against {escape(report.against)}" if report.against else " (no source given)"
+    console.print_text(f"[bold]{escape(report.artifact)}[/] ({report.kind}){against}")
+    table = Table()
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("evidence")
+    for check in report.checks:
+        if check.passed:
+            mark = "[green]pass[/]"
+        else:
+            mark = "[bold red]FAIL[/]" if check.fatal else "[yellow]warn[/]"
+        table.add_row(escape(check.name), mark, escape(check.evidence))
+    console.print_text(table)
+    style = "green" if report.passed else "bold red"
+    console.print_text(f"[{style}]{escape(report.summary())}[/]")

@@ -1,0 +1,43 @@
+"""What `quantkit inspect` returns: the artifact, what it was compared with, the checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..verify import Check
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    artifact: str
+    kind: str  # "gguf" or "safetensors"
+    files: tuple[str, ...]
+    against: str | None
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        """True when every fatal check passed (non-fatal ones only inform)."""
+        return not self.failed
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.fatal and not c.passed]
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"all {len(self.checks)} checks passed"
+        names = ", ".join(c.name for c in self.failed)
+        return f"{len(self.failed)} of {len(self.checks)} checks failed: {names}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact,
+            "kind": self.kind,
+            "files": list(self.files),
+            "against": self.against,
+            "passed": self.passed,
+            "summary": self.summary(),
+            "checks": [c.to_dict() for c in self.checks],
+        }

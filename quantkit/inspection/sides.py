@@ -1,0 +1,218 @@
+"""The two sides every comparison has: a reference (the source tokenizer in transformers,
+or, without a source, an independent reading of the artifact's own files) and the runtime
+that will load the artifact (llama.cpp through llama-cpp-python for a GGUF, transformers
+for a safetensors folder).
+
+Each side renders a chat template by name for a battery conversation and tokenizes text.
+A template that tries to leave the Jinja sandbox raises RenderFailure(security=True); the
+comparisons report it and never hand that template to another renderer.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from .battery import Conversation
+
+
+class RenderFailure(Exception):
+    """A template refused (raise_exception) or failed to render a conversation."""
+
+    def __init__(self, message: str, *, security: bool = False) -> None:
+        super().__init__(message)
+        self.security = security
+
+
+def _failure(exc: Exception) -> RenderFailure:
+    from jinja2.exceptions import SecurityError
+
+    cause: BaseException | None = exc
+    while cause is not None:  # transformers and we wrap jinja's error in our own
+        if isinstance(cause, SecurityError):
+            return RenderFailure(f"tried to leave the Jinja sandbox: {cause}", security=True)
+        cause = cause.__cause__
+    return RenderFailure(f"{type(exc).__name__}: {exc}")
+
+
+class Side:
+    """Interface; `encode` returns None when the side has no tokenizer of its own."""
+
+    label: str = ""
+    templates: dict[str, str]
+
+    def render(self, name: str, conv: Conversation) -> str:
+        raise NotImplementedError
+
+    def encode(self, text: str, *, add_special: bool = False) -> list[int] | None:
+        return None
+
+    def piece(self, token_id: int) -> str:
+        return str(token_id)
+
+
+class TransformersSide(Side):
+    """A tokenizer folder loaded by transformers (AutoTokenizer), rendering with
+    apply_chat_template: what transformers, vLLM and TGI users get."""
+
+    def __init__(self, folder: Path, label: str) -> None:
+        from transformers import AutoTokenizer
+
+        self.label = label
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        value = self.tokenizer.chat_template
+        if isinstance(value, dict):
+            self.templates = dict(value)
+        else:
+            self.templates = {"default": value} if value else {}
+
+    def render(self, name: str, conv: Conversation) -> str:
+        try:
+            # The template text itself, not its name: a lone string template would take
+            # "default" for template source.
+            return self.tokenizer.apply_chat_template(
+                copy.deepcopy(conv.messages),
+                tools=copy.deepcopy(conv.tools),
+                chat_template=self.templates[name],
+                tokenize=False,
+                add_generation_prompt=conv.add_generation_prompt,
+                **conv.variables,
+            )
+        except Exception as exc:  # noqa: BLE001 - the failure is the evidence
+            raise _failure(exc) from exc
+
+    def encode(self, text: str, *, add_special: bool = False) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+
+    def piece(self, token_id: int) -> str:
+        return str(self.tokenizer.convert_ids_to_tokens(int(token_id)))
+
+    def token_id(self, attr: str) -> int | None:
+        value = getattr(self.tokenizer, f"{attr}_token_id", None)
+        return int(value) if isinstance(value, int) else None
+
+
+class SandboxSide(Side):
+    """quantkit's own sandboxed renderer (the environment transformers uses) over template
+    texts read straight from the artifact's files, and optionally the raw `tokenizers`
+    library on its tokenizer.json: an implementation independent of the runtime's."""
+
+    def __init__(
+        self,
+        templates: dict[str, str],
+        variables: dict[str, str],
+        label: str,
+        tokenizer_json: Path | None = None,
+    ) -> None:
+        self.label = label
+        self.templates = dict(templates)
+        self.variables = variables
+        self.tokenizer = None
+        if tokenizer_json is not None:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+
+    def render(self, name: str, conv: Conversation) -> str:
+        from ..chat_template import render
+
+        try:
+            return render(
+                self.templates[name],
+                copy.deepcopy(conv.messages),
+                add_generation_prompt=conv.add_generation_prompt,
+                tools=copy.deepcopy(conv.tools),
+                **{**self.variables, **conv.variables},
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _failure(exc) from exc
+
+    def encode(self, text: str, *, add_special: bool = False) -> list[int] | None:
+        if self.tokenizer is None:
+            return None
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special).ids)
+
+    def piece(self, token_id: int) -> str:
+        if self.tokenizer is None:
+            return str(token_id)
+        return str(self.tokenizer.id_to_token(int(token_id)))
+
+
+class LlamaCppSide(Side):
+    """A GGUF loaded vocab-only by llama-cpp-python: its tokenizer, and its Jinja chat
+    formatter fed the templates and BOS/EOS texts exactly as `Llama()` feeds them."""
+
+    def __init__(self, path: Path) -> None:
+        from llama_cpp import Llama
+
+        from ..backends.gguf.quantize import silence_llama_cpp
+
+        silence_llama_cpp()
+        self.label = "llama.cpp"
+        self.llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        meta = self.llm.metadata
+        # The same selection Llama.__init__ makes for its chat handlers.
+        self.templates = {
+            key[len("tokenizer.chat_template.") :]: value
+            for key, value in meta.items()
+            if key.startswith("tokenizer.chat_template.")
+        }
+        if "tokenizer.chat_template" in meta:
+            self.templates["default"] = meta["tokenizer.chat_template"]
+        self.bos_text = self.text(self.llm.token_bos())
+        self.eos_text = self.text(self.llm.token_eos())
+        self._formatters: dict[tuple[str, bool], Any] = {}
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def text(self, token_id: int) -> str:
+        if token_id < 0:
+            return ""
+        return self.llm._model.token_get_text(token_id)
+
+    def special_id(self, role: str) -> int:
+        fn = getattr(self._lib, f"llama_vocab_{role}")
+        return int(fn(self.vocab))
+
+    def is_eog(self, token_id: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token_id))
+
+    def add_bos(self) -> bool:
+        return bool(self._lib.llama_vocab_get_add_bos(self.vocab))
+
+    def render(self, name: str, conv: Conversation) -> str:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        key = (name, conv.add_generation_prompt)
+        try:
+            if key not in self._formatters:
+                self._formatters[key] = Jinja2ChatFormatter(
+                    template=self.templates[name],
+                    eos_token=self.eos_text,
+                    bos_token=self.bos_text,
+                    add_generation_prompt=conv.add_generation_prompt,
+                )
+            result = self._formatters[key](
+                messages=copy.deepcopy(conv.messages),
+                tools=copy.deepcopy(conv.tools),
+                **conv.variables,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _failure(exc) from exc
+        return result.prompt
+
+    def encode(self, text: str, *, add_special: bool = False) -> list[int]:
+        # special=True: as llama-cpp-python's chat handlers tokenize rendered prompts.
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+    def piece(self, token_id: int) -> str:
+        return self.text(int(token_id))
