@@ -71,7 +71,7 @@ def make_gguf(
     if verify:
         from ..verify import check_gguf
 
-        checks = [c.to_dict() for c in check_gguf(final_path, source)]
+        checks = [c.to_dict() for c in check_gguf(final_path, source, policy=policy)]
     return files, checks
 
 
