@@ -125,7 +125,14 @@ def types_check(
             continue  # reported below or by the single-ids check
         got = meta.token_types[token_id]
         if got != want:
-            wrong.append(f"{text!r} (id {token_id}) is {_name(got)}, policy says {want.name}")
+            why = (
+                "hidden from replies, so tool-call and reasoning parsers never see it"
+                if text in tags
+                else "printed in replies instead of hidden"
+            )
+            wrong.append(
+                f"{text!r} (id {token_id}) is {_name(got)}, the policy says {want.name}: {why}"
+            )
     for open_tag, close_tag in zip(HERMES_TAGS[::2], HERMES_TAGS[1::2], strict=True):
         present = [t in by_text for t in (open_tag, close_tag)]
         if any(present) and not all(present):
@@ -136,14 +143,7 @@ def types_check(
             if tag in template and tag not in by_text:
                 problems.append(f"template {name!r} writes {tag!r} but no such token exists")
     if wrong or problems:
-        why = []
-        if wrong:
-            why.append(
-                "wrong types: " + few(wrong) + " (a CONTROL tag is hidden from the reply, so "
-                "tool-call and reasoning parsers never see it; a USER_DEFINED turn marker "
-                "is printed instead of hidden)"
-            )
-        return Check(TYPES, False, "; ".join(why + problems))
+        return Check(TYPES, False, few(wrong + problems))
     return Check(
         TYPES,
         True,

@@ -150,7 +150,15 @@ class LlamaCppSide(Side):
 
         silence_llama_cpp()
         self.label = "llama.cpp"
-        self.llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        try:
+            self.llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            from .gguf_meta import ArtifactError
+
+            raise ArtifactError(
+                f"llama.cpp cannot load {path} ({exc}).",
+                hint="The file is corrupt or truncated; download or convert it again.",
+            ) from exc
         import llama_cpp
 
         self._lib = llama_cpp

@@ -1,0 +1,286 @@
+"""`quantkit.inspect` on GGUF artifacts: quantkit's own (Q8_0, Q4_K_M, a split set, the
+Llama-3.1 fixture with rope_freqs, Qwen3), llama.cpp's own converter's, and corrupted copies
+that must each be caught with a message a user understands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest_hub import *  # noqa: F401,F403 - demo_artifact_cached
+from gguf_corrupt import (
+    edited_copy,
+    rename_token,
+    replace_in_string,
+    rewritten_copy,
+    set_int,
+    set_token_type,
+)
+
+import quantkit
+from quantkit.backends.gguf_export import export_gguf
+from quantkit.inspection import ArtifactError
+from quantkit.source import load_source
+
+CONTROL, USER_DEFINED = 3, 4
+TOOL_USE_KEY = "tokenizer.chat_template.tool_use"
+
+
+@pytest.fixture(scope="module")
+def demo_q8(demo_model: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo-q8") / "demo-Q8_0.gguf"
+    return export_gguf(load_source(demo_model), out, out_type="Q8_0").path
+
+
+@pytest.fixture(scope="module")
+def llama31_q8(llama31_model: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("llama31-q8") / "llama31-Q8_0.gguf"
+    return export_gguf(load_source(llama31_model), out, out_type="Q8_0").path
+
+
+def checks(report) -> dict[str, object]:
+    return {c.name: c for c in report.checks}
+
+
+def failed(report) -> dict[str, str]:
+    return {c.name: c.evidence for c in report.failed}
+
+
+# --- artifacts that must pass ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("against", [True, False], ids=["against-source", "standalone"])
+def test_demo_q8_passes(demo_q8: Path, demo_model: Path, against: bool) -> None:
+    report = quantkit.inspect(demo_q8, demo_model if against else None)
+    assert report.passed, report.failed
+    assert report.kind == "gguf" and report.files == (str(demo_q8),)
+    by_name = checks(report)
+    assert set(by_name) >= {
+        "special tokens single ids",
+        "token types follow the policy",
+        "turn end is end-of-generation",
+        "BOS and PAD tokens",
+        "chat templates render identically",
+        "tokenization parity",
+    }
+    assert "<|im_end|> (id 2)" in by_name["turn end is end-of-generation"].evidence
+    renders = by_name["chat templates render identically"].evidence
+    assert "2 templates x 13 conversations" in renders
+    if against:
+        assert "chat templates byte-identical" in by_name
+        assert "25 added tokens of the source" in by_name["special tokens single ids"].evidence
+        assert "transformers (source) and llama.cpp" in renders
+    else:
+        assert "chat templates present" in by_name
+        assert "round-trip" in by_name["tokenization parity"].evidence
+
+
+def test_q4_k_m_artifact_folder_passes(demo_artifact_cached: Path, demo_model: Path) -> None:
+    """A convert output folder (GGUF + manifest) is accepted as the artifact."""
+    report = quantkit.inspect(demo_artifact_cached, demo_model)
+    assert report.passed, report.failed
+    assert report.files[0].endswith("-Q4_K_M.gguf")
+
+
+@pytest.mark.slow
+def test_llama31_rope_freqs_equal_the_source(llama31_q8: Path, llama31_model: Path) -> None:
+    report = quantkit.inspect(llama31_q8, llama31_model)
+    assert report.passed, report.failed
+    rope = checks(report)["rope_freqs"]
+    assert rope.passed and rope.fatal and "llama3 scaling (factor 8)" in rope.evidence
+    assert "128009" in checks(report)["turn end is end-of-generation"].evidence
+    markers = checks(report)["token types follow the policy"].evidence
+    assert "<|eot_id|>" in markers and "<|start_header_id|>" in markers
+    standalone = quantkit.inspect(llama31_q8)
+    assert standalone.passed, standalone.failed
+    assert "consistent with rope.dimension_count 64" in checks(standalone)["rope_freqs"].evidence
+
+
+@pytest.mark.slow
+def test_qwen3_passes(qwen3_model: Path, tmp_path: Path) -> None:
+    path = export_gguf(load_source(qwen3_model), tmp_path / "q.gguf", out_type="Q8_0").path
+    report = quantkit.inspect(path, qwen3_model)
+    assert report.passed, report.failed
+    assert "rope_freqs" not in {c.name for c in report.checks if c.fatal}
+    assert "<|im_end|>" in checks(report)["turn end is end-of-generation"].evidence
+
+
+def test_split_set_passes_from_any_shard(demo_q8: Path, demo_model: Path, tmp_path: Path) -> None:
+    from quantkit.gguf_split import split_gguf
+
+    shards = split_gguf(demo_q8, 60 * 10**6, tmp_path)
+    assert len(shards) == 3
+    report = quantkit.inspect(shards[1], demo_model)
+    assert report.passed, report.failed
+    assert report.files == tuple(str(s) for s in shards)
+    shards[2].unlink()
+    with pytest.raises(ArtifactError, match="incomplete.*00003-of-00003"):
+        quantkit.inspect(shards[0], demo_model)
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_llama_cpp_converter_gguf_passes(
+    reference_converter, llama31_model: Path, tmp_path: Path
+) -> None:
+    """A third-party artifact: llama.cpp's own convert_hf_to_gguf.py output."""
+    path = reference_converter.convert(llama31_model, tmp_path / "ref.gguf", "q8_0")
+    report = quantkit.inspect(path, llama31_model)
+    assert report.passed, report.failed
+    assert checks(report)["rope_freqs"].passed
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_llama_cpp_converter_hides_special_tags_and_is_caught(
+    reference_converter, llama31_model_special_tags: Path, tmp_path: Path
+) -> None:
+    """Where the source marks the Hermes tags special, llama.cpp's converter types them
+    CONTROL: llama-server would then strip <tool_call> from replies. That is the bug."""
+    path = reference_converter.convert(llama31_model_special_tags, tmp_path / "r.gguf", "q8_0")
+    report = quantkit.inspect(path, llama31_model_special_tags)
+    assert set(failed(report)) == {"token types follow the policy"}
+    evidence = failed(report)["token types follow the policy"]
+    assert "'<tool_call>'" in evidence and "is CONTROL, the policy says USER_DEFINED" in evidence
+
+
+# --- corrupted copies that must fail -----------------------------------------------------
+
+
+@pytest.mark.parametrize("against", [True, False], ids=["against-source", "standalone"])
+def test_think_retyped_control_is_caught(
+    demo_q8: Path, demo_model: Path, tmp_path: Path, against: bool
+) -> None:
+    bad = edited_copy(demo_q8, tmp_path / "b.gguf", lambda f: set_token_type(f, "<think>", CONTROL))
+    report = quantkit.inspect(bad, demo_model if against else None)
+    assert set(failed(report)) == {"token types follow the policy"}
+    evidence = failed(report)["token types follow the policy"]
+    assert "'<think>' (id 49158) is CONTROL, the policy says USER_DEFINED" in evidence
+    assert "parsers never see it" in evidence
+
+
+def test_turn_marker_retyped_user_defined_is_caught(demo_q8: Path, tmp_path: Path) -> None:
+    bad = edited_copy(
+        demo_q8, tmp_path / "b.gguf", lambda f: set_token_type(f, "<|im_start|>", USER_DEFINED)
+    )
+    evidence = failed(quantkit.inspect(bad))["token types follow the policy"]
+    assert "'<|im_start|>' (id 1) is USER_DEFINED, the policy says CONTROL" in evidence
+
+
+def test_token_override_is_respected_by_convert(demo_model: Path, tmp_path: Path) -> None:
+    """--token-type '<think>=control' is the user's choice: convert's checks use the policy
+    the GGUF was written with, so the artifact is not quarantined."""
+    result = quantkit.convert(
+        demo_model, out=tmp_path / "o", format="gguf", quant="Q8_0", evaluate=False,
+        token_types={"<think>": "control"},
+    )  # fmt: skip
+    by_name = {c["name"]: c for c in result.checks}
+    assert by_name["token types follow the policy"]["passed"], by_name
+    standalone = quantkit.inspect(result.out)  # the documented policy, without the override
+    assert "'<think>'" in failed(standalone)["token types follow the policy"]
+
+
+def test_renamed_token_that_splits_is_caught(
+    demo_q8: Path, demo_model: Path, tmp_path: Path
+) -> None:
+    bad = edited_copy(demo_q8, tmp_path / "b.gguf", lambda f: rename_token(f, "<think>", "<thonk>"))
+    problems = failed(quantkit.inspect(bad, demo_model))
+    assert (
+        "'<think>' (id 49158) is split into [44, 17400, 46]"
+        in problems["special tokens single ids"]
+    )
+    assert "tokenization parity" in problems and "chat templates render identically" in problems
+    alone = failed(quantkit.inspect(bad))
+    assert (
+        "'<think>' is missing from the vocabulary while its pair is there"
+        in alone["token types follow the policy"]
+    )
+
+
+def test_altered_template_is_caught(demo_q8: Path, demo_model: Path, tmp_path: Path) -> None:
+    bad = edited_copy(
+        demo_q8,
+        tmp_path / "b.gguf",
+        lambda f: replace_in_string(f, TOOL_USE_KEY, "<tool_response>", "<tool_resp0nse>"),
+    )
+    problems = failed(quantkit.inspect(bad, demo_model))
+    assert (
+        "template 'tool_use' differs from the source at character"
+        in problems["chat templates byte-identical"]
+    )
+    assert "tool_use/tool responses: text differs" in problems["chat templates render identically"]
+
+
+def test_removed_template_is_caught(demo_q8: Path, demo_model: Path, tmp_path: Path) -> None:
+    bad = rewritten_copy(demo_q8, tmp_path / "b.gguf", drop_keys=frozenset({TOOL_USE_KEY}))
+    problems = failed(quantkit.inspect(bad, demo_model))
+    assert (
+        "template 'tool_use' of the source is missing" in problems["chat templates byte-identical"]
+    )
+    assert (
+        "template 'tool_use' is missing in llama.cpp"
+        in problems["chat templates render identically"]
+    )
+    no_default = rewritten_copy(
+        demo_q8,
+        tmp_path / "c.gguf",
+        drop_keys=frozenset({"tokenizer.chat_template", TOOL_USE_KEY, "tokenizer.chat_templates"}),
+    )
+    alone = failed(quantkit.inspect(no_default))
+    assert "no default chat template" in alone["chat templates present"]
+
+
+@pytest.mark.slow
+def test_eos_at_end_of_text_is_caught(llama31_q8: Path, llama31_model: Path, tmp_path: Path):
+    bad = edited_copy(
+        llama31_q8, tmp_path / "b.gguf", lambda f: set_int(f, "tokenizer.ggml.eos_token_id", 128001)
+    )
+    for against in (llama31_model, None):
+        evidence = failed(quantkit.inspect(bad, against))["turn end is end-of-generation"]
+        assert "EOS is '<|end_of_text|>' (id 128001), not the turn end '<|eot_id|>'" in evidence
+
+
+@pytest.mark.slow
+def test_removed_rope_freqs_is_caught(llama31_q8: Path, llama31_model: Path, tmp_path: Path):
+    bad = rewritten_copy(
+        llama31_q8, tmp_path / "b.gguf", drop_tensors=frozenset({"rope_freqs.weight"})
+    )
+    report = quantkit.inspect(bad, llama31_model)
+    assert set(failed(report)) == {"rope_freqs"}
+    assert "has no rope_freqs tensor" in failed(report)["rope_freqs"]
+
+
+def test_malicious_template_is_reported_not_executed(demo_q8: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = (
+        "{{ cycler.__init__.__globals__.os.popen('touch " + str(marker) + "').read() }}"
+        "{%- for message in messages %}{{ message.content }}<|im_end|>{%- endfor %}"
+    )
+    bad = rewritten_copy(
+        demo_q8, tmp_path / "b.gguf", set_strings={"tokenizer.chat_template": evil}
+    )
+    report = quantkit.inspect(bad)
+    assert not report.passed
+    evidence = checks(report)["chat templates render identically"].evidence
+    assert "template 'default' tried to leave the Jinja sandbox" in evidence
+    assert not marker.exists()
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_input_is_a_clear_error(demo_q8: Path, tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="does not exist"):
+        quantkit.inspect(tmp_path / "missing.gguf")
+    (tmp_path / "x.gguf").write_text("not a gguf")
+    with pytest.raises(ArtifactError, match="not a GGUF file"):
+        quantkit.inspect(tmp_path / "x.gguf")
+    truncated = tmp_path / "t" / "t.gguf"
+    truncated.parent.mkdir()
+    truncated.write_bytes(demo_q8.read_bytes()[: 2 * 10**6])
+    with pytest.raises(ArtifactError, match="corrupt|cannot load"):
+        quantkit.inspect(truncated)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ArtifactError, match="neither a GGUF file nor a safetensors"):
+        quantkit.inspect(empty)
