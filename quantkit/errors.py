@@ -112,6 +112,12 @@ class QualityGateError(VerificationError):
     exit_code = 17
 
 
+class ImatrixError(QuantkitError):
+    """An importance matrix cannot be read, does not fit the model, or is needed and off."""
+
+    exit_code = 18
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or say which extra installs it."""
     import importlib

@@ -38,7 +38,7 @@ _GGUF_QUANTS = (
     GGUFQuant("Q5_0", 8, written_directly=False),
     GGUFQuant("Q5_1", 9, written_directly=False),
     GGUFQuant("Q2_K", 10, written_directly=False),
-    GGUFQuant("Q2_K_S", 21, written_directly=False),
+    GGUFQuant("Q2_K_S", 21, written_directly=False, needs_imatrix=True),  # its Q2_K tensors
     GGUFQuant("Q3_K_S", 11, written_directly=False),
     GGUFQuant("Q3_K_M", 12, written_directly=False),
     GGUFQuant("Q3_K_L", 13, written_directly=False),
