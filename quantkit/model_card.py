@@ -81,7 +81,7 @@ def write_model_card(
         notes.append("licence unknown: the source has no README.md front matter with one")
     modelfile_path = None
     if manifest["target"]["format"] == "gguf":
-        ggufs = [f["name"] for f in files if f["name"].endswith(".gguf")]
+        ggufs = [f["name"] for f in files if _is_weights(f) and f["name"].endswith(".gguf")]
         text, note = render_modelfile(ggufs, facts.templates.get("default"), facts.turn_end)
         if note:
             notes.append(note)
@@ -165,7 +165,7 @@ def resolve_base_model(manifest: dict[str, Any]) -> str | None:
 def read_token_facts(
     folder: Path, manifest: dict[str, Any], files: list[dict[str, Any]]
 ) -> TokenFacts:
-    ggufs = [folder / f["name"] for f in files if f["name"].endswith(".gguf")]
+    ggufs = [folder / f["name"] for f in files if _is_weights(f) and f["name"].endswith(".gguf")]
     ggufs = [p for p in ggufs if p.is_file()]
     if ggufs:
         return _facts_from_gguf(ggufs[0])
@@ -308,6 +308,7 @@ def render_card(
         f"quantkit {manifest.get('libraries', {}).get('quantkit', __version__)}. "
         f"Licence: {meta['license']}, inherited from the source.",
         files_section(files, source.get("parameters") or 0),
+        imatrix_section(manifest.get("imatrix")),
         quality_section(manifest.get("quality")),
         checks_section(manifest.get("checks") or []),
         tokens_section(facts, target["format"]),
@@ -329,20 +330,21 @@ def _size(n: int) -> str:
     return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
 
 
-def _is_weights(name: str) -> bool:
-    return name.endswith(_WEIGHT_SUFFIXES)
+def _is_weights(f: dict[str, Any]) -> bool:
+    """A weights file (an importance matrix is a .gguf too, but not a model)."""
+    return f["name"].endswith(_WEIGHT_SUFFIXES) and f.get("role") != "imatrix"
 
 
 def files_section(files: list[dict[str, Any]], parameters: int) -> str:
     rows = ["| file | format | size | bits per weight |", "|---|---|---|---|"]
-    weights = [f for f in files if _is_weights(f["name"])]
+    weights = [f for f in files if _is_weights(f)]
     split = len(weights) > 1 and all(f["name"].endswith(".gguf") for f in weights)
     for f in files:
         fmt = f.get("format") or Path(f["name"]).suffix.lstrip(".") or "-"
         if f.get("quant"):
             fmt = f"{fmt} {f['quant']}"
         bpw = "-"
-        if _is_weights(f["name"]) and parameters and not split:
+        if _is_weights(f) and parameters and not split:
             bpw = f"{8 * f['bytes'] / parameters:.2f}"
         rows.append(f"| `{f['name']}` | {fmt} | {_size(f['bytes'])} | {bpw} |")
     if len(weights) > 1 and parameters:
@@ -358,6 +360,28 @@ def files_section(files: list[dict[str, Any]], parameters: int) -> str:
             "50 GB): point llama.cpp at the first shard and it loads the others."
         )
     return text
+
+
+def imatrix_section(imatrix: dict[str, Any] | None) -> str:
+    """How the quant was calibrated: llama.cpp's importance matrix, where it came from."""
+    if not imatrix:
+        return ""
+    calib = imatrix.get("calibration") or {}
+    if imatrix.get("source") == "computed":
+        where = (
+            f"computed by quantkit in llama.cpp (as `llama-imatrix` does) on "
+            f"{imatrix['chunk_count']} chunks of {imatrix['chunk_size']} tokens of the "
+            f"`{calib.get('source', '?')}` calibration set ({calib.get('samples', '?')} "
+            f"chat-formatted samples, seed {calib.get('seed', '?')}); it is `{imatrix['file']}` "
+            "here, in llama.cpp's GGUF imatrix format, for `llama-quantize --imatrix`"
+        )
+    else:
+        where = f"given as `{imatrix['file']}` (sha256 `{str(imatrix.get('sha256'))[:16]}`)"
+    return (
+        "## Importance matrix\n\nThis quant is imatrix-calibrated: llama.cpp's quantizer "
+        f"weighed its rounding by an importance matrix of {imatrix['entries']} entries, "
+        f"{where}. The GGUF records it under `quantize.imatrix.*`."
+    )
 
 
 _QUALITY_ROWS = (
@@ -439,7 +463,7 @@ def usage_section(
     name = repo.split("/")[-1].lower()
     out = ["## Use it"]
     if fmt == "gguf":
-        ggufs = [f["name"] for f in files if f["name"].endswith(".gguf")]
+        ggufs = [f["name"] for f in files if _is_weights(f) and f["name"].endswith(".gguf")]
         first = ggufs[0] if ggufs else f"{name}.gguf"
         plan_cmd = (manifest.get("plan") or {}).get("command")
         local = plan_cmd or f"llama-server -m {first} -c 8192 --jinja"

@@ -24,6 +24,7 @@ from .errors import (
     VerificationError,
 )
 from .formats import ArtifactFormat, gguf_quant
+from .imatrix_request import prepare_imatrix, resolve_imatrix
 from .manifest import build_manifest, source_record, write_manifest
 from .source import SourceModel, load_source
 
@@ -93,8 +94,8 @@ def convert(
     eval_corpus: str | Path | None = None,
     eval_ctx: int = 512,
     calibration: str | None = None,
-    calibration_samples: int = 256,
-    calibration_seq_len: int = 2048,
+    calibration_samples: int | None = None,  # None: 256 for FP8/GPTQ, 16 for an imatrix
+    calibration_seq_len: int | None = None,  # None: 2048 for FP8/GPTQ, 512 (chunk) for one
     calibration_seed: int = 0,
     think_share: float | None = None,
     tool_share: float | None = None,
@@ -104,11 +105,13 @@ def convert(
     gptq_format: str = "compressed-tensors",
     max_shard_size: int = 5 * 10**9,
     quantize_lm_head: bool = False,
+    imatrix: str | None = None,  # "auto", a GGUF imatrix file, "none"; None: profile/type
     progress: ProgressFn | None = None,
 ) -> ConvertResult:
     """Convert `model` (folder or Hub id) into an artifact folder at `out`."""
     out_dir = Path(out).expanduser()
     target, hardware = _resolve_target(profile, format, quant)
+    imatrix, imatrix_origin = resolve_imatrix(imatrix, target.format, target.quant, hardware)
     _check_output_path(out_dir, model)
     source = load_source(
         model, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
@@ -129,6 +132,11 @@ def convert(
         quantize_lm_head,
     )
     calib = _prepare_safetensors(source, target, options) if target.format != "gguf" else None
+    imatrix_request = prepare_imatrix(
+        imatrix, source, target.quant, origin=imatrix_origin, calibration=calibration,
+        samples=calibration_samples, seq_len=calibration_seq_len, seed=calibration_seed,
+        think_share=think_share, tool_share=tool_share,
+    )  # fmt: skip
     estimate = _estimate_bytes(source, target, options)
     if dry_run:
         return ConvertResult(None, target, source, plan, estimated_bytes=estimate, dry_run=True)
@@ -143,6 +151,7 @@ def convert(
             keep_intermediate=keep_intermediate,
             token_types=token_types,
             pre_tokenizer=pre_tokenizer,
+            imatrix=imatrix_request,
         )
     else:
         backend_options = options.backend_kwargs(calib, force)
@@ -158,6 +167,8 @@ def convert(
     )
     if calib is not None:
         manifest["calibration"] = calib.describe()
+    if files and files[0].get("imatrix"):
+        manifest["imatrix"] = files[0]["imatrix"]
     write_manifest(work, manifest)
     _stop_on_failed_checks(checks, work, out_dir)
     quality = None
@@ -181,16 +192,9 @@ def convert(
     work.rename(out_dir)
     published = _publish(out_dir, push_to, source) if push_to else None
     return ConvertResult(
-        out_dir,
-        target,
-        source,
-        plan,
-        files,
-        checks,
-        estimate,
-        published=published,
+        out_dir, target, source, plan, files, checks, estimate, published=published,
         quality=quality,
-    )
+    )  # fmt: skip
 
 
 def _stop_on_failed_checks(checks: list[dict[str, Any]], work: Path, out_dir: Path) -> None:
@@ -263,13 +267,7 @@ def _resolve_target(profile: str | None, fmt: str | None, quant: str | None):
         raise QuantkitError(f"Unknown format {fmt!r}.", hint="Use gguf, safetensors, fp8 or gptq.")
     quant = quant or _DEFAULT_QUANT[fmt]
     if fmt == ArtifactFormat.GGUF.value:
-        spec = gguf_quant(quant)
-        if spec.needs_imatrix:
-            raise QuantkitError(
-                f"{spec.name} needs an importance matrix, which this version does not compute.",
-                hint="Choose Q4_K_M, Q3_K_M, IQ4_XS or another type that works without one.",
-            )
-        quant = spec.name
+        quant = gguf_quant(quant).name
     return Target(fmt, quant.upper(), hardware.name if hardware else None), hardware
 
 
@@ -278,8 +276,8 @@ class SafetensorsOptions:
     """The knobs of the safetensors, FP8 and GPTQ paths (calibration and GPTQ)."""
 
     calibration: str | None
-    samples: int
-    seq_len: int
+    samples: int | None
+    seq_len: int | None
     seed: int
     think_share: float | None
     tool_share: float | None
@@ -318,8 +316,8 @@ def _prepare_safetensors(source: SourceModel, target: Target, options: Safetenso
         calib = load_calibration(
             options.calibration,
             source.tokenizer,
-            samples=options.samples,
-            seq_len=options.seq_len,
+            samples=256 if options.samples is None else options.samples,
+            seq_len=2048 if options.seq_len is None else options.seq_len,
             seed=options.seed,
             think_share=options.think_share,
             tool_share=options.tool_share,

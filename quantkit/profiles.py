@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ProfileError
-from .formats import GGUF_QUANTS
+from .formats import GGUF_QUANTS, gguf_quant
 
 FORMATS = ("gguf", "safetensors", "fp8", "gptq")
 RUNTIMES = ("llama.cpp", "ollama", "vllm", "transformers")
 DEVICE_KINDS = ("gpu", "unified", "cpu")
 FP8_SUPPORT = ("native", "weight-only", "none")
 KV_CACHE_TYPES = ("f16", "q8_0", "fp8")
+IMATRIX_SETTINGS = ("auto", "none")  # the default of `convert --imatrix` for this profile
 # q8_0 is llama.cpp's cache type (-ctk/-ctv), fp8 is vLLM's (--kv-cache-dtype fp8).
 KV_TYPES_BY_RUNTIME = {
     "llama.cpp": ("f16", "q8_0"),
@@ -79,6 +80,7 @@ class HardwareProfile:
     gpu_memory_utilization: float  # vLLM's --gpu-memory-utilization
     quality: QualityGate
     source: Path | None = None
+    imatrix: str | None = None  # "auto" | "none" | None (quantkit's per-type default)
 
     @property
     def device_count(self) -> int:
@@ -118,6 +120,7 @@ _TOP: dict[str, tuple[tuple[type, ...], bool, Any]] = {
     "runtime": ((str,), True, None),
     "runtimes": ((list,), False, None),
     "kv_cache_type": ((str,), False, "f16"),
+    "imatrix": ((str,), False, None),
 }
 _HARDWARE: dict[str, tuple[tuple[type, ...], bool, Any]] = {
     "device": ((str,), True, None),
@@ -230,6 +233,7 @@ def profile_from_dict(data: dict[str, Any], *, source: Path | None = None) -> Ha
     for rt in runtimes:
         _choice(rt, RUNTIMES_BY_FORMAT[fmt], where, "runtimes")
     kv_type = _choice(top["kv_cache_type"], KV_TYPES_BY_RUNTIME[runtime], where, "kv_cache_type")
+    imatrix = _imatrix_setting(top["imatrix"], fmt, quant, where)
     kind = _choice(hw["kind"], DEVICE_KINDS, where, "hardware.kind")
     if runtime not in ("llama.cpp", "ollama") and kind != "gpu":
         raise ProfileError(
@@ -293,6 +297,7 @@ def profile_from_dict(data: dict[str, Any], *, source: Path | None = None) -> Ha
             min_top1=float(qual["min_top1"]),
         ),
         source=source,
+        imatrix=imatrix,
     )
 
 
@@ -332,6 +337,27 @@ def _choice(value: str, choices: tuple[str, ...], where: str, key: str) -> str:
     if value not in choices:
         raise ProfileError(
             f"{where}: {key} {value!r} is not one of {', '.join(choices)}.", hint=_DOC_HINT
+        )
+    return value
+
+
+def _imatrix_setting(value: str | None, fmt: str, quant: str, where: str) -> str | None:
+    """`imatrix = "auto"` asks for an importance matrix by default; only llama.cpp-made GGUF
+    types use one, and `"none"` cannot be the default of a type that needs one."""
+    if value is None:
+        return None
+    _choice(value, IMATRIX_SETTINGS, where, "imatrix")
+    spec = gguf_quant(quant) if fmt == "gguf" else None
+    if value == "auto" and (spec is None or spec.written_directly):
+        raise ProfileError(
+            f"{where}: imatrix = 'auto' applies to GGUF types made by llama.cpp's quantizer, "
+            f"not {fmt} {quant}.",
+            hint="Remove the imatrix key, or use a type such as Q4_K_M.",
+        )
+    if value == "none" and spec is not None and spec.needs_imatrix:
+        raise ProfileError(
+            f"{where}: {quant} needs an importance matrix; imatrix = 'none' cannot make it.",
+            hint="Use imatrix = 'auto' or remove the key.",
         )
     return value
 

@@ -22,6 +22,7 @@ from quantkit.errors import (
     CalibrationError,
     ConversionError,
     DiskSpaceError,
+    ImatrixError,
     OutputPathError,
     PlanError,
     ProfileError,
@@ -180,7 +181,32 @@ def case_unknown_quant(demo: Path, tmp: Path):
 
 
 def case_imatrix_quant(demo: Path, tmp: Path):
-    return demo, ["--format", "gguf", "--quant", "IQ2_XS"]
+    return demo, ["--format", "gguf", "--quant", "IQ2_XS", "--imatrix", "none"]
+
+
+def case_imatrix_missing_file(demo: Path, tmp: Path):
+    return demo, [*Q4, "--imatrix", str(tmp / "nope.imatrix.gguf")]
+
+
+def case_imatrix_corrupt_file(demo: Path, tmp: Path):
+    bad = tmp / "garbage.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00 truncated")
+    return demo, [*Q4, "--imatrix", str(bad)]
+
+
+def case_imatrix_of_another_model(demo: Path, tmp: Path):
+    import numpy as np
+
+    from quantkit.imatrix import Imatrix, ImatrixEntry, save_imatrix
+
+    entry = ImatrixEntry(np.ones((1, 4096), dtype=np.float32), np.array([512.0]))
+    other = save_imatrix(Imatrix({"blk.0.attn_q.weight": entry}, ("x",), 1, 512),
+                         tmp / "llama-8b.imatrix.gguf")  # fmt: skip
+    return demo, [*Q4, "--imatrix", str(other)]
+
+
+def case_imatrix_for_q8(demo: Path, tmp: Path):
+    return demo, [*Q8, "--imatrix", "auto"]
 
 
 def case_no_target(demo: Path, tmp: Path):
@@ -220,7 +246,23 @@ CASES = {
         ["nope.jsonl"],
     ),
     "unknown-quant": (case_unknown_quant, QuantkitError.exit_code, ["Q4_K_X", "Q4_K_M"]),
-    "imatrix-quant": (case_imatrix_quant, None, ["IQ2_XS", "importance matrix"]),
+    "imatrix-none-for-iq2": (
+        case_imatrix_quant,
+        ImatrixError.exit_code,
+        ["IQ2_XS", "importance matrix", "--imatrix"],
+    ),
+    "imatrix-missing-file": (
+        case_imatrix_missing_file,
+        ImatrixError.exit_code,
+        ["nope.imatrix.gguf", "does not exist"],
+    ),
+    "imatrix-corrupt-file": (case_imatrix_corrupt_file, ImatrixError.exit_code, ["garbage.gguf"]),
+    "imatrix-of-another-model": (
+        case_imatrix_of_another_model,
+        ImatrixError.exit_code,
+        ["4096 columns", "576", "--imatrix auto"],
+    ),
+    "imatrix-for-q8": (case_imatrix_for_q8, ImatrixError.exit_code, ["Q8_0", "llama.cpp"]),
     "no-target": (case_no_target, QuantkitError.exit_code, ["--profile", "--format"]),
 }
 
@@ -241,7 +283,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 
 def test_exit_codes_are_distinct_per_kind() -> None:
     kinds = [SourceModelError, UnsupportedArchitectureError, OutputPathError, DiskSpaceError,
-             ProfileError, PlanError, VerificationError]  # fmt: skip
+             ProfileError, PlanError, VerificationError, ImatrixError]  # fmt: skip
     codes = [k.exit_code for k in kinds]
     assert all(code not in (0, 1, 2) for code in codes)  # not success, generic, usage
     # Architecture and pre-tokenizer share "unsupported model" (4); the rest are distinct.
@@ -328,10 +370,18 @@ def test_interrupt_exits_130_with_a_message(demo_model: Path, tmp_path: Path) ->
     assert stderr.strip().splitlines()[-1].startswith("error:")
 
 
-def test_imatrix_quant_is_refused_by_the_dry_run(demo_model: Path, tmp_path: Path) -> None:
+def test_imatrix_quant_without_one_is_refused_by_the_dry_run(
+    demo_model: Path, tmp_path: Path
+) -> None:
     proc = run_cli("convert", demo_model, "--format", "gguf", "--quant", "IQ2_XS",
-                   "--out", tmp_path / "out", "--dry-run")  # fmt: skip
+                   "--imatrix", "none", "--out", tmp_path / "out", "--dry-run")  # fmt: skip
     assert_one_line_error(proc, "IQ2_XS", "importance matrix")
+    assert list(tmp_path.iterdir()) == []
+    # By default such a type gets one computed: the dry run plans it.
+    proc = run_cli("convert", demo_model, "--format", "gguf", "--quant", "IQ2_XS",
+                   "--out", tmp_path / "out", "--dry-run", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["quant"] == "IQ2_XS"
     assert list(tmp_path.iterdir()) == []
 
 

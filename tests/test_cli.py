@@ -112,7 +112,10 @@ def test_convert_json_writes_the_artifact_and_reports_it(demo_model: Path, tmp_p
     payload = json.loads(proc.stdout)
     assert payload["dry_run"] is False
     assert Path(payload["out"]).resolve() == out.resolve()
-    (record,) = payload["files"]
+    record, matrix = payload["files"]  # the profile turns the importance matrix on
+    assert (record["role"], matrix["role"]) == ("artifact", "imatrix")
+    assert (out / matrix["name"]).is_file()
+    assert record["imatrix"]["origin"] == "profile rtx4090-4bit"
     gguf_path = out / record["name"]
     assert record["name"] == f"{demo_model.name}-Q4_K_M.gguf"
     assert gguf_path.is_file() and record["bytes"] == gguf_path.stat().st_size

@@ -359,3 +359,35 @@ class GoTemplate:
         for key in filter(None, path.split(".")):
             base = base[key]
         return base, rest
+
+
+def test_an_imatrix_calibrated_artifact(demo_artifact: Path) -> None:
+    """The card says the quant is imatrix-calibrated and how; the imatrix file (a .gguf
+    too) is listed but is neither weights nor a shard, nor what the Modelfile loads."""
+    import numpy as np
+
+    from quantkit.imatrix import Imatrix, ImatrixEntry, save_imatrix
+    from quantkit.manifest import file_record
+
+    manifest = _manifest(demo_artifact)
+    artifact = manifest["files"][0]
+    entry = ImatrixEntry(np.ones((1, 576), dtype=np.float32), np.array([4096.0]))
+    path = save_imatrix(Imatrix({"blk.0.attn_q.weight": entry}, ("quantkit:builtin",), 8, 512),
+                        demo_artifact / "demo.imatrix.gguf")  # fmt: skip
+    manifest["files"].append(file_record(path, format="gguf", quant="imatrix", role="imatrix"))
+    manifest["imatrix"] = {
+        "source": "computed", "file": path.name, "origin": "profile rtx4090-4bit",
+        "entries": 210, "chunk_count": 8, "chunk_size": 512,
+        "calibration": {"source": "builtin", "samples": 16, "seed": 0},
+    }  # fmt: skip
+    _write_manifest(demo_artifact, manifest)
+    result = write_model_card(demo_artifact, REPO)
+    text = result.readme.read_text()
+    assert "## Importance matrix" in text and "imatrix-calibrated" in text
+    assert "210 entries" in text and "8 chunks of 512 tokens" in text
+    bpw = 8 * artifact["bytes"] / manifest["source"]["parameters"]
+    row = f"| `{artifact['name']}` | gguf Q4_K_M | {artifact['bytes'] / 1e6:,.1f} MB | {bpw:.2f} |"
+    assert row in text
+    assert "| `demo.imatrix.gguf` | gguf imatrix |" in text
+    assert "shards |" not in text and "split format" not in text
+    assert f"FROM ./{artifact['name']}" in result.modelfile.read_text()

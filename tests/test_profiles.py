@@ -39,6 +39,9 @@ min_top1 = 0.9
 """
 
 
+RUNTIME = 'runtime = "llama.cpp"\n'
+
+
 def write(tmp_path: Path, text: str, name: str = "custom") -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(text.format(name=name))
@@ -119,6 +122,19 @@ def test_load_by_path_and_profiles_dir_env(tmp_path, monkeypatch):
             "needs an NVIDIA GPU",
         ),  # fmt: skip
         (lambda t: t + '\nkv_cache_type = "fp8"\n', "kv_cache_type"),
+        (lambda t: t.replace('runtime = "llama.cpp"', RUNTIME + 'imatrix = "always"'), "imatrix"),
+        (
+            lambda t: t.replace('"Q4_K_M"', '"Q8_0"').replace(
+                'runtime = "llama.cpp"', RUNTIME + 'imatrix = "auto"'
+            ),
+            "made by llama.cpp's quantizer",
+        ),
+        (
+            lambda t: t.replace('"Q4_K_M"', '"IQ2_XS"').replace(
+                'runtime = "llama.cpp"', RUNTIME + 'imatrix = "none"'
+            ),
+            "needs an importance matrix",
+        ),
     ],
 )
 def test_schema_errors_say_what_is_wrong(tmp_path, edit, message):
@@ -143,3 +159,16 @@ def test_invalid_toml_is_a_profile_error(tmp_path):
     path.write_text("name = \n")
     with pytest.raises(ProfileError, match="not valid TOML"):
         load_profile(str(path))
+
+
+def test_four_bit_gguf_profiles_default_to_an_importance_matrix():
+    """llama.cpp-made GGUF profiles compute an imatrix by default; the others have none."""
+    for p in list_profiles():
+        expected = "auto" if p.format == "gguf" else None
+        assert p.imatrix == expected, p.name
+
+
+def test_imatrix_key_is_optional_and_checked(tmp_path):
+    assert load_profile(str(write(tmp_path, MINIMAL))).imatrix is None
+    text = MINIMAL.replace('runtime = "llama.cpp"', RUNTIME + 'imatrix = "none"')
+    assert load_profile(str(write(tmp_path, text, "off"))).imatrix == "none"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..formats import gguf_quant
+from ..imatrix_request import ImatrixRequest, apply_imatrix
 from ..manifest import file_record
 from ..source import SourceModel
 from .gguf.quantize import quantize_gguf
@@ -34,6 +35,7 @@ def make_gguf(
     keep_intermediate: bool = False,
     token_types: dict[str, str] | None = None,
     pre_tokenizer: str | None = None,
+    imatrix: ImatrixRequest | None = None,
     progress=None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = gguf_quant(quant)
@@ -54,14 +56,24 @@ def make_gguf(
         progress=on_tensor,
     )
     final_path = direct_path
+    extra_files: list[dict[str, Any]] = []
+    imatrix_info = None
     if not spec.written_directly:
+        matrix, label = None, ""
+        if imatrix is not None:
+            stem = artifact_name(source, spec.name).removesuffix(f"-{spec.name}.gguf")
+            matrix, label, extra_files, imatrix_info = apply_imatrix(
+                imatrix, direct_path, work, stem, progress
+            )
         if progress is not None:
             progress(f"llama.cpp quantize to {spec.name}", 0, 1)
         final_path = work / artifact_name(source, spec.name)
-        quantize_gguf(direct_path, final_path, spec.name)
+        quantize_gguf(direct_path, final_path, spec.name, imatrix=matrix, imatrix_file=label)
         if progress is not None:
             progress(f"llama.cpp quantize to {spec.name}", 1, 1)
-    files = [_gguf_record(final_path, spec.name, role="artifact")]
+    files = [_gguf_record(final_path, spec.name, role="artifact"), *extra_files]
+    if imatrix_info is not None:
+        files[0]["imatrix"] = imatrix_info
     if final_path != direct_path:
         if keep_intermediate:
             files.append(_gguf_record(direct_path, direct_type, role="intermediate"))

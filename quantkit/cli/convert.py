@@ -16,6 +16,8 @@ Examples:
 
   quantkit convert NousResearch/Hermes-3-Llama-3.1-8B --format gguf --quant Q8_0 --out ./q8
 
+  quantkit convert ./Hermes-3-Llama-3.1-8B --format gguf --quant IQ3_M --imatrix auto --out ./iq3
+
   quantkit convert ./model --profile rtx4090-4bit --out ./x --dry-run --json
 """
 
@@ -83,11 +85,17 @@ def convert_command(
         str | None,
         typer.Option(
             "--calibration",
-            help="builtin (default), a .jsonl file, or hf:NAME[:CONFIG]:SPLIT (FP8 static, GPTQ).",
+            help="builtin (default), a .jsonl file, or hf:NAME[:CONFIG]:SPLIT (FP8 static, "
+            "GPTQ, GGUF imatrix).",
         ),
     ] = None,
-    calibration_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 256,
-    calibration_seq_len: Annotated[int, typer.Option(help="Tokens per calibration sample.")] = 2048,
+    calibration_samples: Annotated[
+        int | None, typer.Option(help="Calibration samples (default 256; 16 for an imatrix).")
+    ] = None,
+    calibration_seq_len: Annotated[
+        int | None,
+        typer.Option(help="Tokens per calibration sample (default 2048; imatrix chunk 512)."),
+    ] = None,
     calibration_seed: Annotated[int, typer.Option(help="Seed of the calibration draw.")] = 0,
     think_share: Annotated[
         float | None, typer.Option(help="Share of <think> samples in the calibration set.")
@@ -108,6 +116,14 @@ def convert_command(
     quantize_lm_head: Annotated[
         bool, typer.Option("--quantize-lm-head", help="FP8/GPTQ: quantize lm_head too.")
     ] = False,
+    imatrix: Annotated[
+        str | None,
+        typer.Option(
+            "--imatrix",
+            help="GGUF importance matrix: auto (computed from the calibration set), a GGUF "
+            "imatrix FILE, or none. Default: the profile's setting; auto for IQ1/IQ2 types.",
+        ),
+    ] = None,
     push_to: Annotated[
         str | None,
         typer.Option(
@@ -151,6 +167,7 @@ def convert_command(
             gptq_format=gptq_format,
             max_shard_size=int(max_shard_size_gb * 10**9),
             quantize_lm_head=quantize_lm_head,
+            imatrix=imatrix,
             evaluate=evaluate,
             gate=gate,
             eval_corpus=eval_corpus,
@@ -204,6 +221,13 @@ def _render(payload: dict[str, Any]) -> None:
         types = ", ".join(f"{k}:{v}" for k, v in sorted(f.get("tensor_types", {}).items()))
         files.add_row(escape(f["name"]), f"{f['bytes'] / 1e6:,.1f} MB", types, f["sha256"][:16])
     console.print_text(files)
+    matrix = payload["files"][0].get("imatrix") if payload["files"] else None
+    if matrix:
+        console.print_text(
+            f"importance matrix: {escape(matrix['file'])} ({matrix['entries']} entries, "
+            f"{matrix['chunk_count']} chunks of {matrix['chunk_size']} tokens; "
+            f"{escape(matrix['origin'])})"
+        )
     if payload["checks"]:
         checks = Table(title="checks")
         for column in ("check", "result", "evidence"):

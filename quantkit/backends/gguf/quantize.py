@@ -11,33 +11,101 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ...errors import ConversionError, require
+from ...errors import ConversionError, ImatrixError, require
 from ...formats import gguf_quant
+
+if TYPE_CHECKING:
+    from ...imatrix import Imatrix
 
 log = logging.getLogger(__name__)
 
+# The keys llama-quantize writes when it is given an imatrix (tools/quantize/quantize.cpp).
+KV_IMATRIX_FILE = "quantize.imatrix.file"
+KV_IMATRIX_DATASET = "quantize.imatrix.dataset"
+KV_IMATRIX_ENTRIES = "quantize.imatrix.entries_count"
+KV_IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
 
-def quantize_gguf(src: Path, dst: Path, quant: str, *, threads: int | None = None) -> None:
-    """Quantize the (BF16/F16/F32) GGUF `src` into `dst` with llama.cpp's quantizer."""
+
+def quantize_gguf(
+    src: Path,
+    dst: Path,
+    quant: str,
+    *,
+    threads: int | None = None,
+    imatrix: Imatrix | None = None,
+    imatrix_file: str = "",
+) -> None:
+    """Quantize the (BF16/F16/F32) GGUF `src` into `dst` with llama.cpp's quantizer, with
+    the importance matrix `imatrix` if given (`imatrix_file` names it in the metadata)."""
     spec = gguf_quant(quant)
-    if spec.needs_imatrix:
-        raise ConversionError(
-            f"{spec.name} needs an importance matrix, which this version does not compute.",
-            hint="Choose Q4_K_M, Q3_K_M, IQ4_XS or another type that works without one.",
+    if spec.needs_imatrix and imatrix is None:
+        raise ImatrixError(
+            f"{spec.name} needs an importance matrix (llama.cpp refuses to make it without).",
+            hint="Pass --imatrix auto (computed from the calibration set) or --imatrix FILE.",
         )
     llama_cpp = require("llama_cpp", "gguf")
     silence_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = spec.ftype
     params.nthread = threads or os.cpu_count() or 1
-    log.info("llama.cpp: quantizing %s -> %s (%s)", src.name, dst.name, spec.name)
+    keep: list[Any] = []  # ctypes buffers that must outlive the call
+    if imatrix is not None:
+        matrix, overrides = _imatrix_params(llama_cpp, imatrix, imatrix_file, keep)
+        params.imatrix, params.kv_overrides = matrix, overrides
+    log.info("llama.cpp: quantizing %s -> %s (%s%s)", src.name, dst.name, spec.name,
+             ", with an importance matrix" if imatrix is not None else "")  # fmt: skip
     status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if status != 0 or not dst.is_file():
         raise ConversionError(
             f"llama.cpp could not quantize {src.name} to {spec.name} (status {status}).",
             hint="Run with QUANTKIT_DEBUG=1 to see llama.cpp's log.",
         )
+
+
+def _imatrix_params(llama_cpp: Any, imatrix: Imatrix, file: str, keep: list[Any]):
+    """The `llama_model_imatrix_data` array (name, mean squared activation per column, size;
+    ended by a NULL name) and the `quantize.imatrix.*` overrides, as llama-quantize builds
+    them: sums divided by counts, the file, the first dataset, the entry and chunk counts."""
+    import ctypes
+
+    import numpy as np
+
+    str_tag, int_tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix.entries) + 1))()
+    for i, (name, entry) in enumerate(sorted(imatrix.entries.items())):
+        values = entry.mean()
+        if not np.isfinite(values).all():  # llama.cpp would throw mid-quantization
+            raise ImatrixError(f"The importance matrix has non-finite values for {name}.")
+        buffer = (ctypes.c_float * values.size).from_buffer_copy(values.tobytes())
+        keep.append(buffer)
+        entries[i].name = name.encode()
+        entries[i].data = ctypes.cast(buffer, ctypes.POINTER(ctypes.c_float))
+        entries[i].size = values.size
+    entries[len(imatrix.entries)].name = None  # terminator
+    keep.append(entries)
+
+    overrides: list[tuple[str, int, Any]] = [(KV_IMATRIX_FILE, str_tag, file.encode()[:127])]
+    if imatrix.datasets:
+        overrides.append((KV_IMATRIX_DATASET, str_tag, imatrix.datasets[0].encode()[:127]))
+    overrides.append((KV_IMATRIX_ENTRIES, int_tag, len(imatrix.entries)))
+    if imatrix.chunk_count > 0:
+        overrides.append((KV_IMATRIX_CHUNKS, int_tag, imatrix.chunk_count))
+    kv = (llama_cpp.llama_model_kv_override * (len(overrides) + 1))()
+    for i, (key, tag, value) in enumerate(overrides):
+        kv[i].key = key.encode()
+        kv[i].tag = tag
+        if tag == str_tag:
+            kv[i].value.val_str = value
+        else:
+            kv[i].value.val_i64 = value
+    kv[len(overrides)].key = b""  # terminator: key[0] == 0
+    keep.append(kv)
+    return (
+        ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data)),
+        ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override)),
+    )
 
 
 _LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
