@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTO, NONE = "auto", "none"
-DEFAULT_SAMPLES = 16  # calibration samples joined for `auto` (about 7 chunks of 512 tokens)
+DEFAULT_SAMPLES = 8  # samples joined for `auto`: ~4 chunks of 512 tokens (docs/calibration.md)
 IMATRIX_SUFFIX = ".imatrix.gguf"
 
 

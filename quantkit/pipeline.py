@@ -94,7 +94,7 @@ def convert(
     eval_corpus: str | Path | None = None,
     eval_ctx: int = 512,
     calibration: str | None = None,
-    calibration_samples: int | None = None,  # None: 256 for FP8/GPTQ, 16 for an imatrix
+    calibration_samples: int | None = None,  # None: 256 for FP8/GPTQ, 8 for an imatrix
     calibration_seq_len: int | None = None,  # None: 2048 for FP8/GPTQ, 512 (chunk) for one
     calibration_seed: int = 0,
     think_share: float | None = None,

@@ -90,7 +90,7 @@ def convert_command(
         ),
     ] = None,
     calibration_samples: Annotated[
-        int | None, typer.Option(help="Calibration samples (default 256; 16 for an imatrix).")
+        int | None, typer.Option(help="Calibration samples (default 256; 8 for an imatrix).")
     ] = None,
     calibration_seq_len: Annotated[
         int | None,
