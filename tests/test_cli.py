@@ -122,9 +122,15 @@ def test_convert_json_writes_the_artifact_and_reports_it(demo_model: Path, tmp_p
     assert record["sha256"] == hashlib.sha256(gguf_path.read_bytes()).hexdigest()
     assert record["tensor_types"]["Q4_K"] > 0
     names = [c["name"] for c in payload["checks"]]
-    assert names == [
+    assert names == [  # the quantkit inspect battery against the source, then generation
         "special tokens single ids",
+        "token types follow the policy",
         "turn end is end-of-generation",
+        "BOS and PAD tokens",
+        "chat templates byte-identical",
+        "chat templates render identically",
+        "tokenization parity",
+        "rope_freqs",
         "greedy generation stops",
     ]
     assert all(c["passed"] for c in payload["checks"]), payload["checks"]

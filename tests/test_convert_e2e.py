@@ -167,9 +167,15 @@ def test_manifest_hashes_versions_and_tensor_types(demo_q4) -> None:
 
 def test_checks_ran_and_passed(demo_q4) -> None:
     names = {c["name"]: c for c in demo_q4.checks}
-    assert set(names) == {
+    assert set(names) == {  # the quantkit inspect battery, generation, the quality gate
         "special tokens single ids",
+        "token types follow the policy",
         "turn end is end-of-generation",
+        "BOS and PAD tokens",
+        "chat templates byte-identical",
+        "chat templates render identically",
+        "tokenization parity",
+        "rope_freqs",
         "greedy generation stops",
         "quality gate",
     }

@@ -144,7 +144,8 @@ def test_quality_table_when_measured_and_when_not(demo_artifact: Path) -> None:
 
 def test_checks_tokens_and_usage(demo_artifact: Path) -> None:
     text = write_model_card(demo_artifact, REPO).readme.read_text()
-    assert "3 of 3 checks passed" in text
+    # As many checks as the cached artifact's manifest records (the battery grows).
+    assert re.search(r"(\d+) of \1 checks passed", text)
     assert "| turn end is end-of-generation | pass | <\\|im_end\\|> (id 2)" in text
     assert re.search(r"`<think>` \(id \d+, user-defined\)", text)
     assert "Generation ends at the turn end `<|im_end|>`" in text
