@@ -25,3 +25,12 @@ def test_convert_dry_run_writes_nothing(demo_model: Path, tmp_path: Path) -> Non
     assert result.dry_run and result.out is None and result.estimated_bytes > 0
     assert result.target.quant == "Q4_K_M" and result.plan["fit"] == "full"
     assert not out.exists() and not out.with_name("never.partial").exists()
+
+
+def test_inspect_is_public_and_lazy(demo_model: Path) -> None:
+    """quantkit.inspect is part of the API; bad input is a QuantkitError, not a traceback."""
+    import pytest
+
+    assert "inspect" in quantkit.__all__
+    with pytest.raises(quantkit.QuantkitError, match="neither a GGUF file nor a safetensors"):
+        quantkit.inspect(demo_model / "additional_chat_templates")

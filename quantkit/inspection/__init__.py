@@ -83,7 +83,11 @@ def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
                 hint="Copy the source's tokenizer files into the artifact folder.",
             )
         return "safetensors", [path]
-    ggufs = sorted(p for p in path.glob("*.gguf") if not p.name.endswith(".partial"))
+    named = _manifest_artifact(path)
+    if named is not None:
+        return resolve_artifact(named)
+    # An importance matrix may sit beside the model as a .gguf too; it is not the artifact.
+    ggufs = sorted(p for p in path.glob("*.gguf") if "imatrix" not in p.name.lower())
     firsts = [p for p in ggufs if "-of-" not in p.name or "-00001-of-" in p.name]
     if len(firsts) == 1:
         return resolve_artifact(firsts[0])
@@ -97,3 +101,22 @@ def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
         "*.safetensors).",
         hint="Pass a .gguf file, the first shard of a split set, or a safetensors folder.",
     )
+
+
+def _manifest_artifact(folder: Path) -> Path | None:
+    """The GGUF a quantkit artifact folder's manifest.json names as its artifact."""
+    import json
+
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8")).get("files") or []
+    except ValueError:
+        return None
+    for record in files:
+        name = str(record.get("name", ""))
+        is_gguf = record.get("role") == "artifact" and name.endswith(".gguf")
+        if is_gguf and (folder / name).is_file():
+            return folder / name
+    return None
