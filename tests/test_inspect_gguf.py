@@ -284,3 +284,35 @@ def test_bad_input_is_a_clear_error(demo_q8: Path, tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(ArtifactError, match="neither a GGUF file nor a safetensors"):
         quantkit.inspect(empty)
+
+
+@pytest.mark.slow
+def test_convert_quarantines_an_artifact_that_fails_inspection(
+    demo_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The real checks, not a stub: llama.cpp's quantizer output is corrupted on the way
+    (<think> retyped CONTROL), convert's inspection catches it, the artifact is kept as
+    out.quarantine/ and VerificationError (exit 11) names the check."""
+    import json
+
+    from quantkit.backends import gguf_pipeline
+    from quantkit.errors import VerificationError
+
+    real_quantize = gguf_pipeline.quantize_gguf
+
+    def corrupting_quantize(src, dst, *args, **kwargs):
+        real_quantize(src, dst, *args, **kwargs)
+        edited_copy(dst, dst.with_name("tmp.gguf"), lambda f: set_token_type(f, "<think>", 3))
+        dst.with_name("tmp.gguf").replace(dst)
+
+    monkeypatch.setattr(gguf_pipeline, "quantize_gguf", corrupting_quantize)
+    out = tmp_path / "out"
+    with pytest.raises(VerificationError) as info:
+        quantkit.convert(demo_model, out=out, format="gguf", quant="Q4_K_M", evaluate=False)
+    assert info.value.exit_code == 11
+    assert "token types follow the policy" in str(info.value)
+    quarantine = tmp_path / "out.quarantine"
+    assert quarantine.is_dir() and not out.exists()
+    manifest = json.loads((quarantine / "manifest.json").read_text())
+    bad = next(c for c in manifest["checks"] if not c["passed"])
+    assert "'<think>' (id 49158) is CONTROL" in bad["evidence"]
