@@ -278,7 +278,11 @@ def test_bad_input_is_a_clear_error(demo_q8: Path, tmp_path: Path) -> None:
     truncated = tmp_path / "t" / "t.gguf"
     truncated.parent.mkdir()
     truncated.write_bytes(demo_q8.read_bytes()[: 2 * 10**6])
-    with pytest.raises(ArtifactError, match="corrupt|cannot load"):
+    with pytest.raises(ArtifactError, match="corrupt|cannot load|truncated"):
+        quantkit.inspect(truncated)
+    # Cut in the tensor data: the vocabulary alone would still load.
+    truncated.write_bytes(demo_q8.read_bytes()[:-1000])
+    with pytest.raises(ArtifactError, match="is truncated: .* its tensors need"):
         quantkit.inspect(truncated)
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..verify import Check
-from .gguf_meta import ArtifactError, check_gguf_magic, gguf_files
+from .gguf_meta import ArtifactError, check_complete, check_gguf_magic, gguf_files
 from .report import InspectReport
 
 __all__ = ["ArtifactError", "Check", "InspectReport", "inspect"]
@@ -75,6 +75,7 @@ def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
         files = gguf_files(path)
         for f in files:
             check_gguf_magic(f)
+        check_complete(files)
         return "gguf", files
     if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
         if not (path / "tokenizer.json").is_file():

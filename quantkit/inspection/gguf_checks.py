@@ -278,4 +278,20 @@ def templates_check(meta: GGUFMeta, runtime: LlamaCppSide, reference: Reference 
         return Check(name, False, few(problems))
     listing = ", ".join(sorted(stored)) or "none"
     same = "byte-identical to the source, " if reference else ""
-    return Check(name, True, f"templates {listing}: {same}read as stored by llama.cpp")
+    return Check(
+        name, True, f"templates {listing}: {same}read as stored by llama.cpp{_guessed(runtime)}"
+    )
+
+
+def _guessed(runtime: LlamaCppSide) -> str:
+    """llama-cpp-python's Llama() swaps a few exact well-known templates for its own
+    hard-coded formats (which render no tools); say so where it would."""
+    from llama_cpp.llama_chat_format import guess_chat_format_from_gguf_metadata
+
+    guess = guess_chat_format_from_gguf_metadata(runtime.llm.metadata)
+    if guess is None:
+        return ""
+    return (
+        f"; note: llama-cpp-python's Llama() uses its built-in {guess!r} format for this exact "
+        "template unless given chat_format='chat_template.default'"
+    )

@@ -122,18 +122,51 @@ def read_f32_tensor(files: list[Path], name: str):
 
     for path in files:
         with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            found = _find_tensor(buf, name)
-            if found is None:
+            infos, data_start = _tensor_infos(buf)
+            if name not in infos:
                 continue
-            dims, ggml_type, offset = found
+            dims, ggml_type, offset = infos[name]
             if ggml_type != _F32:
                 raise ArtifactError(f"{path.name}: {name} is ggml type {ggml_type}, not F32.")
             count = int(np.prod(dims)) if dims else 1
-            return np.frombuffer(buf, dtype="<f4", count=count, offset=offset).copy()
+            return np.frombuffer(buf, dtype="<f4", count=count, offset=data_start + offset).copy()
     return None
 
 
-def _find_tensor(buf, wanted: str) -> tuple[list[int], int, int] | None:
+def check_complete(files: list[Path]) -> None:
+    """Every shard is as long as its tensor table says: a download cut short loads
+    vocab-only without complaint, so the inspection would pass a file that cannot run."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    for path in files:
+        try:
+            with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                infos, data_start = _tensor_infos(buf)
+                size = len(buf)
+        except (struct.error, ValueError, UnicodeDecodeError) as exc:
+            raise ArtifactError(
+                f"{path} is corrupt: its header cannot be read ({exc}).",
+                hint="Download or convert it again.",
+            ) from exc
+        needed = data_start
+        for dims, ggml_type, offset in infos.values():
+            try:
+                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+            except (KeyError, ValueError):
+                continue  # a type this gguf-py does not know: llama.cpp will say
+            count = 1
+            for d in dims:
+                count *= d
+            needed = max(needed, data_start + offset + count // block * type_size)
+        if size < needed:
+            raise ArtifactError(
+                f"{path} is truncated: {size:,} bytes, its tensors need {needed:,}.",
+                hint="The download or conversion was cut short; fetch or convert it again.",
+            )
+
+
+def _tensor_infos(buf) -> tuple[dict[str, tuple[list[int], int, int]], int]:
+    """name -> (dims, ggml type, offset from the data start), and the data start."""
     pos = 8
     n_tensors, n_kv = struct.unpack_from("<QQ", buf, pos)
     pos += 16
@@ -162,7 +195,7 @@ def _find_tensor(buf, wanted: str) -> tuple[list[int], int, int] | None:
         if key == "general.alignment" and vtype == 4:
             (alignment,) = struct.unpack_from("<I", buf, pos + 4)
         pos = skip(vtype, pos + 4)
-    hit = None
+    infos = {}
     for _ in range(n_tensors):
         name, pos = string(pos)
         (n_dims,) = struct.unpack_from("<I", buf, pos)
@@ -170,9 +203,5 @@ def _find_tensor(buf, wanted: str) -> tuple[list[int], int, int] | None:
         pos += 4 + 8 * n_dims
         ggml_type, offset = struct.unpack_from("<IQ", buf, pos)
         pos += 12
-        if name == wanted:
-            hit = (dims, ggml_type, offset)
-    if hit is None:
-        return None
-    data_start = (pos + alignment - 1) // alignment * alignment
-    return hit[0], hit[1], data_start + hit[2]
+        infos[name] = (dims, ggml_type, offset)
+    return infos, (pos + alignment - 1) // alignment * alignment
