@@ -320,3 +320,39 @@ def test_convert_quarantines_an_artifact_that_fails_inspection(
     manifest = json.loads((quarantine / "manifest.json").read_text())
     bad = next(c for c in manifest["checks"] if not c["passed"])
     assert "'<think>' (id 49158) is CONTROL" in bad["evidence"]
+
+
+def test_against_a_hub_repo_id_needs_only_the_tokenizer_files(
+    demo_q8: Path, demo_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """--against owner/name fetches config and tokenizer files only: a Hub cache holding
+    just those (no weights) is enough. Offline, through huggingface_hub's own cache."""
+    import shutil
+
+    import huggingface_hub.constants as hf_constants
+
+    hub_cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub_cache / "models--quantkit-test--demo-chat"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for item in demo_model.iterdir():
+        if item.is_dir():
+            shutil.copytree(item, snapshot / item.name)
+        elif item.suffix != ".safetensors":
+            shutil.copy2(item, snapshot / item.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    report = quantkit.inspect(demo_q8, "quantkit-test/demo-chat")
+    assert report.passed, report.failed
+    assert (
+        "byte-identical to the source" in checks(report)["chat templates byte-identical"].evidence
+    )
+    from quantkit.errors import SourceModelError
+
+    with pytest.raises(SourceModelError, match="Could not fetch the tokenizer files"):
+        quantkit.inspect(demo_q8, "quantkit-test/not-there")
