@@ -52,7 +52,8 @@ def test_help_lists_the_commands() -> None:
         assert command in proc.stdout
     convert_help = run_cli("convert", "--help")
     assert convert_help.returncode == 0, convert_help.stderr
-    for flag in ("--out", "--profile", "--quant", "--dry-run", "--token-type", "--json"):
+    flags = ("--out", "--profile", "--quant", "--dry-run", "--token-type", "--imatrix", "--json")
+    for flag in flags:
         assert flag in convert_help.stdout
 
 
