@@ -120,14 +120,17 @@ def test_split_set_passes_from_any_shard(demo_q8: Path, demo_model: Path, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.reference
+@pytest.mark.parametrize("model", ["llama31_model", "qwen3_model", "demo_model"])
 def test_llama_cpp_converter_gguf_passes(
-    reference_converter, llama31_model: Path, tmp_path: Path
+    reference_converter, model: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """A third-party artifact: llama.cpp's own convert_hf_to_gguf.py output."""
-    path = reference_converter.convert(llama31_model, tmp_path / "ref.gguf", "q8_0")
-    report = quantkit.inspect(path, llama31_model)
+    source = request.getfixturevalue(model)
+    path = reference_converter.convert(source, tmp_path / "ref.gguf", "q8_0")
+    report = quantkit.inspect(path, source)
     assert report.passed, report.failed
-    assert checks(report)["rope_freqs"].passed
+    if model == "llama31_model":
+        assert checks(report)["rope_freqs"].passed and checks(report)["rope_freqs"].fatal
 
 
 @pytest.mark.slow

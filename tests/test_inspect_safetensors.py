@@ -81,10 +81,7 @@ def test_altered_template_is_caught(demo_bf16: Path, demo_model: Path, tmp_path:
     assert (
         "template 'tool_use' differs from the source's" in problems["chat templates byte-identical"]
     )
-    assert (
-        "tool_use/user question: text differs"
-        in problems["chat templates render identically"]
-    )
+    assert "tool_use/user question: text differs" in problems["chat templates render identically"]
     alone = failed(quantkit.inspect(bad))
     assert "tokenizer_config.json's chat_template differs" in alone["chat templates present"]
 
@@ -106,3 +103,17 @@ def test_folder_without_tokenizer_is_a_clear_error(demo_bf16: Path, tmp_path: Pa
     (bad / "tokenizer.json").unlink()
     with pytest.raises(ArtifactError, match="no tokenizer.json"):
         quantkit.inspect(bad)
+
+
+def test_malicious_template_is_reported_not_executed(
+    demo_bf16: Path, demo_model: Path, tmp_path: Path
+) -> None:
+    bad = _copy(demo_bf16, tmp_path / "bad")
+    marker = tmp_path / "pwned"
+    evil = "{{ cycler.__init__.__globals__.os.popen('touch " + str(marker) + "').read() }}"
+    (bad / "chat_template.jinja").write_text(evil, encoding="utf-8")
+    for against in (demo_model, None):
+        report = quantkit.inspect(bad, against)
+        evidence = failed(report)["chat templates render identically"]
+        assert "template 'default' tried to leave the Jinja sandbox" in evidence
+    assert not marker.exists()

@@ -45,3 +45,29 @@ def _decode(ids: list[int], source) -> str:
 
     tok = Tokenizer.from_file(str(source.path / "tokenizer.json"))
     return tok.decode(ids, skip_special_tokens=False)
+
+
+def test_check_gguf_runs_the_inspect_battery_then_generation(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    """What convert calls: the full battery against the source, the generation check last
+    and not fatal; a --token-type override passes with the policy it was written with."""
+    from quantkit.backends.gguf.vocab import TokenTypePolicy
+    from quantkit.verify import check_gguf
+
+    source = load_source(demo_model)
+    path = export_gguf(source, tmp_path / "m.gguf", out_type="Q8_0").path
+    checks = check_gguf(path, source)
+    assert [c.name for c in checks][:3] == [
+        "special tokens single ids",
+        "token types follow the policy",
+        "turn end is end-of-generation",
+    ]
+    assert checks[-1].name == "greedy generation stops" and not checks[-1].fatal
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    policy = TokenTypePolicy().with_overrides({"<think>": "control"})
+    overridden = export_gguf(source, tmp_path / "o.gguf", out_type="Q8_0", token_policy=policy).path
+    default_policy = {c.name: c for c in check_gguf(overridden, source)}
+    assert not default_policy["token types follow the policy"].passed
+    with_override = {c.name: c for c in check_gguf(overridden, source, policy=policy)}
+    assert with_override["token types follow the policy"].passed

@@ -1,0 +1,58 @@
+"""The inspection's fixed inputs and its independent rope computation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantkit.inspection.battery import CONVERSATIONS, CORPUS
+from quantkit.inspection.rope import llama3_factors
+from quantkit.tokenizer_bundle import HERMES_TAGS
+
+
+def test_battery_covers_what_hermes_models_use() -> None:
+    assert len(CONVERSATIONS) >= 12
+    assert len({c.name for c in CONVERSATIONS}) == len(CONVERSATIONS)
+    messages = [m for c in CONVERSATIONS for m in c.messages]
+    roles = {m["role"] for m in messages}
+    assert roles == {"system", "user", "assistant", "tool"}
+    assert any(c.tools for c in CONVERSATIONS)
+    assert any(m.get("tool_calls") for m in messages)
+    assert any(m["role"] == "system" and m["content"] == "" for m in messages)
+    assert any("<think>" in m["content"] and m["role"] == "assistant" for m in messages)
+    assert any(c.variables.get("thinking") is True for c in CONVERSATIONS)
+    assert any(not c.add_generation_prompt for c in CONVERSATIONS)
+    assert any(any(ord(ch) > 0x3000 for ch in m["content"]) for m in messages)
+    json.dumps([c.messages for c in CONVERSATIONS])  # plain data, as a chat API sends
+
+
+def test_corpus_covers_prose_code_numbers_unicode_whitespace_and_tags() -> None:
+    text = "\n".join(t for _, t in CORPUS)
+    for tag in HERMES_TAGS:
+        assert tag in text
+    assert "def " in text and "\t" in text and "  " in text and "1234567890" in text
+    assert "日本語" in text and "👨‍👩‍👧‍👦" in text and "<|im_end|>" in text and "<|eot_id|>" in text
+
+
+@pytest.mark.parametrize("factor,low,high,orig", [(8.0, 1.0, 4.0, 8192), (32.0, 1.0, 4.0, 8192)])
+def test_llama3_factors_match_transformers(factor, low, high, orig) -> None:
+    """Our float64 rope_freqs equal base / scaled inverse frequencies from transformers'
+    own llama3 rope initialisation (Llama 3.1's factor 8 and Llama 3.2's factor 32)."""
+    import torch
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+            "high_freq_factor": high, "original_max_position_embeddings": orig}  # fmt: skip
+    raw = {"hidden_size": 4096, "num_attention_heads": 32, "rope_theta": 500000.0,
+           "rope_scaling": rope, "max_position_embeddings": 131072}  # fmt: skip
+    config = LlamaConfig(**raw)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    dim = 128
+    base = 1.0 / (500000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    expected = (base / scaled.double()).tolist()
+    ours = llama3_factors(raw)
+    assert ours is not None and len(ours) == dim // 2
+    assert ours == pytest.approx(expected, rel=1e-5)
+    assert llama3_factors({**raw, "rope_scaling": None}) is None
