@@ -359,3 +359,12 @@ def test_against_a_hub_repo_id_needs_only_the_tokenizer_files(
 
     with pytest.raises(SourceModelError, match="Could not fetch the tokenizer files"):
         quantkit.inspect(demo_q8, "quantkit-test/not-there")
+
+
+def test_generate_adds_a_greedy_reply_in_llama_cpp(demo_q8: Path) -> None:
+    """The trained demo model answers and stops at its turn end, with the GGUF's own
+    template and no source."""
+    report = quantkit.inspect(demo_q8, generate=True)
+    last = report.checks[-1]
+    assert last.name == "greedy generation stops" and not last.fatal
+    assert last.passed and "stopped at id 2" in last.evidence and "Paris" in last.evidence

@@ -117,3 +117,9 @@ def test_malicious_template_is_reported_not_executed(
         evidence = failed(report)["chat templates render identically"]
         assert "template 'default' tried to leave the Jinja sandbox" in evidence
     assert not marker.exists()
+
+
+def test_generate_adds_a_greedy_reply_in_transformers(demo_bf16: Path) -> None:
+    last = quantkit.inspect(demo_bf16, generate=True).checks[-1]
+    assert last.name == "greedy generation stops" and not last.fatal
+    assert last.passed and "stopped at id 2" in last.evidence
