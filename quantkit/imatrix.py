@@ -223,7 +223,8 @@ def _read_legacy(path: Path) -> Imatrix:
         if nval < 1:
             raise ImatrixError(f"{path}: entry {name} has {nval} values.")
         values = np.array(take(f"<{nval}f"), dtype=np.float32).reshape(1, nval)
-        entries[name] = ImatrixEntry(values, np.array([float(ncall)]))
+        # quantize.cpp divides by ncall, or uses the values as they are when it is 0
+        entries[name] = ImatrixEntry(values, np.array([float(ncall if ncall > 0 else 1)]))
     chunks, datasets = 0, ()
     if pos + 4 <= len(data):
         (chunks,) = take("<i")

@@ -41,9 +41,10 @@ class ImatrixRequest:
 
 
 def resolve_imatrix(
-    setting: str | None, fmt: str, quant: str, hardware: Any
+    setting: str | Path | None, fmt: str, quant: str, hardware: Any
 ) -> tuple[str | None, str]:
     """(AUTO, a file path or None for off; why)."""
+    setting = None if setting is None else str(setting)  # a Path from the library API
     needs = fmt == "gguf" and gguf_quant(quant).needs_imatrix
     llama_made = fmt == "gguf" and not gguf_quant(quant).written_directly
     if setting is None:

@@ -105,7 +105,7 @@ def convert(
     gptq_format: str = "compressed-tensors",
     max_shard_size: int = 5 * 10**9,
     quantize_lm_head: bool = False,
-    imatrix: str | None = None,  # "auto", a GGUF imatrix file, "none"; None: profile/type
+    imatrix: str | Path | None = None,  # "auto", an imatrix file, "none"; None: profile/type
     progress: ProgressFn | None = None,
 ) -> ConvertResult:
     """Convert `model` (folder or Hub id) into an artifact folder at `out`."""

@@ -120,6 +120,13 @@ def test_legacy_dat_is_read(tmp_path: Path) -> None:
     np.testing.assert_allclose(imatrix.entries["blk.0.attn_k.weight"].mean(), sums / count)
 
 
+def test_legacy_dat_without_calls_keeps_the_values(tmp_path: Path) -> None:
+    values = np.array([0.5, 2.0, 3.0], dtype=np.float32)
+    path = tmp_path / "zero.dat"
+    _write_legacy(path, {"blk.0.ffn_up.weight": values}, 0, 0)
+    np.testing.assert_array_equal(load_imatrix(path).entries["blk.0.ffn_up.weight"].mean(), values)
+
+
 def test_bad_files_are_imatrix_errors(tmp_path: Path) -> None:
     with pytest.raises(ImatrixError, match="does not exist"):
         load_imatrix(tmp_path / "nope.gguf")
@@ -187,6 +194,12 @@ AUTO_PROFILE = SimpleNamespace(name="p4", imatrix="auto")
 )
 def test_resolution(setting, fmt, quant, hardware, expected) -> None:
     assert resolve_imatrix(setting, fmt, quant, hardware)[0] == expected
+
+
+def test_resolution_takes_a_path_and_says_why() -> None:
+    assert resolve_imatrix(Path("m.gguf"), "gguf", "Q4_K_M", None) == ("m.gguf", "--imatrix")
+    assert resolve_imatrix(None, "gguf", "Q4_K_M", AUTO_PROFILE) == ("auto", "profile p4")
+    assert resolve_imatrix(None, "gguf", "IQ1_S", None) == ("auto", "IQ1_S needs one")
 
 
 @pytest.mark.parametrize(
