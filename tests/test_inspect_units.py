@@ -56,3 +56,17 @@ def test_llama3_factors_match_transformers(factor, low, high, orig) -> None:
     assert ours is not None and len(ours) == dim // 2
     assert ours == pytest.approx(expected, rel=1e-5)
     assert llama3_factors({**raw, "rope_scaling": None}) is None
+
+
+def test_a_template_that_renders_nothing_fails_even_when_both_sides_agree() -> None:
+    from quantkit.inspection.compare import render_check
+    from quantkit.inspection.sides import SandboxSide
+
+    broken = "{{ raise_exception('nope') }}"
+    sides = [SandboxSide({"default": broken}, {}, label) for label in ("a", "b")]
+    check = render_check(*sides, ["default"])
+    assert not check.passed and "renders none of the battery" in check.evidence
+    picky = "{% if tools %}{{ raise_exception('no tools') }}{% endif %}{{ messages[0].content }}"
+    sides = [SandboxSide({"default": picky}, {}, label) for label in ("a", "b")]
+    check = render_check(*sides, ["default"])
+    assert check.passed and "3 refused by the template on both sides" in check.evidence

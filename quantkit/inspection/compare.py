@@ -41,7 +41,7 @@ def single_ids_check(expected: Iterable[tuple[str, int]], runtime: Side, what: s
     return Check(SINGLE_IDS, True, f"{len(expected)} {what} encode to their ids in {runtime.label}")
 
 
-def first_difference(a: str, b: str) -> int:
+def first_difference(a: Sequence, b: Sequence) -> int:
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
@@ -83,6 +83,7 @@ def render_check(
         if name not in runtime.templates:
             problems.append(f"template {name!r} is missing in {runtime.label}")
             continue
+        before, first_refusal = rendered, None
         for conv in conversations:
             where = f"{name}/{conv.name}"
             # One side at a time: a template that reaches outside the sandbox is reported
@@ -95,6 +96,7 @@ def render_check(
                 break
             if isinstance(ref, RenderFailure) and isinstance(got, RenderFailure):
                 refused += 1  # the template refuses this shape of chat, on both sides
+                first_refusal = first_refusal or ref
                 continue
             if isinstance(ref, RenderFailure) or isinstance(got, RenderFailure):
                 side, err = (reference, ref) if isinstance(ref, RenderFailure) else (runtime, got)
@@ -111,6 +113,8 @@ def render_check(
             problem = _ids_problem(reference, runtime, got, special_texts)
             if problem:
                 problems.append(f"{where}: {problem}")
+        if rendered == before and first_refusal is not None:
+            problems.append(f"template {name!r} renders none of the battery ({first_refusal})")
     total = len(names) * len(conversations)
     if problems:
         return Check(RENDERING, False, f"{len(problems)} problems: {few(problems)}")
@@ -132,7 +136,7 @@ def _ids_problem(
     if want is not None:
         if want == got:
             return None
-        at = first_difference(want, got)  # type: ignore[arg-type]
+        at = first_difference(want, got)
         return (
             f"token ids differ at position {at}: {reference.label} {want[at : at + 4]} "
             f"[{' '.join(repr(reference.piece(i)) for i in want[at : at + 4])}], "
@@ -182,7 +186,7 @@ def tokenization_check(
         want = reference.encode(text, add_special=add_special) or []
         got = runtime.encode(text, add_special=add_special) or []
         if want != got:
-            at = first_difference(want, got)  # type: ignore[arg-type]
+            at = first_difference(want, got)
             problems.append(
                 f"{label}: ids differ at position {at}: {reference.label} {want[at : at + 4]} "
                 f"[{' '.join(repr(reference.piece(i)) for i in want[at : at + 4])}], "
