@@ -368,3 +368,30 @@ def test_generate_adds_a_greedy_reply_in_llama_cpp(demo_q8: Path) -> None:
     last = report.checks[-1]
     assert last.name == "greedy generation stops" and not last.fatal
     assert last.passed and "stopped at id 2" in last.evidence and "Paris" in last.evidence
+
+
+def test_source_side_is_remembered_per_tokenizer_files(
+    demo_q8: Path, demo_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The second inspection against the same source does not need transformers at all;
+    the same answers come back; a changed tokenizer file is a different cache entry."""
+    import shutil
+
+    from quantkit.inspection import source_cache
+
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    first = quantkit.inspect(demo_q8, demo_model)
+    assert len(list((tmp_path / "cache" / "inspect-source").glob("*.json"))) == 1
+
+    def no_transformers(*args, **kwargs):
+        raise AssertionError("transformers was asked although the cache has the answers")
+
+    monkeypatch.setattr(source_cache, "TransformersSide", no_transformers)
+    second = quantkit.inspect(demo_q8, demo_model)
+    assert second.to_dict()["checks"] == first.to_dict()["checks"]
+    changed = tmp_path / "src"
+    shutil.copytree(demo_model, changed, ignore=shutil.ignore_patterns("*.safetensors"))
+    jinja = changed / "chat_template.jinja"
+    jinja.write_text(jinja.read_text() + " ", encoding="utf-8")
+    with pytest.raises(AssertionError, match="cache has the answers"):
+        quantkit.inspect(demo_q8, changed)

@@ -22,7 +22,8 @@ from .compare import few, first_difference, render_check, single_ids_check, toke
 from .gguf_meta import GGUFMeta, read_f32_tensor, read_gguf_meta
 from .reference import Reference
 from .rope import TENSOR, rope_check
-from .sides import LlamaCppSide, SandboxSide, Side, TransformersSide
+from .sides import LlamaCppSide, SandboxSide, Side
+from .source_cache import CachedTransformersSide
 
 TYPES = "token types follow the policy"
 TURN_END = "turn end is end-of-generation"
@@ -44,7 +45,7 @@ def gguf_checks(
             if kind in _SPECIAL_TYPES
         }
         if reference is not None:
-            ref: Side = TransformersSide(reference.path, "transformers (source)")
+            ref: Side = CachedTransformersSide(reference.path, "transformers (source)")
             expected = [(t.content, t.id) for t in reference.bundle.added_tokens]
             what = "added tokens of the source"
         else:
@@ -66,6 +67,8 @@ def gguf_checks(
         )
         if rope is not None:
             checks.append(rope)
+        if isinstance(ref, CachedTransformersSide):
+            ref.save()
         return checks
     finally:
         runtime.close()

@@ -21,6 +21,7 @@ from ..verify import Check
 from .compare import SINGLE_IDS, few, render_check, single_ids_check, tokenization_check
 from .reference import Reference
 from .sides import SandboxSide, Side, TransformersSide
+from .source_cache import CachedTransformersSide
 
 TURN_END = "generation_config eos is the turn end"
 BOS_PAD = "BOS and PAD tokens"
@@ -32,7 +33,7 @@ def safetensors_checks(folder: Path, reference: Reference | None) -> list[Check]
     own = load_tokenizer_bundle(folder)
     runtime = TransformersSide(folder, "transformers (artifact)")
     if reference is not None:
-        ref: Side = TransformersSide(reference.path, "transformers (source)")
+        ref: Side = CachedTransformersSide(reference.path, "transformers (source)")
         bundle = reference.bundle
         expected = [(t.content, t.id) for t in bundle.added_tokens]
         what = "added tokens of the source"
@@ -51,7 +52,7 @@ def safetensors_checks(folder: Path, reference: Reference | None) -> list[Check]
         single = Check(SINGLE_IDS, False, few(drift) + ("" if single.passed else "; " +
                        single.evidence))  # fmt: skip
     names = sorted(bundle.chat_templates)
-    return [
+    checks = [
         single,
         eos_check(folder, bundle, runtime),
         bos_pad_check(folder, runtime, ref if reference is not None else None),
@@ -59,6 +60,9 @@ def safetensors_checks(folder: Path, reference: Reference | None) -> list[Check]
         render_check(ref, runtime, names),
         tokenization_check(ref, runtime),
     ]
+    if isinstance(ref, CachedTransformersSide):
+        ref.save()
+    return checks
 
 
 def _added_tokens_drift(own: TokenizerBundle) -> list[str]:
@@ -114,7 +118,7 @@ def bos_pad_check(folder: Path, runtime: TransformersSide, source: Side | None) 
     ours = {role: runtime.token_id(role) for role in ("bos", "eos", "pad")}
     evidence = ", ".join(f"{role} id {value}" for role, value in ours.items())
     problems = []
-    if isinstance(source, TransformersSide):
+    if isinstance(source, TransformersSide | CachedTransformersSide):
         for role, value in ours.items():
             theirs = source.token_id(role)
             if value != theirs:
