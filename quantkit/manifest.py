@@ -66,7 +66,7 @@ def source_record(source: SourceModel, requested: str) -> dict[str, Any]:
 def _licence_metadata(folder: Path) -> dict[str, Any]:
     """The licence fields of the source's README front matter, recorded so the model card
     inherits them even after the source folder is gone."""
-    from .model_card import parse_front_matter
+    from .card_facts import parse_front_matter
 
     readme = folder / "README.md"
     if not readme.is_file():

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from conftest_hub import *  # noqa: F401,F403
 
+from quantkit.card_facts import parse_front_matter
 from quantkit.chat_template import render
-from quantkit.model_card import CARD_MARKER, parse_front_matter, write_model_card
+from quantkit.model_card import CARD_MARKER, write_model_card
 from quantkit.modelfile import go_template, render_modelfile, template_format
 from quantkit.publish import publish
 
