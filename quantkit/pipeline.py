@@ -9,36 +9,25 @@ finished; a folder whose checks failed is renamed `<out>.quarantine/`.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .convert_target import SafetensorsOptions, Target, prepare_safetensors, resolve_target
 from .errors import (
-    DiskSpaceError,
-    OutputPathError,
     QualityGateError,
-    QuantkitError,
     VerificationError,
 )
-from .formats import ArtifactFormat, gguf_quant
 from .imatrix_request import prepare_imatrix, resolve_imatrix
 from .manifest import build_manifest, source_record, write_manifest
+from .preflight import check_disk_space, check_output_path, estimate_bytes
 from .source import SourceModel, load_source
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
-_DISK_MARGIN = 1.05  # a little room for metadata and filesystem overhead
-
-
-@dataclass(frozen=True)
-class Target:
-    format: str
-    quant: str
-    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,9 +99,9 @@ def convert(
 ) -> ConvertResult:
     """Convert `model` (folder or Hub id) into an artifact folder at `out`."""
     out_dir = Path(out).expanduser()
-    target, hardware = _resolve_target(profile, format, quant)
+    target, hardware = resolve_target(profile, format, quant)
     imatrix, imatrix_origin = resolve_imatrix(imatrix, target.format, target.quant, hardware)
-    _check_output_path(out_dir, model)
+    check_output_path(out_dir, model)
     source = load_source(
         model, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
     )
@@ -131,16 +120,16 @@ def convert(
         max_shard_size,
         quantize_lm_head,
     )
-    calib = _prepare_safetensors(source, target, options) if target.format != "gguf" else None
+    calib = prepare_safetensors(source, target, options) if target.format != "gguf" else None
     imatrix_request = prepare_imatrix(
         imatrix, source, target.quant, origin=imatrix_origin, calibration=calibration,
         samples=calibration_samples, seq_len=calibration_seq_len, seed=calibration_seed,
         think_share=think_share, tool_share=tool_share,
     )  # fmt: skip
-    estimate = _estimate_bytes(source, target, options)
+    estimate = estimate_bytes(source, target, options)
     if dry_run:
         return ConvertResult(None, target, source, plan, estimated_bytes=estimate, dry_run=True)
-    _check_disk_space(out_dir, estimate)
+    check_disk_space(out_dir, estimate)
     if push_to:
         from .publish import check_push_access
 
@@ -246,118 +235,6 @@ def _publish(out_dir: Path, repo_id: str, source: SourceModel) -> dict[str, Any]
     }
 
 
-_DEFAULT_QUANT = {"gguf": "Q4_K_M", "safetensors": "BF16", "fp8": "FP8_DYNAMIC", "gptq": "W4A16"}
-
-
-def _resolve_target(profile: str | None, fmt: str | None, quant: str | None):
-    if profile is None and fmt is None:
-        raise QuantkitError(
-            "Say what to make: --profile NAME, or --format gguf --quant Q4_K_M.",
-            hint="`quantkit profiles` lists the hardware profiles.",
-        )
-    hardware = None
-    if profile is not None:
-        from .profiles import load_profile
-
-        hardware = load_profile(profile)
-        fmt = fmt or hardware.format
-        quant = quant or hardware.quant
-    fmt = (fmt or "").lower()
-    if fmt not in {f.value for f in ArtifactFormat}:
-        raise QuantkitError(f"Unknown format {fmt!r}.", hint="Use gguf, safetensors, fp8 or gptq.")
-    quant = quant or _DEFAULT_QUANT[fmt]
-    if fmt == ArtifactFormat.GGUF.value:
-        quant = gguf_quant(quant).name
-    return Target(fmt, quant.upper(), hardware.name if hardware else None), hardware
-
-
-@dataclass(frozen=True)
-class SafetensorsOptions:
-    """The knobs of the safetensors, FP8 and GPTQ paths (calibration and GPTQ)."""
-
-    calibration: str | None
-    samples: int | None
-    seq_len: int | None
-    seed: int
-    think_share: float | None
-    tool_share: float | None
-    group_size: int
-    actorder: bool
-    dampening: float
-    gptq_format: str
-    max_shard_size: int
-    quantize_lm_head: bool
-
-    def backend_kwargs(self, calib, force: bool) -> dict[str, Any]:
-        return dict(
-            calibration=calib,
-            group_size=self.group_size,
-            actorder=self.actorder,
-            dampening=self.dampening,
-            gptq_format=self.gptq_format,
-            max_shard_size=self.max_shard_size,
-            force=force,
-            quantize_lm_head=self.quantize_lm_head,
-        )
-
-
-def _prepare_safetensors(source: SourceModel, target: Target, options: SafetensorsOptions):
-    """Everything the safetensors paths can check before a weight is read: calibration
-    data (read and tokenized now, so a bad file fails in seconds), the format/quant pair,
-    the group size."""
-    from .backends.safetensors_pipeline import needs_calibration, preflight
-
-    calib = None
-    if needs_calibration(target.quant):
-        from .calibration import load_calibration
-
-        if source.tokenizer is None:
-            raise QuantkitError(f"{source.path} has no tokenizer; calibration needs one.")
-        calib = load_calibration(
-            options.calibration,
-            source.tokenizer,
-            samples=256 if options.samples is None else options.samples,
-            seq_len=2048 if options.seq_len is None else options.seq_len,
-            seed=options.seed,
-            think_share=options.think_share,
-            tool_share=options.tool_share,
-        )
-    preflight(
-        source,
-        target.format,
-        target.quant,
-        calibration=calib,
-        group_size=options.group_size,
-        dampening=options.dampening,
-        gptq_format=options.gptq_format,
-    )
-    return calib
-
-
-def _check_output_path(out_dir: Path, model: str | Path) -> None:
-    if out_dir.exists():
-        raise OutputPathError(
-            f"{out_dir} already exists.",
-            hint="Choose a new --out folder, or remove the old one first.",
-        )
-    src = Path(model).expanduser()
-    if src.exists() and out_dir.resolve().is_relative_to(src.resolve()):
-        raise OutputPathError(f"{out_dir} is inside the source model folder {src}.")
-    anchor = _existing_ancestor(out_dir)
-    if not anchor.is_dir() or not os.access(anchor, os.W_OK):
-        raise OutputPathError(
-            f"Cannot create {out_dir}: {anchor} is not a writable folder.",
-            hint="Choose an --out path in a folder you can write to.",
-        )
-
-
-def _existing_ancestor(path: Path) -> Path:
-    for candidate in (path.resolve(), *path.resolve().parents):
-        if candidate.exists():
-            return candidate
-    return Path("/")
-
-
 def _make_plan(source: SourceModel, hardware, context: int | None, force: bool):
     if hardware is None:
         return None
@@ -368,36 +245,6 @@ def _make_plan(source: SourceModel, hardware, context: int | None, force: bool):
     plan = make_plan(source, hardware, context=context, others=others)
     ensure_fits(plan, force=force)
     return plan.to_dict()
-
-
-def _estimate_bytes(source: SourceModel, target: Target, options: SafetensorsOptions) -> int:
-    """Peak disk use: the final files plus, for llama.cpp types, the BF16 intermediate that
-    exists until quantization ends; sizes from the tensor inventory."""
-    if target.format != "gguf":
-        from .backends.safetensors_pipeline import estimate_bytes
-
-        size = estimate_bytes(
-            source, target.format, target.quant, options.group_size, options.gptq_format
-        )
-        return int(size * _DISK_MARGIN)
-    from .memory import gguf_file_bytes
-    from .model_spec import spec_from_source
-
-    spec = spec_from_source(source)
-    final = gguf_file_bytes(spec, target.quant)
-    if gguf_quant(target.quant).written_directly:
-        return int(final * _DISK_MARGIN)
-    return int((gguf_file_bytes(spec, "BF16") + final) * _DISK_MARGIN)
-
-
-def _check_disk_space(out_dir: Path, needed: int) -> None:
-    free = shutil.disk_usage(_existing_ancestor(out_dir)).free
-    if free < needed:
-        raise DiskSpaceError(
-            f"{out_dir.parent} has {free / 1e9:.2f} GB free; this conversion needs about "
-            f"{needed / 1e9:.2f} GB.",
-            hint="Free some space or choose an --out folder on a larger disk.",
-        )
 
 
 def _fresh_work_dir(out_dir: Path) -> Path:
