@@ -117,7 +117,11 @@ def render_check(
             problems.append(f"template {name!r} renders none of the battery ({first_refusal})")
     total = len(names) * len(conversations)
     if problems:
-        return Check(RENDERING, False, f"{len(problems)} problems: {few(problems)}")
+        return Check(
+            RENDERING,
+            False,
+            f"{len(problems)} problem{'s' if len(problems) > 1 else ''}: {few(problems)}",
+        )
     how = "same text and ids" if reference.encode("x") is not None else "same text; tags one id"
     tail = f", {refused} refused by the template on both sides" if refused else ""
     return Check(
@@ -173,7 +177,11 @@ def tokenization_check(
             if problem:
                 problems.append(f"{label}: {problem}")
         if problems:
-            return Check(TOKENIZATION, False, f"{len(problems)} problems: {few(problems)}")
+            return Check(
+                TOKENIZATION,
+                False,
+                f"{len(problems)} problem{'s' if len(problems) > 1 else ''}: {few(problems)}",
+            )
         return Check(
             TOKENIZATION,
             True,
