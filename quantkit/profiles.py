@@ -152,13 +152,13 @@ _TABLES = {
 
 
 def profiles_dir() -> Path:
-    """QUANTKIT_PROFILES_DIR, else the repo's top-level profiles/ folder."""
+    """QUANTKIT_PROFILES_DIR, else the shipped profiles: quantkit/data/profiles, a symlink
+    to the repo's top-level profiles/ in a checkout, which a wheel build copies in (so
+    `pip install .` ships them too)."""
     env = os.environ.get("QUANTKIT_PROFILES_DIR")
     if env:
         return Path(env)
-    import quantkit
-
-    return Path(quantkit.__file__).resolve().parents[1] / "profiles"
+    return (Path(__file__).resolve().parent / "data" / "profiles").resolve()
 
 
 def list_profiles() -> list[HardwareProfile]:

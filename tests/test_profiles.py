@@ -172,3 +172,40 @@ def test_imatrix_key_is_optional_and_checked(tmp_path):
     assert load_profile(str(write(tmp_path, MINIMAL))).imatrix is None
     text = MINIMAL.replace('runtime = "llama.cpp"', RUNTIME + 'imatrix = "none"')
     assert load_profile(str(write(tmp_path, text, "off"))).imatrix == "none"
+
+
+@pytest.mark.slow
+def test_a_built_wheel_ships_every_profile(tmp_path):
+    """`pip install .` (not editable) must carry profiles/: the package reaches them
+    through quantkit/data/profiles, a symlink that the wheel build copies in."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from quantkit.profiles import profiles_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    tree = tmp_path / "src"  # a copy: an in-tree build would leave build/ in the checkout
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md", "profiles"):
+        copy = shutil.copytree if (repo / name).is_dir() else shutil.copy2
+        copy(repo / name, tree / name)
+    shutil.copytree(repo / "quantkit", tree / "quantkit", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    assert (tree / "quantkit" / "data" / "profiles").is_symlink()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(tree)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("quantkit-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {
+            Path(name).name: zf.read(name)
+            for name in zf.namelist()
+            if name.startswith("quantkit/data/profiles/") and name.endswith(".toml")
+        }
+    expected = {p.name: p.read_bytes() for p in profiles_dir().glob("*.toml")}
+    assert len(expected) >= 15
+    assert shipped == expected
