@@ -36,6 +36,12 @@ class UnknownPreTokenizerError(QuantkitError):
     exit_code = 4
 
 
+class ArtifactError(QuantkitError):
+    """The path given to `quantkit inspect` is not a readable GGUF or safetensors artifact."""
+
+    exit_code = 3  # the same code as an unreadable source model
+
+
 class OutputPathError(QuantkitError):
     """The output path exists, is not writable, or is the source itself."""
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ArtifactError
 from ..verify import Check
-from .gguf_meta import ArtifactError, check_complete, check_gguf_magic, gguf_files
+from .gguf_meta import check_complete, check_gguf_magic, gguf_files
 from .report import InspectReport
 
 __all__ = ["ArtifactError", "Check", "InspectReport", "inspect"]

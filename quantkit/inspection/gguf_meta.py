@@ -14,16 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import QuantkitError
+from ..errors import ArtifactError
 
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 TEMPLATE_KEY = "tokenizer.chat_template"
-
-
-class ArtifactError(QuantkitError):
-    """The path given to inspect is not a readable GGUF or safetensors artifact."""
-
-    exit_code = 3  # the same code as an unreadable source model
 
 
 def gguf_files(path: Path) -> list[Path]:

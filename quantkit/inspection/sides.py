@@ -153,7 +153,7 @@ class LlamaCppSide(Side):
         try:
             self.llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
         except (ValueError, RuntimeError) as exc:
-            from .gguf_meta import ArtifactError
+            from ..errors import ArtifactError
 
             raise ArtifactError(
                 f"llama.cpp cannot load {path} ({exc}).",
