@@ -5,8 +5,13 @@ For each model: write the BF16 GGUF, compute the imatrix as `quantkit convert --
 auto` does (default settings: 8 calibration samples, 512-token chunks), quantize each type
 with and without it through llama.cpp, and measure both against the source with
 quantkit.evaluate (shipped eval corpus, held out from the calibration mix; n_ctx 512).
-The "with - without" column is the mean of per-chunk KLD differences with its standard
-error (chunks are the independent unit; tokens inside a chunk are correlated).
+The "with - without" columns are the means of per-chunk differences (KLD, token NLL =
+log perplexity, top-1 agreement) with their standard errors (chunks are the independent
+unit; tokens inside a chunk are correlated).
+
+With `--chunks 1,2,4,8,16,28` it also measures saturation on the first model and the first
+type: the matrix computed from the first N chunks of one seeded draw of the built-in mix
+(the default `auto` is the first 4), the KLD of the quant made with it.
 
 With `--llama-bin DIR` (llama-imatrix and llama-quantize built from the llama-cpp-python
 0.3.36 sdist, see docs/formats.md) it also checks interop on the first model: llama-imatrix
@@ -14,7 +19,8 @@ re-writes quantkit's file; llama-quantize quantizes with it; llama-imatrix compu
 the same text, which is compared with quantkit's.
 
     .venv/bin/python scripts/bench_imatrix.py [--models demo,llama31]
-        [--quants Q4_K_M,Q3_K_M,IQ4_XS] [--llama-bin DIR] [--write-doc docs/benchmarks.md]
+        [--quants Q4_K_M,Q3_K_M,IQ4_XS] [--chunks 1,2,4,8,16,28] [--llama-bin DIR]
+        [--write-doc docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ def model_path(label: str) -> Path:
 
 
 def measure(path: Path, source: Any) -> tuple[Any, Any]:
-    """quantkit.evaluate's report and its per-token KLD (kept from the report step)."""
+    """quantkit.evaluate's report and its per-token scores (nll, kld, kld lower bound,
+    top-1 agreement), kept from the report step."""
     import quantkit.evaluate as ev
 
     kept: list = []
@@ -64,15 +71,22 @@ def measure(path: Path, source: Any) -> tuple[Any, Any]:
         report = ev.evaluate_artifact(path, source)
     finally:
         ev._report = original
-    return report, kept[0][1]
+    return report, kept[0]
 
 
-def paired(with_kld, without_kld, chunks: int) -> tuple[float, float]:
-    diff = (with_kld - without_kld).reshape(chunks, -1).mean(axis=1)
+def paired(with_scores, without_scores, chunks: int) -> tuple[float, float]:
+    diff = (with_scores.astype(float) - without_scores.astype(float)).reshape(chunks, -1)
+    diff = diff.mean(axis=1)
     return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(chunks))
 
 
-def bench_model(label: str, quants: list[str], work: Path) -> tuple[list[str], dict]:
+METRICS = (("KLD", 1, "{:+.4f} ± {:.4f}"), ("NLL", 0, "{:+.4f} ± {:.4f}"),
+           ("top-1", 3, "{:+.1%} ± {:.1%}"))  # fmt: skip
+
+
+def bench_model(
+    label: str, quants: list[str], work: Path, beyond: list[str]
+) -> tuple[list[str], dict]:
     from quantkit.backends.gguf.quantize import quantize_gguf
     from quantkit.backends.gguf_export import export_gguf
     from quantkit.backends.gguf_pipeline import tensor_type_counts
@@ -97,11 +111,17 @@ def bench_model(label: str, quants: list[str], work: Path) -> tuple[list[str], d
             out = work / f"{label}-{quant}-{tag}.gguf"
             quantize_gguf(bf16, out, quant, imatrix=matrix, imatrix_file=matrix_file.name)
             measured[tag] = (out, *measure(out, source))
-        delta, se = paired(measured["yes"][2], measured["no"][2], measured["yes"][1].chunks)
+        chunks = measured["yes"][1].chunks
+        changes = []
+        for metric, index, fmt in METRICS:
+            delta, se = paired(measured["yes"][2][index], measured["no"][2][index], chunks)
+            changes.append(fmt.format(delta, se))
+            if abs(delta) > 2 * se:
+                beyond.append(f"{label} {quant} {metric} {fmt.format(delta, se)}")
         for tag in ("no", "yes"):
             out, r, _ = measured[tag]
             types = " ".join(f"{k}:{v}" for k, v in sorted(tensor_type_counts(out).items()))
-            change = f"{delta:+.4f} ± {se:.4f}" if tag == "yes" else ""
+            change = " | ".join(changes) if tag == "yes" else " |  | "
             rows.append(
                 f"| {label} | {quant} | {tag} | {out.stat().st_size / 1e6:,.1f} | {types} | "
                 f"{r.perplexity:.3f} ({r.reference_perplexity:.3f}) | {r.kld_mean:.4f} | "
@@ -119,6 +139,50 @@ def bench_model(label: str, quants: list[str], work: Path) -> tuple[list[str], d
         "data": data,
     }
     return rows, info
+
+
+def saturation(info: dict, quant: str, sweep: list[int], work: Path) -> list[str]:
+    """KLD of `quant` made with a matrix from the first N chunks of one seeded draw, for
+    each N in `sweep` (the default `auto` draw is a prefix of a larger draw: the seeded
+    walk order does not depend on the number of samples)."""
+    from quantkit.backends.gguf.quantize import quantize_gguf
+    from quantkit.imatrix_compute import (
+        CHUNK_SIZE,
+        ImatrixData,
+        compute_imatrix,
+        prepare_imatrix_data,
+    )
+
+    source, bf16 = info["source"], info["bf16"]
+    samples = 2 * max(sweep) + 8
+    while True:
+        data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=samples,
+                                    chunk_size=CHUNK_SIZE, seed=0)  # fmt: skip
+        if len(data.chunks) >= max(sweep):
+            break
+        samples *= 2
+    default = info["data"].chunks
+    assert data.chunks[: len(default)] == default, "the default draw is not a prefix"
+    out = work / f"saturation-{quant}-none.gguf"
+    quantize_gguf(bf16, out, quant)
+    base, base_scores = measure(out, source)
+    lines = [
+        f"| {quant} | none | | {base.kld_mean:.4f} | | {base.top1_agreement:.1%} |",
+    ]
+    for n in sweep:
+        part = ImatrixData(data.chunks[:n], CHUNK_SIZE, data.dataset)
+        tick = time.perf_counter()
+        matrix = compute_imatrix(bf16, part)
+        seconds = time.perf_counter() - tick
+        out = work / f"saturation-{quant}-{n}.gguf"
+        quantize_gguf(bf16, out, quant, imatrix=matrix, imatrix_file=f"{n}-chunks")
+        r, scores = measure(out, source)
+        delta, se = paired(scores[1], base_scores[1], r.chunks)
+        mark = " (the default)" if n == len(default) else ""
+        lines.append(f"| {quant} | {n}{mark} | {seconds:.1f} | {r.kld_mean:.4f} | "
+                     f"{delta:+.4f} ± {se:.4f} | {r.top1_agreement:.1%} |")  # fmt: skip
+        out.unlink()
+    return lines
 
 
 def interop(bin_dir: Path, info: dict, work: Path) -> list[str]:
@@ -217,16 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,llama31")
     parser.add_argument("--quants", default="Q4_K_M,Q3_K_M,IQ4_XS")
+    parser.add_argument("--chunks", default="", help="saturation sweep, e.g. 1,2,4,8,16,28")
     parser.add_argument("--llama-bin", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=CACHE / "bench-imatrix")
     parser.add_argument("--write-doc", type=Path, default=None)
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    rows, infos = [], []
+    rows, infos, beyond = [], [], []
+    quants = args.quants.split(",")
     for label in args.models.split(","):
-        model_rows, info = bench_model(label, args.quants.split(","), args.work)
+        model_rows, info = bench_model(label, quants, args.work, beyond)
         rows += model_rows
         infos.append(info)
+    sweep = [int(n) for n in args.chunks.split(",") if n]
+    sweep_lines = saturation(infos[0], quants[0], sweep, args.work) if sweep else []
     interop_lines = interop(args.llama_bin, infos[0], args.work) if args.llama_bin else []
     command = "python scripts/bench_imatrix.py " + " ".join(argv or sys.argv[1:])
     body = "\n".join([
@@ -236,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         "importance matrix `quantkit convert --imatrix auto` computes (default settings), "
         "measured against the source by quantkit.evaluate (shipped eval corpus, held out "
         "from the calibration mix; n_ctx 512, 9 chunks). \"with - without\": mean of the "
-        "per-chunk KLD differences ± its standard error (negative = better with).",
+        "per-chunk differences of KLD, token NLL (log perplexity) and top-1 agreement, ± "
+        "the standard error of that mean over the 9 chunks (negative KLD/NLL and positive "
+        "top-1 = better with; a difference within 2 standard errors is not distinguishable "
+        "from noise).",
         "",
         f"Command: `{command.strip()}`",
         "",
@@ -245,16 +316,29 @@ def main(argv: list[str] | None = None) -> int:
         *[f"- {i['model']}: imatrix {i['imatrix']}." for i in infos],
         "",
         "| model | type | imatrix | MB | tensor types | perplexity (source) | KLD mean | "
-        "KLD p99 | top-1 | with - without (KLD) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "KLD p99 | top-1 | with - without: KLD | NLL | top-1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        "Differences beyond 2 standard errors: "
+        + ("; ".join(beyond) if beyond else "none") + ". Everything else, whichever its "
+        "sign, is within noise.",
         "",
         "Same types with and without: llama.cpp picks the same tensor types except for IQ4_XS, "
         "which without a matrix keeps the first ffn_down layers at Q5_K. The demo model is "
         "a trained model; the llama31 fixture has random weights (hence its perplexity near "
         "the vocabulary size), without the activation outliers a matrix exploits, and shows "
         "the path on a Llama-3.1-shaped model whose dimensions take K-quants without "
-        "fallbacks.",
+        "fallbacks. Its top-1 agreement and perplexity move by chance in either direction "
+        "with or without a matrix: with random weights the source's next-token distribution "
+        "is nearly flat, so its top-1 token wins by a hair and any rounding flips it; KLD, "
+        "which weighs the whole distribution, is the meaningful measure there.",
+        *(["", f"Saturation: {quants[0]} of {infos[0]['model']} with a matrix from the first "
+           "N chunks of 512 tokens of one seeded draw of the built-in mix (the default "
+           "`auto` draw, 8 samples, is its first 4 chunks); \"vs none\": paired per-chunk "
+           "KLD difference from the quant made without a matrix ± its standard error.", "",
+           "| type | chunks | compute s | KLD mean | vs none | top-1 |",
+           "|---|---|---|---|---|---|", *sweep_lines] if sweep_lines else []),
         *(["", "Interop with llama.cpp's own tools (built from the llama-cpp-python 0.3.36 "
            "sdist), on the first model:", "", *interop_lines] if interop_lines else []),
     ])  # fmt: skip
