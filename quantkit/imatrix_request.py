@@ -1,12 +1,17 @@
 """`--imatrix auto|FILE|none` for a GGUF convert: decide, check early, then apply.
 
-- `resolve_imatrix` (no I/O): the flag, else the profile's `imatrix` key, else `auto` for
-  the types llama.cpp refuses to make without one and off for the rest. Refused: `none` for
-  such a type, and an imatrix for an artifact llama.cpp's quantizer does not make.
+- `resolve_imatrix` (no I/O): the flag, else `auto` for the types llama.cpp refuses to
+  make without one, else the profile's `imatrix` key for types of 4 bits and lower, else
+  off. Refused: `none` for a type that needs one, and an imatrix for an artifact
+  llama.cpp's quantizer does not make.
 - `prepare_imatrix` (before any weight is read): `auto` draws and tokenizes the calibration
   chunks; `FILE` is read and matched against the model's tensor names and column counts.
+  When `auto` came from a profile and cannot be made (no tokenizer, too little text) the
+  convert goes on without a matrix, with a warning and a manifest record; when the user
+  asked for it, or the type needs one, it fails.
 - `apply_imatrix` (in the GGUF backend, after the BF16 file exists): `auto` computes the
-  matrix in llama.cpp and saves `<Model>.imatrix.gguf` into the artifact folder.
+  matrix in llama.cpp and saves `<Model>.imatrix.gguf` into the artifact folder; `FILE` is
+  copied there. Only file names, never the user's paths, reach the GGUF and the manifest.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ImatrixError
+from .errors import CalibrationError, ImatrixError
 from .formats import gguf_quant
 
 if TYPE_CHECKING:
@@ -27,31 +32,46 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTO, NONE = "auto", "none"
+FILE, SKIPPED = "file", "skipped"
+PROFILE_ORIGIN = "profile "  # origin of a profile's default: "profile rtx4090-4bit"
 DEFAULT_SAMPLES = 8  # samples joined for `auto`: ~4 chunks of 512 tokens (docs/calibration.md)
 IMATRIX_SUFFIX = ".imatrix.gguf"
 
 
 @dataclass(frozen=True)
 class ImatrixRequest:
-    mode: str  # AUTO or "file"
+    mode: str  # AUTO, FILE or SKIPPED (a profile's auto that could not be made)
     origin: str  # why: "--imatrix", "profile NAME", "IQ2_XS needs one"
     data: ImatrixData | None = None  # AUTO: the calibration chunks
-    imatrix: Imatrix | None = None  # file: the matrix read
+    imatrix: Imatrix | None = None  # FILE: the matrix read
     file: Path | None = None
+    reason: str = ""  # SKIPPED: why
+
+    def skipped(self) -> dict[str, Any]:
+        """The manifest's record of a profile default that was not applied."""
+        return {"source": "none", "origin": self.origin, "skipped": self.reason}
 
 
 def resolve_imatrix(
     setting: str | Path | None, fmt: str, quant: str, hardware: Any
 ) -> tuple[str | None, str]:
-    """(AUTO, a file path or None for off; why)."""
+    """(AUTO, a file path or None for off; why). A profile's `imatrix = "auto"` is a default
+    for types of 4 bits and lower (the bits class in formats.py); `--imatrix auto` works
+    for every type llama.cpp's quantizer makes."""
     setting = None if setting is None else str(setting)  # a Path from the library API
-    needs = fmt == "gguf" and gguf_quant(quant).needs_imatrix
-    llama_made = fmt == "gguf" and not gguf_quant(quant).written_directly
+    spec = gguf_quant(quant) if fmt == "gguf" else None
+    needs = spec is not None and spec.needs_imatrix
+    llama_made = spec is not None and not spec.written_directly
     if setting is None:
         if needs:
             return AUTO, f"{quant} needs one"
         if llama_made and getattr(hardware, "imatrix", None) == AUTO:
-            return AUTO, f"profile {hardware.name}"
+            if spec.low_bit:
+                return AUTO, f"{PROFILE_ORIGIN}{hardware.name}"
+            return None, (
+                f"off: profile {hardware.name}'s imatrix = auto is for types of 4 bits and "
+                f"lower, {quant} is {spec.bits}-bit"
+            )
         return None, "off by default"
     if setting.lower() == NONE:
         if needs:
@@ -91,17 +111,22 @@ def prepare_imatrix(
     if setting == AUTO:
         from .imatrix_compute import CHUNK_SIZE, prepare_imatrix_data
 
-        if source.tokenizer is None:
-            raise ImatrixError(f"{source.path} has no tokenizer; --imatrix auto needs one.")
-        data = prepare_imatrix_data(
-            source.tokenizer,
-            calibration=calibration,
-            samples=DEFAULT_SAMPLES if samples is None else samples,
-            chunk_size=CHUNK_SIZE if seq_len is None else seq_len,
-            seed=seed,
-            think_share=think_share,
-            tool_share=tool_share,
-        )
+        try:
+            if source.tokenizer is None:
+                raise ImatrixError(
+                    f"{source.path} has no tokenizer to turn calibration text into tokens."
+                )
+            data = prepare_imatrix_data(
+                source.tokenizer,
+                calibration=calibration,
+                samples=DEFAULT_SAMPLES if samples is None else samples,
+                chunk_size=CHUNK_SIZE if seq_len is None else seq_len,
+                seed=seed,
+                think_share=think_share,
+                tool_share=tool_share,
+            )
+        except (ImatrixError, CalibrationError) as exc:
+            return _cannot_compute(exc, origin, quant)
         log.info("imatrix: %d chunks of %d tokens (%s)", len(data.chunks), data.chunk_size, origin)
         return ImatrixRequest(AUTO, origin, data=data)
     from .imatrix import check_imatrix, load_imatrix, weight_columns
@@ -111,16 +136,43 @@ def prepare_imatrix(
     check_imatrix(
         imatrix, weight_columns(source), where=str(path), required=gguf_quant(quant).needs_imatrix
     )
-    return ImatrixRequest("file", origin, imatrix=imatrix, file=path)
+    return ImatrixRequest(FILE, origin, imatrix=imatrix, file=path)
+
+
+def _cannot_compute(
+    exc: ImatrixError | CalibrationError, origin: str, quant: str
+) -> ImatrixRequest:
+    """A profile's default gives way (warned, recorded); the user's request fails, saying
+    how to convert without one."""
+    message = str(exc)
+    if exc.hint and message.endswith(exc.hint):
+        message = message[: -len(exc.hint)].rstrip()
+    if origin.startswith(PROFILE_ORIGIN):
+        log.warning(
+            "No importance matrix: %s The %s default (imatrix = auto) is skipped; converting "
+            "without one.", message, origin)  # fmt: skip
+        return ImatrixRequest(SKIPPED, origin, reason=message)
+    if gguf_quant(quant).needs_imatrix:
+        hint = (f"{quant} cannot be made without one: pass --imatrix FILE (from "
+                "llama-imatrix), or choose a type such as Q4_K_M with --imatrix none.")  # fmt: skip
+    else:
+        hint = "Pass --imatrix none to convert without one, or --imatrix FILE."
+    if exc.hint:
+        hint = f"{exc.hint} {hint}"
+    raise type(exc)(f"The importance matrix (--imatrix auto) cannot be computed: {message}",
+                    hint=hint) from exc  # fmt: skip
 
 
 def apply_imatrix(
     request: ImatrixRequest, bf16: Path, work: Path, stem: str, progress: Any = None
-) -> tuple[Imatrix, str, list[dict[str, Any]], dict[str, Any]]:
-    """The matrix to quantize with, its name for `quantize.imatrix.file`, the file records
-    to add to the manifest and the description of what was used."""
-    from .manifest import file_record, sha256_file
+) -> tuple[Imatrix | None, str, list[dict[str, Any]], dict[str, Any]]:
+    """The matrix to quantize with, its name for `quantize.imatrix.file` (a file name in
+    the artifact folder, never the user's path), the file records to add to the manifest
+    and the description of what was used."""
+    from .manifest import file_record
 
+    if request.mode == SKIPPED:
+        return None, "", [], request.skipped()
     if request.mode == AUTO:
         from .imatrix import save_imatrix
         from .imatrix_compute import compute_imatrix
@@ -139,9 +191,11 @@ def apply_imatrix(
                                      "calibration": request.data.calibration}  # fmt: skip
     else:
         assert request.imatrix is not None and request.file is not None
-        imatrix, label, records = request.imatrix, str(request.file), []
-        described = {"source": "file", "file": str(request.file),
-                     "sha256": sha256_file(request.file)}  # fmt: skip
+        path = _copy_into(request.file, work, stem)
+        record = file_record(path, format="dat" if request.imatrix.legacy else "gguf",
+                             quant="imatrix", role="imatrix")  # fmt: skip
+        imatrix, label, records = request.imatrix, path.name, [record]
+        described = {"source": "file", "file": path.name, "sha256": record["sha256"]}
     described.update(
         origin=request.origin,
         method="llama.cpp cb_eval on the BF16 GGUF (as llama-imatrix)"
@@ -150,3 +204,17 @@ def apply_imatrix(
         **imatrix.describe(),
     )
     return imatrix, label, records, described
+
+
+def _copy_into(given: Path, work: Path, stem: str) -> Path:
+    """The user's imatrix file, copied into the artifact folder under its own name (or
+    `<Model>.imatrix.gguf` where that name is one quantkit writes itself)."""
+    import shutil
+
+    name = given.name
+    taken = {p.name for p in work.iterdir()} | {"manifest.json", "README.md", "Modelfile"}
+    if name in taken or not name.isprintable():
+        name = f"{stem}{'.imatrix.dat' if given.suffix == '.dat' else IMATRIX_SUFFIX}"
+    target = work / name
+    shutil.copyfile(given, target)
+    return target

@@ -342,8 +342,10 @@ def _choice(value: str, choices: tuple[str, ...], where: str, key: str) -> str:
 
 
 def _imatrix_setting(value: str | None, fmt: str, quant: str, where: str) -> str | None:
-    """`imatrix = "auto"` asks for an importance matrix by default; only llama.cpp-made GGUF
-    types use one, and `"none"` cannot be the default of a type that needs one."""
+    """`imatrix = "auto"` asks for an importance matrix by default for the profile's type,
+    which must be a llama.cpp-made GGUF type of 4 bits or lower (formats.py's bits class;
+    `--imatrix auto` still works for any llama.cpp type); `"none"` cannot be the default of
+    a type that needs one."""
     if value is None:
         return None
     _choice(value, IMATRIX_SETTINGS, where, "imatrix")
@@ -353,6 +355,13 @@ def _imatrix_setting(value: str | None, fmt: str, quant: str, where: str) -> str
             f"{where}: imatrix = 'auto' applies to GGUF types made by llama.cpp's quantizer, "
             f"not {fmt} {quant}.",
             hint="Remove the imatrix key, or use a type such as Q4_K_M.",
+        )
+    if value == "auto" and not spec.low_bit:
+        raise ProfileError(
+            f"{where}: imatrix = 'auto' is a default for types of 4 bits and lower; {quant} is "
+            f"{spec.bits}-bit.",
+            hint="Remove the imatrix key (convert --imatrix auto still computes one when "
+            "asked), or use a type such as Q4_K_M.",
         )
     if value == "none" and spec is not None and spec.needs_imatrix:
         raise ProfileError(

@@ -135,6 +135,18 @@ def test_load_by_path_and_profiles_dir_env(tmp_path, monkeypatch):
             ),
             "needs an importance matrix",
         ),
+        (  # a profile turns it on for 4 bits and lower only
+            lambda t: t.replace('"Q4_K_M"', '"Q5_K_M"').replace(
+                'runtime = "llama.cpp"', RUNTIME + 'imatrix = "auto"'
+            ),
+            r"4 bits and lower; Q5_K_M is 5-bit",
+        ),
+        (
+            lambda t: t.replace('"Q4_K_M"', '"Q6_K"').replace(
+                'runtime = "llama.cpp"', RUNTIME + 'imatrix = "auto"'
+            ),
+            r"Q6_K is 6-bit",
+        ),
     ],
 )
 def test_schema_errors_say_what_is_wrong(tmp_path, edit, message):
@@ -172,6 +184,20 @@ def test_imatrix_key_is_optional_and_checked(tmp_path):
     assert load_profile(str(write(tmp_path, MINIMAL))).imatrix is None
     text = MINIMAL.replace('runtime = "llama.cpp"', RUNTIME + 'imatrix = "none"')
     assert load_profile(str(write(tmp_path, text, "off"))).imatrix == "none"
+    for quant in ("Q4_0", "IQ4_XS", "Q3_K_S", "IQ3_M", "Q2_K", "IQ2_M", "IQ1_S"):
+        text = MINIMAL.replace('"Q4_K_M"', f'"{quant}"')
+        text = text.replace('runtime = "llama.cpp"', RUNTIME + 'imatrix = "auto"')
+        assert load_profile(str(write(tmp_path, text, "low"))).imatrix == "auto", quant
+
+
+def test_bits_class_is_in_the_quant_table():
+    """formats.py says which types are 4 bits and lower; no string matching elsewhere."""
+    from quantkit.formats import GGUF_QUANTS
+
+    low = {name for name, q in GGUF_QUANTS.items() if q.low_bit}
+    prefixes = ("Q4_", "IQ4_", "Q3_", "IQ3_", "Q2_", "IQ2_", "IQ1_", "TQ")
+    assert low == {name for name in GGUF_QUANTS if name.startswith(prefixes)}
+    assert {"Q5_K_M", "Q6_K", "Q8_0", "BF16", "Q5_0"}.isdisjoint(low)
 
 
 @pytest.mark.slow
