@@ -14,6 +14,11 @@ Chat samples are rendered with the model's own chat template (tool samples with 
 ``tool_use`` variant when it has one), tokenized with the model's tokenizer.json without
 special tokens, and get a BOS only where the model adds one and the rendered text does
 not already start with it: never two BOS. Selection is deterministic for a seed.
+
+A model without a chat template (a base model) cannot render chat samples; GPTQ and FP8
+refuse them. An importance matrix, like llama-imatrix, takes plain text, so for it
+(``chat_as_text=True``) each chat sample becomes the contents of its messages joined by
+blank lines, with no chat markup, and the set says so (``rendering: plain text``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ log = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
 MIN_SEQ_LEN = 16
-_NO_TEMPLATE_HINT = 'pass --calibration FILE with {"text": ...} lines.'
+_NO_TEMPLATE_HINT = 'Pass --calibration FILE with {"text": ...} lines (plain text).'
+PLAIN_TEXT = "plain text (no chat template)"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class CalibrationSet:
     source: str  # "builtin", the JSONL path, or the hf: spec
     seed: int
     seq_len: int = 0
+    plain_text: bool = False  # chat samples joined as plain text (no chat template)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -77,7 +84,7 @@ class CalibrationSet:
     def describe(self) -> dict[str, Any]:
         """The manifest's record of the calibration data."""
         counts = Counter(self.kinds)
-        return {
+        described = {
             "source": self.source,
             "seed": self.seed,
             "samples": len(self.samples),
@@ -86,6 +93,9 @@ class CalibrationSet:
             "max_tokens": max((len(s) for s in self.samples), default=0),
             "kinds": {kind: counts[kind] for kind in KINDS if counts[kind]},
         }
+        if self.plain_text:
+            described["rendering"] = PLAIN_TEXT
+        return described
 
 
 def load_calibration(
@@ -97,17 +107,22 @@ def load_calibration(
     seed: int = 0,
     think_share: float | None = None,
     tool_share: float | None = None,
+    chat_as_text: bool = False,
 ) -> CalibrationSet:
     """Read, select, render and tokenize a calibration set (no model weights involved).
 
     ``think_share`` / ``tool_share``: the fraction of samples that must be ``<think>``
     reasoning / tool-call samples; None keeps the source's natural share (a random draw).
+    ``chat_as_text``: a model without a chat template gets chat samples as plain text
+    (an importance matrix) instead of an error (GPTQ, FP8).
     """
     _check_options(samples, seq_len, think_share, tool_share)
+    plain = chat_as_text and not bundle.chat_templates
     if spec is None or spec == BUILTIN:
-        if not bundle.chat_templates:
+        if not bundle.chat_templates and not plain:
             raise CalibrationError(
-                f"The built-in calibration mix needs a chat template and {bundle.folder} has none;",
+                f"The built-in calibration mix is chat samples; they need a chat template "
+                f"and {bundle.folder} has none.",
                 hint=_NO_TEMPLATE_HINT,
             )
         records, source = builtin_records(), BUILTIN
@@ -116,21 +131,26 @@ def load_calibration(
     else:
         records, source = jsonl_records(Path(spec)), spec
 
-    if records.has_chat and not bundle.chat_templates:
+    if records.has_chat and not bundle.chat_templates and not plain:
         raise CalibrationError(
-            f"{source} has chat samples; they need a chat template and {bundle.folder} has none;",
+            f"{source} has chat samples; they need a chat template and {bundle.folder} has none.",
             hint=_NO_TEMPLATE_HINT,
         )
     quota: dict[str, int] = {}
     for kind, share in (("think", think_share), ("tool", tool_share)):
         if share is not None:  # rounded, never more than the samples left
             quota[kind] = min(round(samples * share), samples - sum(quota.values()))
-    encoder = _Encoder(bundle, seq_len)
+    encoder = _Encoder(bundle, seq_len, plain_text=plain)
     # A built-in sample this model's template refuses (say, parallel tool calls) is
     # skipped; the user's own data must render, or they should hear which line fails.
     chosen = _select(records, samples, quota, seed, source, encoder.encode, source == BUILTIN)
     result = CalibrationSet(
-        tuple(ids for ids, _ in chosen), tuple(k for _, k in chosen), source, seed, seq_len
+        tuple(ids for ids, _ in chosen),
+        tuple(k for _, k in chosen),
+        source,
+        seed,
+        seq_len,
+        plain_text=plain and records.has_chat,
     )
     log.info("calibration: %s", result.describe())
     return result
@@ -198,20 +218,20 @@ def _select(
             rest_taken += 1
         chosen.append((ids, kind))
     if len(chosen) < samples:
-        message = _shortfall(source, records.size - skipped, samples, quota, taken, rest)
+        message, hint = _shortfall(source, records.size - skipped, samples, quota, taken, rest)
         if skipped:
             message += f" ({skipped} samples did not render with this chat template.)"
-        raise CalibrationError(message)
+        raise CalibrationError(message, hint=hint)
     return chosen
 
 
 def _shortfall(
     source: str, size: int, samples: int, quota: dict[str, int], taken: Counter[str], rest: int
-) -> str:
+) -> tuple[str, str | None]:
     if size < samples:
         return (
-            f"{samples} calibration samples were asked for but {source} has only {size}; "
-            f"pass --calibration-samples {size} or fewer."
+            f"{samples} calibration samples were asked for but {source} has only {size}.",
+            f"Pass --calibration-samples {size} or fewer.",
         )
     missing = [
         f"{quota[k]} {k} samples ({quota[k] / samples:.0%} of {samples}) but {source} has "
@@ -221,7 +241,7 @@ def _shortfall(
     ]
     if not missing:
         missing = [f"{rest} samples of other kinds but {source} has too few"]
-    return f"The requested calibration shares cannot be met: {'; '.join(missing)}."
+    return f"The requested calibration shares cannot be met: {'; '.join(missing)}.", None
 
 
 # --- rendering and tokenizing --------------------------------------------------------------
@@ -232,11 +252,12 @@ class _RenderError(CalibrationError):
 
 
 class _Encoder:
-    def __init__(self, bundle: TokenizerBundle, seq_len: int) -> None:
+    def __init__(self, bundle: TokenizerBundle, seq_len: int, *, plain_text: bool = False) -> None:
         from tokenizers import Tokenizer
 
         self.bundle = bundle
         self.seq_len = seq_len
+        self.plain_text = plain_text
         self.tokenizer = Tokenizer.from_file(str(bundle.folder / "tokenizer.json"))
         bos = bundle.special_token("bos")
         self.bos_token = bos or ""
@@ -255,10 +276,12 @@ class _Encoder:
 
     def render(self, record: dict[str, Any], kind: str, where: str) -> str:
         templates = self.bundle.chat_templates
+        if self.plain_text:
+            return as_plain_text(record["messages"])
         if "default" not in templates and "tool_use" not in templates:
             raise CalibrationError(
                 f"Chat calibration samples ({where}) need a chat template and "
-                f"{self.bundle.folder} has none;",
+                f"{self.bundle.folder} has none.",
                 hint=_NO_TEMPLATE_HINT,
             )
         messages = record["messages"]
@@ -274,6 +297,13 @@ class _Encoder:
         except TemplateError as exc:
             raise _RenderError(f"{where} does not render with the chat template: {exc}") from exc
         return text
+
+
+def as_plain_text(messages: Sequence[dict[str, Any]]) -> str:
+    """A chat sample without chat markup: its messages' contents (tool calls written the
+    Hermes way, as JSON in <tool_call> tags) joined by blank lines."""
+    parts = (str(m.get("content") or "").strip() for m in _inline_tool_calls(messages))
+    return "\n\n".join(part for part in parts if part)
 
 
 def _has_tool_calls(messages: Sequence[dict[str, Any]]) -> bool:

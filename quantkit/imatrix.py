@@ -149,10 +149,36 @@ def load_imatrix(path: str | Path) -> Imatrix:
 
 
 def _read_gguf(path: Path) -> Imatrix:
+    """GGUFReader memory-maps the file; every value is copied out, then the map is closed
+    (not left to the garbage collector: an open map keeps the file busy, on Windows locked)."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    try:
+        return _read_fields(reader, path)
+    finally:
+        close_reader(reader)
+
+
+def close_reader(reader: Any) -> None:
+    """Close a GGUFReader's memory map: drop the arrays that view it, then the map."""
+    data = getattr(reader, "data", None)
+    mapping = getattr(data, "_mmap", None)
+    reader.fields = {}
+    reader.tensors = []
+    reader.data = None
+    del data
+    if mapping is not None:
+        try:
+            mapping.close()
+        except BufferError:  # a view is still alive (an exception's frame): gc closes it
+            log.debug("GGUF memory map still in use; left to the garbage collector")
+
+
+def _read_fields(reader: Any, path: Path) -> Imatrix:
     import gguf
     import numpy as np
 
-    reader = gguf.GGUFReader(path)
     fields = reader.fields
     kind = fields.get(gguf.Keys.General.TYPE)
     if kind is None or kind.contents() != GENERAL_TYPE:

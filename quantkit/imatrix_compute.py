@@ -10,7 +10,8 @@ Q/K/V (and gate/up) get separate, identical entries because llama.cpp multiplies
 weight separately; `output.weight` is left out as llama-imatrix leaves it out by default.
 
 The text side follows llama-imatrix too: the calibration samples (chat-rendered, as for
-GPTQ) form one token stream that is cut into chunks of `chunk_size` tokens (llama.cpp's
+GPTQ; plain text, the messages' contents joined, for a model without a chat template) form
+one token stream that is cut into chunks of `chunk_size` tokens (llama.cpp's
 default 512); where the model adds a BOS the first token of every chunk is replaced by it;
 logits are requested for every position so the last layer sees every token.
 
@@ -83,6 +84,7 @@ def prepare_imatrix_data(
         seed=seed,
         think_share=think_share,
         tool_share=tool_share,
+        chat_as_text=True,  # a base model: the mix as plain text, as llama-imatrix reads it
     )
     bos_token = bundle.special_token("bos")
     bos_id = bundle.token_id(bos_token) if bos_token else None
@@ -108,6 +110,8 @@ def prepare_imatrix_data(
     described.update(seq_len=None, chunk_size=chunk_size, chunks=n_chunks,
                      tokens_used=n_chunks * chunk_size)  # fmt: skip
     dataset = f"quantkit:{BUILTIN}" if calib.source == BUILTIN else calib.source
+    if calib.plain_text:
+        dataset += " (plain text)"
     return ImatrixData(tuple(chunks), chunk_size, dataset, described)
 
 

@@ -210,17 +210,27 @@ def imatrix_section(imatrix: dict[str, Any] | None) -> str:
     """How the quant was calibrated: llama.cpp's importance matrix, where it came from."""
     if not imatrix:
         return ""
+    if imatrix.get("skipped"):
+        return (
+            "## Importance matrix\n\nNone: the "
+            f"{imatrix.get('origin', 'profile')} default asked for one and it could not be "
+            f"computed ({imatrix['skipped']}), so llama.cpp rounded without one."
+        )
     calib = imatrix.get("calibration") or {}
     if imatrix.get("source") == "computed":
+        kind = "plain-text" if calib.get("rendering") else "chat-formatted"
         where = (
             f"computed by quantkit in llama.cpp (as `llama-imatrix` does) on "
             f"{imatrix['chunk_count']} chunks of {imatrix['chunk_size']} tokens of the "
             f"`{calib.get('source', '?')}` calibration set ({calib.get('samples', '?')} "
-            f"chat-formatted samples, seed {calib.get('seed', '?')}); it is `{imatrix['file']}` "
+            f"{kind} samples, seed {calib.get('seed', '?')}); it is `{imatrix['file']}` "
             "here, in llama.cpp's GGUF imatrix format, for `llama-quantize --imatrix`"
         )
     else:
-        where = f"given as `{imatrix['file']}` (sha256 `{str(imatrix.get('sha256'))[:16]}`)"
+        where = (
+            f"given as `{imatrix['file']}` (sha256 `{str(imatrix.get('sha256'))[:16]}`, "
+            "copied here)"
+        )
     return (
         "## Importance matrix\n\nThis quant is imatrix-calibrated: llama.cpp's quantizer "
         f"weighed its rounding by an importance matrix of {imatrix['entries']} entries, "

@@ -280,14 +280,36 @@ def test_malformed_jsonl(
 
 def test_model_without_chat_template(tmp_path: Path, demo_bundle: TokenizerBundle) -> None:
     bare = dataclasses.replace(demo_bundle, chat_templates={})
-    with pytest.raises(CalibrationError, match=r"needs a chat template.*--calibration FILE"):
+    with pytest.raises(CalibrationError, match=r"need a chat template.*--calibration FILE") as err:
         load_calibration(None, bare)
+    assert err.value.hint.startswith("Pass --calibration FILE")  # a hint, not the message
     path = _write_jsonl(tmp_path / "mixed.jsonl", USER_ROWS[:2])
     with pytest.raises(CalibrationError, match=r"need a chat template.*\{\"text\": \.\.\.\}"):
         load_calibration(str(path), bare, samples=1)
     # plain text needs no template
     texts = _write_jsonl(tmp_path / "texts.jsonl", [USER_ROWS[0]])
     assert load_calibration(str(texts), bare, samples=1).kinds == ("prose",)
+
+
+def test_chat_samples_as_plain_text_without_a_template(demo_bundle: TokenizerBundle) -> None:
+    """For an importance matrix (chat_as_text) a base model gets the built-in mix as plain
+    text: the messages' contents joined by blank lines, no chat markup; the set says so."""
+    from tokenizers import Tokenizer
+
+    bare = dataclasses.replace(demo_bundle, chat_templates={})
+    mix = load_calibration(None, bare, samples=8, seed=3, chat_as_text=True)
+    assert mix.plain_text and mix.describe()["rendering"] == "plain text (no chat template)"
+    chat = load_calibration(None, demo_bundle, samples=8, seed=3, chat_as_text=True)
+    assert not chat.plain_text and "rendering" not in chat.describe()  # a template: used
+    assert mix.kinds == chat.kinds  # the same draw
+    start = _id(demo_bundle, "<|im_start|>")
+    assert all(start not in ids for ids in mix.samples)
+    assert any(start in ids for ids in chat.samples)
+    tokenizer = Tokenizer.from_file(str(demo_bundle.folder / "tokenizer.json"))
+    i = next(i for i, ids in enumerate(chat.samples) if start in ids)  # a chat sample
+    text = tokenizer.decode(list(mix.samples[i]), skip_special_tokens=False)
+    rendered = tokenizer.decode(list(chat.samples[i]), skip_special_tokens=False)
+    assert "\n\n" in text and "<|im_end|>" not in text and "<|im_end|>" in rendered
 
 
 STRICT_TEMPLATE = (  # refuses parallel tool calls, as Meta's Llama 3.1 template does
@@ -331,7 +353,7 @@ def test_unknown_spec_forms(spec: str, demo_bundle: TokenizerBundle) -> None:
     [
         ({"samples": 0}, "at least 1"),
         ({"seq_len": 15}, "at least 16 tokens"),
-        ({"samples": 10_000}, r"has only \d+; pass --calibration-samples"),
+        ({"samples": 10_000}, r"has only \d+\. Pass --calibration-samples"),
     ],
 )
 def test_bad_options(demo_bundle: TokenizerBundle, options: dict, message: str) -> None:

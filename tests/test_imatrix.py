@@ -190,6 +190,15 @@ AUTO_PROFILE = SimpleNamespace(name="p4", imatrix="auto")
         ("AUTO", "gguf", "Q3_K_M", None, "auto"),
         ("my.imatrix.gguf", "gguf", "IQ4_XS", None, "my.imatrix.gguf"),
         (None, "gptq", "W4A16", AUTO_PROFILE, None),
+        # a profile's auto is for 4 bits and lower: not for a --quant override above that
+        (None, "gguf", "Q5_K_M", AUTO_PROFILE, None),
+        (None, "gguf", "Q6_K", AUTO_PROFILE, None),
+        (None, "gguf", "Q5_0", AUTO_PROFILE, None),
+        (None, "gguf", "IQ4_XS", AUTO_PROFILE, "auto"),
+        (None, "gguf", "Q2_K", AUTO_PROFILE, "auto"),
+        # asked for: any type llama.cpp's quantizer makes
+        ("auto", "gguf", "Q6_K", AUTO_PROFILE, "auto"),
+        ("auto", "gguf", "Q5_K_M", None, "auto"),
     ],
 )
 def test_resolution(setting, fmt, quant, hardware, expected) -> None:
@@ -200,6 +209,80 @@ def test_resolution_takes_a_path_and_says_why() -> None:
     assert resolve_imatrix(Path("m.gguf"), "gguf", "Q4_K_M", None) == ("m.gguf", "--imatrix")
     assert resolve_imatrix(None, "gguf", "Q4_K_M", AUTO_PROFILE) == ("auto", "profile p4")
     assert resolve_imatrix(None, "gguf", "IQ1_S", None) == ("auto", "IQ1_S needs one")
+    off, why = resolve_imatrix(None, "gguf", "Q6_K", AUTO_PROFILE)
+    assert off is None and "4 bits and lower, Q6_K is 6-bit" in why
+
+
+def _source(tokenizer=None):
+    return SimpleNamespace(path=Path("/models/base"), tokenizer=tokenizer)
+
+
+def test_a_profile_default_that_cannot_be_made_is_skipped(caplog) -> None:
+    """No tokenizer: a profile's auto gives way (warned, recorded in the manifest); the
+    user's --imatrix auto fails with a hint naming --imatrix none; a type that needs one
+    fails without suggesting none for it."""
+    from quantkit.imatrix_request import SKIPPED, apply_imatrix, prepare_imatrix
+
+    with caplog.at_level("WARNING"):
+        request = prepare_imatrix("auto", _source(), "Q4_K_M", origin="profile cpu-64gb")
+    assert request.mode == SKIPPED and "no tokenizer" in request.reason
+    assert "profile cpu-64gb default" in caplog.text and "without one" in caplog.text
+    matrix, label, records, described = apply_imatrix(request, Path("x"), Path("y"), "m")
+    assert (matrix, label, records) == (None, "", [])
+    assert described == {"source": "none", "origin": "profile cpu-64gb",
+                         "skipped": request.reason}  # fmt: skip
+    with pytest.raises(ImatrixError, match="no tokenizer") as err:
+        prepare_imatrix("auto", _source(), "Q4_K_M", origin="--imatrix")
+    assert "--imatrix none" in err.value.hint
+    with pytest.raises(ImatrixError, match="no tokenizer") as err:
+        prepare_imatrix("auto", _source(), "IQ2_XS", origin="IQ2_XS needs one")
+    assert "--imatrix FILE" in err.value.hint and "IQ2_XS cannot be made" in err.value.hint
+
+
+def test_a_calibration_problem_asked_for_names_imatrix_none(demo_model: Path) -> None:
+    """--imatrix auto with too little text: the calibration error, and how to go on."""
+    from quantkit.errors import CalibrationError
+    from quantkit.imatrix_request import SKIPPED, prepare_imatrix
+    from quantkit.source import load_source
+
+    source = load_source(demo_model)
+    with pytest.raises(CalibrationError, match="less than one imatrix chunk") as err:
+        prepare_imatrix("auto", source, "Q4_K_M", origin="--imatrix", samples=1, seq_len=8192)
+    assert err.value.hint.endswith("Pass --imatrix none to convert without one, or --imatrix FILE.")
+    assert "--calibration-samples" in err.value.hint
+    request = prepare_imatrix("auto", source, "Q4_K_M", origin="profile p4", samples=1,
+                              seq_len=8192)  # fmt: skip
+    assert request.mode == SKIPPED and "less than one imatrix chunk" in request.reason
+
+
+def test_reading_closes_the_memory_map(tmp_path: Path, monkeypatch) -> None:
+    """GGUFReader memory-maps the file; load_imatrix closes the map itself rather than
+    leaving the file open until the garbage collector runs."""
+    import gguf
+
+    path = save_imatrix(_imatrix(), tmp_path / "m.imatrix.gguf")
+    maps: list = []
+
+    class Recording(gguf.GGUFReader):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            maps.append(self.data._mmap)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Recording)
+    loaded = load_imatrix(path)
+    assert len(maps) == 1 and maps[0].closed
+    assert set(loaded.entries) == set(_imatrix().entries)  # values copied out before closing
+
+
+def test_kv_strings_are_cut_on_a_character_boundary() -> None:
+    from quantkit.backends.gguf.quantize import kv_string
+
+    assert kv_string("m.imatrix.gguf") == b"m.imatrix.gguf"
+    name = "é" * 100  # 200 bytes: byte 127 is the middle of a character
+    cut = kv_string(name)
+    assert len(cut) == 126 and cut.decode() == "é" * 63
+    emoji = "a" + "🦙" * 40
+    assert kv_string(emoji).decode() == "a" + "🦙" * 31  # 1 + 4 * 31 = 125 bytes
 
 
 @pytest.mark.parametrize(
@@ -248,4 +331,7 @@ def test_quantize_arrays_are_terminated_like_llama_quantize_builds_them() -> Non
     ]
     assert kv[0].value.val_str == b"m.imatrix.gguf" and kv[1].value.val_str == b"calib.txt"
     assert (kv[2].value.val_i64, kv[3].value.val_i64) == (3, 4)
+    # a non-ASCII name longer than the 127 bytes llama.cpp keeps: cut between characters
+    _, kv = _imatrix_params(llama_cpp, imatrix, "donnees-" + "é" * 80 + ".gguf", keep)
+    assert kv[0].value.val_str.decode() == "donnees-" + "é" * 59  # 126 of 127 bytes
     assert ctypes.sizeof(llama_cpp.llama_model_imatrix_data) == 3 * 8

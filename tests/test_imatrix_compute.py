@@ -2,7 +2,7 @@
 llama-imatrix's conventions (what is collected, counts, chunks, BOS), agreement with the
 same statistic computed in torch on the source model, and `convert --imatrix` end to end
 (the file, the manifest, the card, `quantize.imatrix.*` read back from the output GGUF,
-reuse of a saved file)."""
+reuse of a saved file, a base model without a chat template under a profile)."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_agrees_with_torch_on_the_source(demo_model: Path, demo_imatrix, demo_da
         worst.append(float(np.median(rel)))
         assert np.corrcoef(np.log(entry.sums[0]), np.log(ref))[0, 1] > 0.999, name
     print("median relative difference per entry, worst:", max(worst))
-    assert max(worst) < 0.01, max(worst)
+    assert max(worst) < 0.005, max(worst)  # measured 0.30% (docs/formats.md)
 
 
 def _gguf_kv(path: Path, prefix: str) -> dict:
@@ -174,9 +174,54 @@ def test_convert_with_auto_then_with_the_saved_file(demo_model: Path, tmp_path: 
                    "--imatrix", out / matrix["name"], "--no-verify", "--out", again,
                    "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (record,) = json.loads(proc.stdout)["files"]
+    record, copied = json.loads(proc.stdout)["files"]
     assert _tensor_bytes(again / record["name"]) == _tensor_bytes(out / artifact["name"])
+    # the given file is copied into the artifact; only its name is recorded, not the path
+    assert (copied["role"], copied["name"]) == ("imatrix", matrix["name"])
+    assert copied["sha256"] == matrix["sha256"] and (again / matrix["name"]).is_file()
     kv = _gguf_kv(again / record["name"], "quantize.imatrix.file")
-    assert kv == {"quantize.imatrix.file": str(out / matrix["name"])}
-    reused = json.loads((again / "manifest.json").read_text())["imatrix"]
+    assert kv == {"quantize.imatrix.file": matrix["name"]}
+    manifest_text = (again / "manifest.json").read_text()
+    reused = json.loads(manifest_text)["imatrix"]
     assert reused["source"] == "file" and reused["sha256"] == matrix["sha256"]
+    assert reused["file"] == matrix["name"] and str(tmp_path) not in manifest_text
+
+
+def _base_model_copy(demo_model: Path, dest: Path) -> Path:
+    """The demo model without a chat template (a base model): no chat_template.jinja, no
+    additional templates, no chat_template key; the weights linked, not copied."""
+    dest.mkdir()
+    for item in demo_model.iterdir():
+        if item.name in ("chat_template.jinja", "additional_chat_templates"):
+            continue
+        if item.name == "tokenizer_config.json":
+            config = json.loads(item.read_text())
+            config.pop("chat_template", None)
+            (dest / item.name).write_text(json.dumps(config))
+        elif item.suffix == ".safetensors":
+            (dest / item.name).symlink_to(item)
+        elif item.is_file():
+            (dest / item.name).write_bytes(item.read_bytes())
+    return dest
+
+
+@pytest.mark.slow
+def test_a_base_model_converts_with_a_profile(demo_model: Path, tmp_path: Path) -> None:
+    """A source with no chat template, converted with a GGUF profile (imatrix = auto): the
+    matrix is computed from the built-in mix as plain text, and the manifest and the GGUF
+    say so."""
+    base = _base_model_copy(demo_model, tmp_path / "base")
+    assert not load_source(base).tokenizer.chat_templates
+    out = tmp_path / "out"
+    proc = run_cli("convert", base, "--profile", "cpu-64gb", "--no-verify", "--no-eval",
+                   "--out", out, "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    artifact, matrix = json.loads(proc.stdout)["files"]
+    assert matrix["role"] == "imatrix"
+    info = json.loads((out / "manifest.json").read_text())["imatrix"]
+    assert info["source"] == "computed" and info["origin"] == "profile cpu-64gb"
+    assert info["calibration"]["rendering"] == "plain text (no chat template)"
+    assert info["datasets"] == ["quantkit:builtin (plain text)"]
+    kv = _gguf_kv(out / artifact["name"], "quantize.imatrix.dataset")
+    assert kv == {"quantize.imatrix.dataset": "quantkit:builtin (plain text)"}
+    assert "plain-text samples" in (out / "README.md").read_text()

@@ -120,8 +120,11 @@ def convert_command(
         str | None,
         typer.Option(
             "--imatrix",
-            help="GGUF importance matrix: auto (computed from the calibration set), a GGUF "
-            "imatrix FILE, or none. Default: the profile's setting; auto for IQ1/IQ2 types.",
+            help="GGUF importance matrix: auto (computed from the calibration set, default 8 "
+            "samples, ~4 chunks of 512 tokens; --calibration-samples 256 gives ~110 chunks, the "
+            "size llama-imatrix users typically feed), a GGUF imatrix FILE (copied into the "
+            "artifact), or none. Default: auto for the types llama.cpp needs one for (IQ1_*, "
+            "IQ2_*, IQ3_XXS, Q2_K_S); else the profile's setting, for types of 4 bits and lower.",
         ),
     ] = None,
     push_to: Annotated[
@@ -222,7 +225,12 @@ def _render(payload: dict[str, Any]) -> None:
         files.add_row(escape(f["name"]), f"{f['bytes'] / 1e6:,.1f} MB", types, f["sha256"][:16])
     console.print_text(files)
     matrix = payload["files"][0].get("imatrix") if payload["files"] else None
-    if matrix:
+    if matrix and matrix.get("skipped"):
+        console.print_text(
+            f"importance matrix: none ({escape(matrix['origin'])} default skipped: "
+            f"{escape(matrix['skipped'])})"
+        )
+    elif matrix:
         console.print_text(
             f"importance matrix: {escape(matrix['file'])} ({matrix['entries']} entries, "
             f"{matrix['chunk_count']} chunks of {matrix['chunk_size']} tokens; "

@@ -86,9 +86,9 @@ def _imatrix_params(llama_cpp: Any, imatrix: Imatrix, file: str, keep: list[Any]
     entries[len(imatrix.entries)].name = None  # terminator
     keep.append(entries)
 
-    overrides: list[tuple[str, int, Any]] = [(KV_IMATRIX_FILE, str_tag, file.encode()[:127])]
+    overrides: list[tuple[str, int, Any]] = [(KV_IMATRIX_FILE, str_tag, kv_string(file))]
     if imatrix.datasets:
-        overrides.append((KV_IMATRIX_DATASET, str_tag, imatrix.datasets[0].encode()[:127]))
+        overrides.append((KV_IMATRIX_DATASET, str_tag, kv_string(imatrix.datasets[0])))
     overrides.append((KV_IMATRIX_ENTRIES, int_tag, len(imatrix.entries)))
     if imatrix.chunk_count > 0:
         overrides.append((KV_IMATRIX_CHUNKS, int_tag, imatrix.chunk_count))
@@ -106,6 +106,19 @@ def _imatrix_params(llama_cpp: Any, imatrix: Imatrix, file: str, keep: list[Any]
         ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data)),
         ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override)),
     )
+
+
+KV_STRING_BYTES = 127  # llama_model_kv_override.val_str is char[128], NUL-terminated
+
+
+def kv_string(text: str) -> bytes:
+    """`text` as UTF-8 in at most 127 bytes, cut on a character boundary (llama-quantize
+    copies 127 bytes with strncpy, which can split a character; a GGUF string must be
+    valid UTF-8)."""
+    data = text.encode()
+    if len(data) <= KV_STRING_BYTES:
+        return data
+    return data[:KV_STRING_BYTES].decode("utf-8", errors="ignore").encode()
 
 
 _LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
