@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .chat_template import render
+from .chat_template import TemplateError, render
 from .errors import require
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ class Check:
         return asdict(self)
 
 
+LOADS = "artifact loads and can be checked"
+GENERATION = "greedy generation stops"
+
+
 def check_gguf(
     path: Path,
     source: SourceModel,
@@ -39,7 +43,10 @@ def check_gguf(
     """The full inspection of a GGUF against its source (tokens, token types, turn end,
     BOS/PAD, templates, the rendering battery, tokenization, rope; quantkit.inspection),
     then a short greedy reply with the weights loaded. `policy` is the token-type policy
-    the GGUF was written with (convert's --token-type overrides)."""
+    the GGUF was written with (convert's --token-type overrides).
+
+    Never raises for the artifact: whatever goes wrong inside the checks becomes a failed
+    fatal check, so convert quarantines the artifact instead of deleting it."""
     require("llama_cpp", "gguf")
     from .inspection.gguf_checks import gguf_checks
     from .inspection.gguf_meta import gguf_files
@@ -47,24 +54,49 @@ def check_gguf(
 
     if source.tokenizer is None:
         return [Check("special tokens single ids", True, "source has no tokenizer", False)]
-    reference = reference_from_source(source)
-    checks = gguf_checks(gguf_files(Path(path)), reference, policy=policy)
-    checks.append(gguf_generation_check(Path(path), reference, max_new_tokens))
+    checks: list[Check] = []
+    try:
+        reference = reference_from_source(source)
+        checks += gguf_checks(gguf_files(Path(path)), reference, policy=policy)
+        checks.append(gguf_generation_check(Path(path), reference, max_new_tokens))
+    except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
+        checks.append(crashed_check(exc))
     return checks
+
+
+def crashed_check(exc: BaseException) -> Check:
+    """The failed fatal check that stands for a check that crashed."""
+    import logging
+
+    logging.getLogger(__name__).debug("a check crashed", exc_info=exc)
+    return Check(LOADS, False, f"the checks crashed: {type(exc).__name__}: {exc}")
 
 
 def gguf_generation_check(path: Path, reference, max_new_tokens: int = 48) -> Check:
     """Load the weights (the only check that does) and let llama.cpp answer a one-line chat
-    greedily; `reference` (an inspection Reference or None) supplies the template."""
+    greedily; `reference` (an inspection Reference or None) supplies the template. A file
+    whose weights llama.cpp cannot load fails (fatal); a template that refuses the
+    question fails too (not fatal: the rendering checks report the template itself)."""
     from llama_cpp import Llama
 
     from .backends.gguf.quantize import silence_llama_cpp
 
     silence_llama_cpp()
-    llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, seed=0)
+    try:
+        llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, seed=0)
+    except Exception as exc:  # noqa: BLE001 - the failure is the evidence
+        return Check(
+            GENERATION, False, f"llama.cpp cannot load the weights: {type(exc).__name__}: {exc}"
+        )
     try:
         bundle = reference.bundle if reference is not None else None
-        return _generation_check(llm, _prompt_ids(llm, bundle), max_new_tokens)
+        try:
+            ids = _prompt_ids(llm, bundle)
+        except TemplateError as exc:
+            return Check(
+                GENERATION, False, f"the chat template cannot render the question: {exc}", False
+            )
+        return _generation_check(llm, ids, max_new_tokens)
     finally:
         llm.close()
 
@@ -103,14 +135,14 @@ def _generation_check(llm, ids: list[int] | None, max_new_tokens: int) -> Check:
     import llama_cpp
 
     if ids is None:
-        return Check("greedy generation stops", True, "no chat template", False)
+        return Check(GENERATION, True, "no chat template", False)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     generated: list[int] = []
     for token in llm.generate(ids, temp=0.0, top_k=1):
         if llama_cpp.llama_vocab_is_eog(vocab, token):
             text = llm.detokenize(generated).decode(errors="replace")
             return Check(
-                "greedy generation stops",
+                GENERATION,
                 True,
                 f"stopped at id {token} after {len(generated)} tokens: {text!r}",
                 False,
@@ -121,7 +153,7 @@ def _generation_check(llm, ids: list[int] | None, max_new_tokens: int) -> Check:
     text = llm.detokenize(generated).decode(errors="replace")
     # Random-weight models never stop; only a trained model's failure to stop means much.
     return Check(
-        "greedy generation stops",
+        GENERATION,
         False,
         f"no end-of-generation within {max_new_tokens} tokens: {text!r}",
         False,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import require
-from .verify import Check
+from .verify import GENERATION, Check, crashed_check
 
 if TYPE_CHECKING:
     from .source import SourceModel
@@ -26,16 +26,22 @@ def check_safetensors(
 ) -> list[Check]:
     """The full inspection of a safetensors folder against its source (quantkit.inspection:
     added tokens, eos, BOS/PAD, templates, the rendering battery, tokenization), then a
-    greedy reply on CPU."""
+    greedy reply on CPU. Never raises for the artifact: whatever goes wrong inside the
+    checks becomes a failed fatal check, so convert quarantines the folder instead of
+    deleting it."""
     require("transformers", "compress")
     from .inspection.reference import reference_from_source
     from .inspection.safetensors_checks import safetensors_checks
 
     if source.tokenizer is None:
         return [Check("special tokens single ids", True, "source has no tokenizer", False)]
-    checks = safetensors_checks(folder, reference_from_source(source))
-    if generate:
-        checks.append(generation_check(folder, max_new_tokens=max_new_tokens))
+    checks: list[Check] = []
+    try:
+        checks += safetensors_checks(folder, reference_from_source(source))
+        if generate:
+            checks.append(generation_check(folder, max_new_tokens=max_new_tokens))
+    except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
+        checks.append(crashed_check(exc))
     return checks
 
 
@@ -43,8 +49,11 @@ def generation_check(folder: Path, *, max_new_tokens: int = 32) -> Check:
     """Greedy reply on CPU; stops at an eos id of the artifact's generation_config."""
     from transformers import AutoTokenizer
 
-    name = "greedy generation stops"
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    name = GENERATION
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # noqa: BLE001 - the failure is the evidence
+        return Check(name, False, f"transformers cannot load the tokenizer: {exc}", False)
     if not tokenizer.chat_template:
         return Check(name, True, "no chat template", False)
     try:

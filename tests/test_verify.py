@@ -71,3 +71,54 @@ def test_check_gguf_runs_the_inspect_battery_then_generation(
     assert not default_policy["token types follow the policy"].passed
     with_override = {c.name: c for c in check_gguf(overridden, source, policy=policy)}
     assert with_override["token types follow the policy"].passed
+
+
+def test_a_crash_inside_the_checks_is_a_failed_fatal_check(demo_model: Path, monkeypatch) -> None:
+    """check_gguf / check_safetensors (convert's entry points) never raise for the artifact:
+    a check that crashes is a failed fatal check, so convert quarantines instead of deleting.
+    KeyboardInterrupt still stops."""
+    from quantkit.inspection import gguf_checks, safetensors_checks
+    from quantkit.verify import check_gguf
+    from quantkit.verify_safetensors import check_safetensors
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    source = load_source(demo_model)
+    monkeypatch.setattr(gguf_checks, "gguf_checks", boom)
+    monkeypatch.setattr(safetensors_checks, "safetensors_checks", boom)
+    for checks in (
+        check_gguf(demo_model / "missing.gguf", source),
+        check_safetensors(demo_model, source, generate=False),
+    ):
+        assert [(c.name, c.passed, c.fatal) for c in checks] == [
+            ("artifact loads and can be checked", False, True)
+        ]
+        assert checks[0].evidence == "the checks crashed: RuntimeError: boom"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf_checks, "gguf_checks", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        check_gguf(demo_model / "missing.gguf", source)
+
+
+def test_convert_quarantines_when_a_check_crashes(
+    demo_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import quantkit
+    from quantkit.errors import VerificationError
+    from quantkit.inspection import gguf_checks
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom in a check")
+
+    monkeypatch.setattr(gguf_checks, "types_check", boom)
+    out = tmp_path / "out"
+    with pytest.raises(VerificationError, match="artifact loads and can be checked"):
+        quantkit.convert(demo_model, out=out, format="gguf", quant="Q8_0", evaluate=False)
+    quarantine = tmp_path / "out.quarantine"
+    assert quarantine.is_dir() and not out.exists()
+    assert list(quarantine.glob("*.gguf"))
+    assert "RuntimeError: boom in a check" in (quarantine / "manifest.json").read_text()
