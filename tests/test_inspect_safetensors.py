@@ -123,3 +123,77 @@ def test_generate_adds_a_greedy_reply_in_transformers(demo_bf16: Path) -> None:
     last = quantkit.inspect(demo_bf16, generate=True).checks[-1]
     assert last.name == "greedy generation stops" and not last.fatal
     assert last.passed and "stopped at id 2" in last.evidence
+
+
+# --- review findings ---------------------------------------------------------------------
+
+
+def test_folder_without_tokenizer_config_is_inspected(demo_bf16: Path, tmp_path: Path) -> None:
+    """tokenizer_config.json is optional to loaders; its absence is evidence, not a crash."""
+    bad = _copy(demo_bf16, tmp_path / "bad")
+    (bad / "tokenizer_config.json").unlink()
+    report = quantkit.inspect(bad)
+    names = {c.name for c in report.checks}
+    assert "chat templates present" in names and "BOS and PAD tokens" in names
+
+
+def test_dropped_hermes_tag_is_caught_without_a_source(demo_bf16: Path, tmp_path: Path) -> None:
+    """<tool_call> dropped from tokenizer.json and, consistently, from tokenizer_config.json's
+    added_tokens_decoder: the two files agree, but the tool_use template writes a tag that is
+    no longer one token."""
+    bad = _copy(demo_bf16, tmp_path / "bad")
+    path = bad / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<tool_call>"]
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    config_path = bad / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    decoder = config["added_tokens_decoder"]
+    config["added_tokens_decoder"] = {
+        k: v for k, v in decoder.items() if v["content"] != "<tool_call>"
+    }
+    config_path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    report = quantkit.inspect(bad)
+    evidence = failed(report)["special tokens single ids"]
+    assert "template 'tool_use' writes '<tool_call>' but it is not one token" in evidence
+    assert "tokenizer.json lacks it as an added token" in evidence
+
+
+def test_bos_pad_without_a_source_checks_the_files_agree(demo_bf16: Path, tmp_path: Path) -> None:
+    bad = _copy(demo_bf16, tmp_path / "bad")
+    path = bad / "generation_config.json"
+    config = json.loads(path.read_text())
+    config["bos_token_id"] = 0
+    path.write_text(json.dumps(config))
+    evidence = failed(quantkit.inspect(bad))["BOS and PAD tokens"]
+    assert (
+        "generation_config.json's bos_token_id is 0, tokenizer_config.json's bos_token "
+        "'<|im_start|>' is id 1" in evidence
+    )
+
+
+def test_bos_added_where_the_source_adds_none_is_caught(
+    demo_bf16: Path, demo_model: Path, tmp_path: Path
+) -> None:
+    bad = _copy(demo_bf16, tmp_path / "bad")
+    path = bad / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
+    seq = {"Sequence": {"id": "A", "type_id": 0}}
+    data["post_processor"] = {
+        "type": "Sequence",
+        "processors": [
+            data["post_processor"],
+            {
+                "type": "TemplateProcessing",
+                "single": [bos, seq],
+                "pair": [bos, seq, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {
+                    "<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}
+                },
+            },
+        ],
+    }
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    evidence = failed(quantkit.inspect(bad, demo_model))["BOS and PAD tokens"]
+    assert "transformers adds BOS to prompts, the source tokenizer does not" in evidence

@@ -11,12 +11,18 @@ added token, a template in one place but not the other).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from ..backends.artifact_files import BYTE_IDENTICAL_FILES, chat_template_value, turn_end_eos_ids
 from ..chat_template import TemplateError
-from ..tokenizer_bundle import TokenizerBundle, load_tokenizer_bundle, read_chat_templates
+from ..tokenizer_bundle import (
+    HERMES_TAGS,
+    TokenizerBundle,
+    load_tokenizer_bundle,
+    read_chat_templates,
+)
 from ..verify import Check
 from .compare import SINGLE_IDS, few, render_check, single_ids_check, tokenization_check
 from .reference import Reference
@@ -32,37 +38,79 @@ TEMPLATES_PRESENT = "chat templates present"
 def safetensors_checks(folder: Path, reference: Reference | None) -> list[Check]:
     own = load_tokenizer_bundle(folder)
     runtime = TransformersSide(folder, "transformers (artifact)")
+    raw: SandboxSide | None = None
     if reference is not None:
         ref: Side = CachedTransformersSide(reference.path, "transformers (source)")
         bundle = reference.bundle
         expected = [(t.content, t.id) for t in bundle.added_tokens]
         what = "added tokens of the source"
     else:
-        variables = {f"{r}_token": own.special_token(r) or "" for r in ("bos", "eos", "pad", "unk")}
-        ref = SandboxSide(
-            read_chat_templates(folder), variables, "tokenizers + quantkit's sandbox",
+        raw = SandboxSide(
+            read_chat_templates(folder),
+            {f"{r}_token": own.special_token(r) or "" for r in ("bos", "eos", "pad", "unk")},
+            "tokenizers + quantkit's sandbox",
             tokenizer_json=folder / "tokenizer.json",
-        )  # fmt: skip
+        )
+        ref = raw
         bundle = own
         expected = [(t.content, t.id) for t in own.added_tokens]
         what = "added tokens of tokenizer.json"
     single = single_ids_check(expected, runtime, what)
-    drift = _added_tokens_drift(own)
-    if drift:
-        single = Check(SINGLE_IDS, False, few(drift) + ("" if single.passed else "; " +
+    problems = _added_tokens_drift(own)
+    written = 0
+    if reference is None:
+        # Without a source nothing else says which tags must exist: the ones the templates
+        # write (and the Hermes tags tokenizer_config.json names) must each be one token.
+        written, missing = template_token_problems(own, runtime)
+        problems += missing
+        if not problems and single.passed:
+            single = Check(
+                SINGLE_IDS, True, f"{single.evidence}; the {written} special tokens the "
+                "templates and tokenizer_config.json write are single tokens too",
+            )  # fmt: skip
+    if problems:
+        single = Check(SINGLE_IDS, False, few(problems) + ("" if single.passed else "; " +
                        single.evidence))  # fmt: skip
     names = sorted(bundle.chat_templates)
     checks = [
         single,
         eos_check(folder, bundle, runtime),
-        bos_pad_check(folder, runtime, ref if reference is not None else None),
-        templates_check(folder, runtime, reference),
+        bos_pad_check(own, runtime, raw if reference is None else ref),
+        templates_check(folder, own, runtime, reference),
         render_check(ref, runtime, names),
         tokenization_check(ref, runtime),
     ]
     if isinstance(ref, CachedTransformersSide):
         ref.save()
     return checks
+
+
+_SPECIAL_LOOKING = re.compile(r"<\|[^\s<>|{}]{1,64}\|>|<｜[^\s<>｜{}]{1,64}｜>")
+
+
+def template_token_problems(own: TokenizerBundle, runtime: Side) -> tuple[int, list[str]]:
+    """Every special-looking token (`<|...|>`, a Hermes tag) the chat templates write, and
+    every Hermes tag tokenizer_config.json names, must encode to one id in the runtime:
+    (how many were checked, the problems)."""
+    written: dict[str, str] = {}
+    for name, template in sorted(own.chat_templates.items()):
+        for text in [*_SPECIAL_LOOKING.findall(template), *(t for t in HERMES_TAGS if t in
+                     template)]:  # fmt: skip
+            written.setdefault(text, f"template {name!r} writes")
+    config_text = json.dumps(own.tokenizer_config, ensure_ascii=False)
+    for tag in HERMES_TAGS:
+        if tag in config_text:
+            written.setdefault(tag, "tokenizer_config.json names")
+    problems = []
+    for text, where in written.items():
+        ids = runtime.encode(text) or []
+        if len(ids) != 1:
+            pieces = " ".join(repr(runtime.piece(i)) for i in ids[:6])
+            problems.append(
+                f"{where} {text!r} but it is not one token in {runtime.label}: it is split "
+                f"into {ids[:6]} [{pieces}] (tokenizer.json lacks it as an added token)"
+            )
+    return len(written), problems
 
 
 def _added_tokens_drift(own: TokenizerBundle) -> list[str]:
@@ -90,7 +138,12 @@ def eos_check(folder: Path, bundle: TokenizerBundle, runtime: TransformersSide) 
     except TemplateError as exc:
         return Check(TURN_END, False, f"the default template fails: {exc}")
     if expected is None:
-        return Check(TURN_END, True, "no chat template, so no turn end to check", False)
+        if "default" not in bundle.chat_templates:
+            return Check(TURN_END, True, "no chat template, so no turn end to check", False)
+        return Check(
+            TURN_END, False, "the default template writes no special token after an assistant "
+            "reply, so there is no turn-end token to stop at",
+        )  # fmt: skip
     turn_end_id = expected[0]
     path = folder / "generation_config.json"
     config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -114,27 +167,95 @@ def eos_check(folder: Path, bundle: TokenizerBundle, runtime: TransformersSide) 
     return Check(TURN_END, True, evidence)
 
 
-def bos_pad_check(folder: Path, runtime: TransformersSide, source: Side | None) -> Check:
+def bos_pad_check(own: TokenizerBundle, runtime: TransformersSide, other: Side) -> Check:
+    """With a source: BOS/EOS/PAD ids and whether BOS is added to prompts equal the
+    source's. Without one: the bos/eos/pad tokens tokenizer_config.json names are single
+    tokens of tokenizer.json, transformers reads those ids, and generation_config.json's
+    bos/pad ids are the same tokens. `other` is the source (CachedTransformersSide) or the
+    raw tokenizers reading of the folder (SandboxSide)."""
+    source = None if isinstance(other, SandboxSide) else other
     ours = {role: runtime.token_id(role) for role in ("bos", "eos", "pad")}
+    adds = _adds_bos(runtime)
     evidence = ", ".join(f"{role} id {value}" for role, value in ours.items())
+    evidence += f"; BOS added to prompts: {adds}"
     problems = []
-    if isinstance(source, TransformersSide | CachedTransformersSide):
+    if source is not None:
         for role, value in ours.items():
-            theirs = source.token_id(role)
+            theirs = source.token_id(role)  # type: ignore[attr-defined]
             if value != theirs:
                 problems.append(f"{role} id {value}, the source tokenizer's is {theirs}")
+        if adds != _adds_bos(source):
+            problems.append(
+                f"transformers {'adds' if adds else 'does not add'} BOS to prompts, the source "
+                f"tokenizer {'does' if not adds else 'does not'}"
+            )
+    else:
+        assert isinstance(other, SandboxSide)
+        problems = _named_specials_problems(own, ours, other)
     if problems:
-        return Check(BOS_PAD, False, "; ".join(problems))
-    return Check(BOS_PAD, True, evidence + ("; equal to the source's" if source else ""))
+        return Check(BOS_PAD, False, "; ".join(problems) + f" ({evidence})")
+    tail = "; equal to the source's" if source else (
+        "; the tokens tokenizer_config.json names, one token each in tokenizer.json, "
+        "as generation_config.json names them"
+    )  # fmt: skip
+    return Check(BOS_PAD, True, evidence + tail)
 
 
-def templates_check(folder: Path, runtime: TransformersSide, reference: Reference | None) -> Check:
+def _adds_bos(side: Side) -> bool:
+    """Whether the tokenizer puts BOS in front of a text it encodes with its specials."""
+    from .battery import CORPUS
+
+    bos = side.token_id("bos")  # type: ignore[attr-defined]
+    text = CORPUS[0][1]  # already encoded both ways by the tokenization check: cached
+    plain = side.encode(text) or []
+    full = side.encode(text, add_special=True) or []
+    return bos is not None and full[:1] == [bos] and plain[:1] != [bos]
+
+
+def _named_specials_problems(
+    own: TokenizerBundle, ours: dict[str, int | None], raw: SandboxSide
+) -> list[str]:
+    problems = []
+    generation = own.generation_config
+    for role in ("bos", "eos", "pad"):
+        text = own.special_token(role)
+        if not text:
+            continue
+        token_id = raw.tokenizer.token_to_id(text) if raw.tokenizer is not None else None
+        if token_id is None:
+            problems.append(
+                f"tokenizer_config.json's {role}_token {text!r} is not a token of tokenizer.json"
+            )
+            continue
+        ids = raw.encode(text) or []
+        if ids != [token_id]:
+            problems.append(
+                f"{role}_token {text!r} (id {token_id}) is not one token in tokenizer.json: it "
+                f"encodes to {ids[:6]}"
+            )
+        if ours[role] != token_id:
+            problems.append(
+                f"transformers reads {role} id {ours[role]}, tokenizer.json has {text!r} as id "
+                f"{token_id}"
+            )
+        named = generation.get(f"{role}_token_id")
+        if role != "eos" and isinstance(named, int) and named != token_id:
+            # eos: generation_config's list is the turn end's business (the eos check)
+            problems.append(
+                f"generation_config.json's {role}_token_id is {named}, tokenizer_config.json's "
+                f"{role}_token {text!r} is id {token_id}"
+            )
+    return problems
+
+
+def templates_check(
+    folder: Path, own: TokenizerBundle, runtime: TransformersSide, reference: Reference | None
+) -> Check:
     """Templates in every place loaders look (tokenizer_config.json for older loaders and
     TGI, chat_template.jinja and additional_chat_templates/ for transformers 5), equal to each
     other, to what transformers loads, and with a source byte-identical to the source's."""
     files = read_chat_templates(folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    in_config = config.get("chat_template")
+    in_config = own.tokenizer_config.get("chat_template")  # {} without tokenizer_config.json
     problems = []
     if in_config is not None and in_config != chat_template_value(files):
         problems.append(
