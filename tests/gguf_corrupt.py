@@ -17,8 +17,19 @@ def edited_copy(src: Path, dst: Path, edit: Callable) -> Path:
     reader = GGUFReader(dst, "r+")
     edit(reader.fields)
     reader.data.flush()
-    del reader
+    _release(reader)
     return dst
+
+
+def _release(reader) -> None:
+    """GGUFReader has no close(): drop its memmap and every view of it, then collect, so
+    the file is no longer mapped when the test goes on."""
+    import gc
+
+    reader.fields.clear()
+    reader.tensors.clear()
+    del reader.data
+    gc.collect()
 
 
 def token_index(fields, text: str) -> int:
@@ -60,9 +71,10 @@ def rewritten_copy(
     drop_keys: frozenset[str] = frozenset(),
     drop_tensors: frozenset[str] = frozenset(),
     set_strings: dict[str, str] | None = None,
+    add_tensors: dict | None = None,
 ) -> Path:
-    """A new GGUF with the same content but for the dropped keys/tensors and replaced
-    string values (any length)."""
+    """A new GGUF with the same content but for the dropped keys/tensors, replaced string
+    values (any length) and added tensors (name -> numpy array, stored in its dtype)."""
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
     reader = GGUFReader(src)
@@ -83,8 +95,12 @@ def rewritten_copy(
         if tensor.name in drop_tensors:
             continue
         writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    for name, array in (add_tensors or {}).items():
+        writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    del writer
+    _release(reader)
     return dst

@@ -66,3 +66,28 @@ def test_unreadable_artifact_exits_3_without_traceback(tmp_path: Path) -> None:
 def test_against_a_file_is_refused(demo_gguf: Path) -> None:
     proc = run_cli("inspect", demo_gguf, "--against", demo_gguf)
     assert proc.returncode == 3 and "takes the source model's folder" in proc.stderr
+
+
+def test_any_failed_check_exits_11(monkeypatch) -> None:
+    """A failed non-fatal check (as "generation never stops") fails `inspect` too: exit 0
+    only when every check passes; the table says FAIL, not warn."""
+    from typer.testing import CliRunner
+
+    import quantkit.inspection as inspection
+    from quantkit.cli import app
+    from quantkit.errors import VerificationError
+    from quantkit.inspection import Check, InspectReport
+
+    report = InspectReport(
+        "x.gguf", "gguf", ("x.gguf",), None,
+        (Check("a", True, "ok"), Check("greedy generation stops", False, "no eog", False)),
+    )  # fmt: skip
+    monkeypatch.setattr(inspection, "inspect", lambda *args, **kwargs: report)
+    # In process: quantkit's main() turns the VerificationError into exit code 11.
+    result = CliRunner().invoke(app, ["inspect", "x.gguf"], env={"COLUMNS": "200"})
+    assert isinstance(result.exception, VerificationError) and result.exception.exit_code == 11
+    assert "FAIL" in result.output and "warn" not in result.output
+    result = CliRunner().invoke(app, ["inspect", "x.gguf", "--json"])
+    assert isinstance(result.exception, VerificationError)
+    payload = json.loads(result.stdout)
+    assert payload["passed"] is False and payload["checks"][1]["fatal"] is False

@@ -251,6 +251,12 @@ def test_removed_rope_freqs_is_caught(llama31_q8: Path, llama31_model: Path, tmp
     report = quantkit.inspect(bad, llama31_model)
     assert set(failed(report)) == {"rope_freqs"}
     assert "has no rope_freqs tensor" in failed(report)["rope_freqs"]
+    # Without a source: llama arch, 131072 context and rope base 500000 is Llama 3.1.
+    alone = quantkit.inspect(bad)
+    assert set(failed(alone)) == {"rope_freqs"}
+    evidence = failed(alone)["rope_freqs"]
+    assert "looks like a Llama 3.1-style model (context_length 131072" in evidence
+    assert "expected 32 llama3 scaling divisors" in evidence
 
 
 def test_malicious_template_is_reported_not_executed(demo_q8: Path, tmp_path: Path) -> None:
@@ -395,3 +401,114 @@ def test_source_side_is_remembered_per_tokenizer_files(
     jinja.write_text(jinja.read_text() + " ", encoding="utf-8")
     with pytest.raises(AssertionError, match="cache has the answers"):
         quantkit.inspect(demo_q8, changed)
+
+
+# --- review findings: each one a case that passed or crashed before ----------------------
+
+NORMAL = 1
+
+
+@pytest.mark.parametrize("against", [True, False], ids=["against-source", "standalone"])
+def test_turn_end_retyped_normal_is_caught(
+    demo_q8: Path, demo_model: Path, tmp_path: Path, against: bool
+) -> None:
+    """<|im_end|> typed NORMAL: llama.cpp silently retypes it at load, but the file says it
+    is printed text. Without a source it used to drop out of the turn markers entirely."""
+    bad = edited_copy(
+        demo_q8, tmp_path / "b.gguf", lambda f: set_token_type(f, "<|im_end|>", NORMAL)
+    )
+    report = quantkit.inspect(bad, demo_model if against else None)
+    assert not report.passed
+    evidence = failed(report)["token types follow the policy"]
+    assert "'<|im_end|>' (id 2) is NORMAL, the policy says CONTROL" in evidence
+    # The turn end is still found (whatever its type) and still ends generation.
+    turn_end = checks(report)["turn end is end-of-generation"]
+    assert turn_end.passed and "<|im_end|> (id 2)" in turn_end.evidence
+
+
+def test_template_without_a_turn_end_fails(demo_q8: Path, tmp_path: Path) -> None:
+    plain = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    bad = rewritten_copy(
+        demo_q8, tmp_path / "b.gguf", set_strings={"tokenizer.chat_template": plain}
+    )
+    check = checks(quantkit.inspect(bad))["turn end is end-of-generation"]
+    assert not check.passed and check.fatal
+    assert "writes no special token after an assistant reply" in check.evidence
+
+
+def test_generate_reports_failures_as_checks(demo_q8: Path, tmp_path: Path) -> None:
+    """--generate never raises for the artifact: weights llama.cpp cannot load and a
+    template that refuses to render are failed checks."""
+    no_norm = rewritten_copy(
+        demo_q8, tmp_path / "n.gguf", drop_tensors=frozenset({"output_norm.weight"})
+    )
+    report = quantkit.inspect(no_norm, generate=True)
+    last = report.checks[-1]
+    assert last.name == "greedy generation stops" and not last.passed
+    assert "llama.cpp cannot load the weights" in last.evidence and not report.passed
+    evil = "{{ cycler.__init__.__globals__.os.getcwd() }}{{ messages[0].content }}<|im_end|>"
+    escaping = rewritten_copy(
+        demo_q8, tmp_path / "e.gguf", set_strings={"tokenizer.chat_template": evil}
+    )
+    last = quantkit.inspect(escaping, generate=True).checks[-1]
+    assert last.name == "greedy generation stops" and not last.passed
+    assert "cannot render the question" in last.evidence
+
+
+def test_non_fatal_failure_fails_the_report() -> None:
+    """ "Exit 0 only when every check passes": `fatal` is convert's business only."""
+    from quantkit.inspection import Check, InspectReport
+
+    report = InspectReport(
+        "x.gguf", "gguf", ("x.gguf",), None,
+        (Check("a", True, "ok"), Check("greedy generation stops", False, "no stop", False)),
+    )  # fmt: skip
+    assert not report.passed
+    assert [c.name for c in report.failed] == ["greedy generation stops"]
+    assert report.summary() == "1 of 2 checks failed: greedy generation stops"
+    assert report.to_dict()["passed"] is False
+
+
+def test_imatrix_gguf_is_named_not_called_corrupt(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "demo.imatrix.gguf"
+    writer = gguf.GGUFWriter(path, arch="imatrix")
+    writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)
+    writer.add_type("imatrix")
+    writer.add_tensor("blk.0.attn_q.weight.in_sum2", np.ones(64, dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight.counts", np.ones(1, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ArtifactError, match="is an importance matrix .*not a model") as info:
+        quantkit.inspect(path)
+    assert "corrupt" not in str(info.value) and "truncated" not in str(info.value)
+
+
+def test_rope_freqs_not_f32_is_a_failed_check(demo_q8: Path, tmp_path: Path) -> None:
+    """llama.cpp's rope takes F32 frequency factors only; an F16 rope_freqs used to stop
+    the inspection with exit 3 instead of failing the rope check."""
+    import numpy as np
+
+    bad = rewritten_copy(
+        demo_q8, tmp_path / "b.gguf", add_tensors={"rope_freqs.weight": np.ones(32, np.float16)}
+    )
+    report = quantkit.inspect(bad)
+    rope = failed(report)["rope_freqs"]
+    assert "rope_freqs.weight is stored as F16 (ggml type 1), not F32" in rope
+
+
+def test_inspection_leaves_no_file_open(demo_q8: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    path = tmp_path / "own.gguf"
+    shutil.copyfile(demo_q8, path)
+    assert quantkit.inspect(path).passed
+    fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+           if os.path.exists(f"/proc/self/fd/{fd}")]  # fmt: skip
+    assert str(path) not in fds
+    assert str(path) not in Path("/proc/self/maps").read_text()

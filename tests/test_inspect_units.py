@@ -70,3 +70,57 @@ def test_a_template_that_renders_nothing_fails_even_when_both_sides_agree() -> N
     sides = [SandboxSide({"default": picky}, {}, label) for label in ("a", "b")]
     check = render_check(*sides, ["default"])
     assert check.passed and "3 refused by the template on both sides" in check.evidence
+
+
+def test_rope_without_a_source_flags_a_stripped_llama31() -> None:
+    """No rope_freqs in a llama GGUF: fine for Llama 2/3.0-style metadata (said plainly to
+    be consistency only), a failure where the metadata is Llama 3.1's."""
+    from quantkit.inspection.gguf_meta import GGUFMeta
+    from quantkit.inspection.rope import rope_check
+
+    base = {"general.architecture": "llama", "llama.rope.dimension_count": 128}
+    llama31 = GGUFMeta({**base, "llama.context_length": 131072, "llama.rope.freq_base": 5e5})
+    check = rope_check(llama31, None, None)
+    assert check is not None and not check.passed and check.fatal
+    assert "context_length 131072, rope.freq_base 500000" in check.evidence
+    assert "expected 64 llama3 scaling divisors" in check.evidence
+    typed = GGUFMeta({**base, "llama.rope.scaling.type": "llama3"})
+    assert not rope_check(typed, None, None).passed
+    llama30 = GGUFMeta({**base, "llama.context_length": 8192, "llama.rope.freq_base": 5e5})
+    check = rope_check(llama30, None, None)
+    assert check.passed and "without --against only consistency can be checked" in check.evidence
+
+
+def test_source_cache_key_covers_tokenizers_and_config(tmp_path, monkeypatch) -> None:
+    from quantkit.inspection import source_cache
+
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    key = source_cache._key(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
+    assert source_cache._key(tmp_path) != key
+    key = source_cache._key(tmp_path)
+    real = source_cache.metadata.version
+    monkeypatch.setattr(
+        source_cache.metadata,
+        "version",
+        lambda name: "0.0.0-other" if name == "tokenizers" else real(name),
+    )
+    assert source_cache._key(tmp_path) != key
+
+
+def test_source_cache_file_missing_an_entry_is_a_miss(demo_model, tmp_path, monkeypatch) -> None:
+    """A cache file with `templates` but no `render` (older or damaged) is recomputed, not
+    a KeyError."""
+    from quantkit.inspection import source_cache
+    from quantkit.inspection.battery import CONVERSATIONS
+
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path))
+    path = tmp_path / "inspect-source" / f"{source_cache._key(demo_model)}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"templates": {"default": "x"}, "encode": {}}))
+    side = source_cache.CachedTransformersSide(demo_model, "source")
+    assert "<|im_start|>" in side.render("default", CONVERSATIONS[0])
+    assert side.token_id("eos") == 2
+    side.save()
+    assert set(json.loads(path.read_text())) == {"templates", "render", "encode", "ids"}

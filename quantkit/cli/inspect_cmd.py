@@ -46,7 +46,8 @@ def inspect_command(
 ) -> None:
     """Check that an artifact's special tokens, turn end and chat templates survived.
 
-    Exit 0 when every check passes, 11 when one fails; docs/verification.md explains each.
+    Exit 0 only when every check passes, 11 when any fails, 3 when the artifact cannot be
+    read; docs/verification.md explains each check.
     """
     from ..errors import VerificationError
     from ..inspection import inspect
@@ -75,10 +76,8 @@ def _render(report) -> None:
     table.add_column("result", no_wrap=True)
     table.add_column("evidence")
     for check in report.checks:
-        if check.passed:
-            mark = "[green]pass[/]"
-        else:
-            mark = "[bold red]FAIL[/]" if check.fatal else "[yellow]warn[/]"
+        # Any failed check fails the inspection (exit 11); `fatal` only matters to convert.
+        mark = "[green]pass[/]" if check.passed else "[bold red]FAIL[/]"
         table.add_row(escape(check.name), mark, escape(check.evidence))
     console.print_text(table)
     style = "green" if report.passed else "bold red"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import ArtifactError
 from ..verify import Check
-from .gguf_meta import check_complete, check_gguf_magic, gguf_files
+from .gguf_meta import check_complete, check_gguf_magic, check_is_model, gguf_files
 from .report import InspectReport
 
 __all__ = ["ArtifactError", "Check", "InspectReport", "inspect"]
@@ -30,7 +30,8 @@ def inspect(
     revision: str | None = None,
 ) -> InspectReport:
     """Run every survival check on `artifact`; `generate` adds a short greedy reply in the
-    runtime (loads the weights: slow for big models; never fatal)."""
+    runtime (loads the weights: slow for big models). The report passes only when every
+    check passes."""
     from ..errors import require
     from .reference import load_reference
 
@@ -76,6 +77,7 @@ def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
         files = gguf_files(path)
         for f in files:
             check_gguf_magic(f)
+        check_is_model(files[0])
         check_complete(files)
         return "gguf", files
     if (path / "config.json").is_file() and any(path.glob("*.safetensors")):

@@ -19,9 +19,9 @@ from ..tokenizer_bundle import HERMES_TAGS
 from ..verify import Check
 from .battery import CONVERSATIONS
 from .compare import few, first_difference, render_check, single_ids_check, tokenization_check
-from .gguf_meta import GGUFMeta, read_f32_tensor, read_gguf_meta
+from .gguf_meta import GGUFMeta, TensorTypeError, read_f32_tensor, read_gguf_meta
 from .reference import Reference
-from .rope import TENSOR, rope_check
+from .rope import ROPE, TENSOR, rope_check
 from .sides import LlamaCppSide, SandboxSide, Side
 from .source_cache import CachedTransformersSide
 
@@ -37,8 +37,7 @@ def gguf_checks(
     files: list[Path], reference: Reference | None, *, policy: TokenTypePolicy | None = None
 ) -> list[Check]:
     meta = read_gguf_meta(files[0])
-    runtime = LlamaCppSide(files[0])
-    try:
+    with LlamaCppSide(files[0]) as runtime:
         specials = {
             text: i
             for i, (text, kind) in enumerate(zip(meta.tokens, meta.token_types, strict=False))
@@ -62,16 +61,34 @@ def gguf_checks(
             render_check(ref, runtime, names, special_texts=specials),
             tokenization_check(ref, runtime, special_texts=specials),
         ]
-        rope = rope_check(
-            meta, read_f32_tensor(files, TENSOR), reference.config if reference else None
-        )
+        rope = _rope(files, meta, reference)
         if rope is not None:
             checks.append(rope)
         if isinstance(ref, CachedTransformersSide):
             ref.save()
         return checks
-    finally:
-        runtime.close()
+
+
+def _rope(files: list[Path], meta: GGUFMeta, reference: Reference | None) -> Check | None:
+    try:
+        values = read_f32_tensor(files, TENSOR)
+    except TensorTypeError as exc:
+        return Check(
+            ROPE, False, f"{exc}: llama.cpp's rope takes its frequency factors only as F32 "
+            "and stops on this file; re-convert it",
+        )  # fmt: skip
+    return rope_check(meta, values, reference.config if reference else None)
+
+
+def marker_candidates(meta: GGUFMeta, specials: dict[str, int]) -> dict[str, int]:
+    """The tokens that can be turn markers, whatever type the file stores for them: every
+    CONTROL / USER_DEFINED token and every token that looks like one (`<|...|>`), so a
+    turn marker retyped NORMAL is still found in what the template writes."""
+    out = dict(specials)
+    for i, text in enumerate(meta.tokens):
+        if text not in out and _looks_like_control(text):
+            out[text] = i
+    return out
 
 
 def _variables(meta: GGUFMeta) -> dict[str, str]:
@@ -114,7 +131,11 @@ def types_check(
         templates = reference.bundle.chat_templates
         variables = {f"{r}_token": reference.bundle.special_token(r) or "" for r in ("bos", "eos")}
     else:
-        added = {text: _looks_like_control(text) for text in specials}
+        control = int(TokenType.CONTROL)
+        added = {
+            text: _looks_like_control(text) or meta.token_types[i] == control
+            for text, i in marker_candidates(meta, specials).items()
+        }
         templates = meta.templates
         variables = _variables(meta)
     candidates = [t for t, special in added.items() if special or _looks_like_control(t)]
@@ -165,33 +186,38 @@ def _name(kind: int) -> str:
 def turn_end_check(
     meta: GGUFMeta, runtime: LlamaCppSide, reference: Reference | None, specials: dict[str, int]
 ) -> Check:
+    """The token the default template writes after an assistant reply ends generation in
+    llama.cpp and is EOS. A default template after whose replies no special-looking token
+    can be identified fails: there is nothing to stop at."""
     if reference is not None:
-        from ..backends.gguf.vocab import template_turn_end
-
         bundle = reference.bundle
-        try:
-            turn_end = template_turn_end(bundle)
-        except TemplateError as exc:
-            return Check(TURN_END, False, f"the source's default template fails: {exc}")
-        turn_end_id = bundle.token_id(turn_end) if turn_end else None
-        has_template = "default" in bundle.chat_templates
+        template = bundle.chat_templates.get("default")
+        candidates = {
+            t.content: t.id
+            for t in bundle.added_tokens
+            if t.special or _looks_like_control(t.content)
+        }
+        variables = {f"{r}_token": bundle.special_token(r) or "" for r in ("bos", "eos")}
+        whose = "the source's default template"
     else:
         template = meta.templates.get("default")
-        has_template = template is not None
-        turn_end = turn_end_id = None
-        if template is not None:
-            try:
-                turn_end = turn_end_token(template, list(specials), **_variables(meta))
-            except TemplateError as exc:
-                return Check(TURN_END, False, f"the default template fails: {exc}")
-            turn_end_id = specials.get(turn_end) if turn_end else None
-    if not has_template:
+        candidates = marker_candidates(meta, specials)
+        variables = _variables(meta)
+        whose = "the default template"
+    if template is None:
         return Check(TURN_END, True, "no chat template, so no turn end to check", fatal=False)
+    try:
+        turn_end = turn_end_token(template, list(candidates), **variables)
+    except TemplateError as exc:
+        return Check(TURN_END, False, f"{whose} fails: {exc}")
+    turn_end_id = candidates.get(turn_end) if turn_end else None
     if turn_end is None or turn_end_id is None:
         return Check(
-            TURN_END, False, "the default template writes no special token after an assistant "
-            "reply, so there is no turn-end token to stop at", fatal=False,
+            TURN_END, False, f"{whose} writes no special token after an assistant reply, so "
+            "there is no turn-end token to stop at: runtimes only stop at EOS "
+            f"({runtime.text(runtime.special_id('eos'))!r}) or at the token limit",
         )  # fmt: skip
+    specials = {**specials, turn_end: turn_end_id}
     eos, eot = runtime.special_id("eos"), runtime.special_id("eot")
     is_eog = runtime.is_eog(turn_end_id)
     eog_ids = sorted({i for i in [*specials.values(), eos, eot] if i >= 0 and runtime.is_eog(i)})

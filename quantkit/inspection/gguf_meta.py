@@ -87,6 +87,24 @@ class GGUFMeta:
         return self.values.get(f"{self.arch}.{suffix}")
 
 
+def check_is_model(path: Path) -> None:
+    """A GGUF that holds something other than a model (llama-imatrix's and quantkit's
+    importance matrices are GGUF files with `general.type = "imatrix"`) is refused with
+    what it is, not as a corrupt model."""
+    from ..gguf_split import read_metadata
+
+    try:
+        kind = read_metadata(path, {"general.type"}).get("general.type")
+    except Exception:  # noqa: BLE001 - an unreadable header is check_complete's to report
+        return
+    if kind == "imatrix":
+        raise ArtifactError(
+            f"{path} is an importance matrix (general.type = imatrix), not a model.",
+            hint="Inspect the model GGUF beside it; use this file with "
+            "`quantkit convert --imatrix FILE` or `llama-quantize --imatrix`.",
+        )
+
+
 def read_gguf_meta(first_shard: Path) -> GGUFMeta:
     from ..gguf_split import read_metadata
 
@@ -106,12 +124,17 @@ def read_gguf_meta(first_shard: Path) -> GGUFMeta:
         ) from exc
 
 
+class TensorTypeError(ValueError):
+    """A tensor stored in another type than the one llama.cpp requires for it."""
+
+
 _SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _F32 = 0  # ggml type id
 
 
 def read_f32_tensor(files: list[Path], name: str):
-    """The float32 tensor `name` from whichever shard holds it, or None if absent."""
+    """The float32 tensor `name` from whichever shard holds it, or None if absent;
+    TensorTypeError when it is stored in another type."""
     import numpy as np
 
     for path in files:
@@ -121,10 +144,24 @@ def read_f32_tensor(files: list[Path], name: str):
                 continue
             dims, ggml_type, offset = infos[name]
             if ggml_type != _F32:
-                raise ArtifactError(f"{path.name}: {name} is ggml type {ggml_type}, not F32.")
+                raise TensorTypeError(
+                    f"{name} is stored as {_type_name(ggml_type)} (ggml type {ggml_type}), not F32"
+                )
             count = int(np.prod(dims)) if dims else 1
-            return np.frombuffer(buf, dtype="<f4", count=count, offset=data_start + offset).copy()
+            view = np.frombuffer(buf, dtype="<f4", count=count, offset=data_start + offset)
+            values = view.copy()
+            del view  # release the buffer before the mmap closes
+            return values
     return None
+
+
+def _type_name(ggml_type: int) -> str:
+    from gguf.constants import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type {ggml_type}"
 
 
 def check_complete(files: list[Path]) -> None:

@@ -18,12 +18,14 @@ class InspectReport:
 
     @property
     def passed(self) -> bool:
-        """True when every fatal check passed (non-fatal ones only inform)."""
+        """True when every check passed, fatal or not (`quantkit inspect` exits 0 only
+        then). A check's `fatal` flag is convert's business: whether a failure quarantines
+        the artifact it just made."""
         return not self.failed
 
     @property
     def failed(self) -> list[Check]:
-        return [c for c in self.checks if c.fatal and not c.passed]
+        return [c for c in self.checks if not c.passed]
 
     def summary(self) -> str:
         if self.passed:

@@ -48,6 +48,25 @@ def llama3_factors(config: dict[str, Any]) -> list[float] | None:
     return out
 
 
+def llama3_hint(meta: GGUFMeta) -> str | None:
+    """Why a llama GGUF without a source must carry rope_freqs, or None: llama3 rope
+    metadata, or Llama 3.1's long context (> 8192) with its rope base 500000 (Llama 3.0 has
+    the same base but an 8192 context and no scaling)."""
+    for key, value in meta.values.items():
+        if ".rope." in key and isinstance(value, str) and value.lower() == "llama3":
+            return f"{key} = {value}"
+    ctx = meta.arch_value("context_length")
+    base = meta.arch_value("rope.freq_base")
+    if isinstance(ctx, int) and ctx > 8192 and isinstance(base, int | float) and base == 500000:
+        return f"context_length {ctx}, rope.freq_base {base:g}"
+    return None
+
+
+def _expected_count(meta: GGUFMeta) -> str:
+    dims = meta.arch_value("rope.dimension_count") or meta.arch_value("attention.key_length")
+    return f"{int(dims) // 2}" if dims else "rope.dimension_count / 2"
+
+
 def rope_check(meta: GGUFMeta, values, config: dict[str, Any] | None) -> Check | None:
     """None where rope_freqs does not apply (architectures other than llama, no source
     saying so and no tensor present)."""
@@ -63,9 +82,24 @@ def rope_check(meta: GGUFMeta, values, config: dict[str, Any] | None) -> Check |
                 "has no rope_freqs tensor: llama.cpp would run it with plain rope and "
                 "long prompts (past the original context) would degrade",
             )
-        if config is not None or meta.arch == "llama":
-            return Check(ROPE, True, "no rope_freqs tensor, and none expected", fatal=False)
-        return None
+        if config is not None:
+            return Check(ROPE, True, "no rope_freqs tensor, and the source expects none", False)
+        if meta.arch != "llama":
+            return None
+        why = llama3_hint(meta)
+        if why is not None:
+            return Check(
+                ROPE, False, f"the GGUF looks like a Llama 3.1-style model ({why}) but has no "
+                f"rope_freqs tensor: expected {_expected_count(meta)} llama3 scaling divisors "
+                "(1 for high frequencies rising to the scaling factor); without it llama.cpp "
+                "runs plain rope and long prompts (past the original context) degrade. "
+                "Pass --against SOURCE to compare with the source config",
+            )  # fmt: skip
+        return Check(
+            ROPE, True, "no rope_freqs tensor; without --against only consistency can be "
+            "checked, and nothing in the GGUF's rope metadata calls for one",
+            fatal=False,
+        )  # fmt: skip
     values = np.asarray(values, dtype=np.float64)
     dims = meta.arch_value("rope.dimension_count") or meta.arch_value("attention.key_length")
     if expected is None:

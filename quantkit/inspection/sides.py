@@ -159,25 +159,35 @@ class LlamaCppSide(Side):
                 f"llama.cpp cannot load {path} ({exc}).",
                 hint="The file is corrupt or truncated; download or convert it again.",
             ) from exc
-        import llama_cpp
+        try:
+            import llama_cpp
 
-        self._lib = llama_cpp
-        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        meta = self.llm.metadata
-        # The same selection Llama.__init__ makes for its chat handlers.
-        self.templates = {
-            key[len("tokenizer.chat_template.") :]: value
-            for key, value in meta.items()
-            if key.startswith("tokenizer.chat_template.")
-        }
-        if "tokenizer.chat_template" in meta:
-            self.templates["default"] = meta["tokenizer.chat_template"]
-        self.bos_text = self.text(self.llm.token_bos())
-        self.eos_text = self.text(self.llm.token_eos())
+            self._lib = llama_cpp
+            self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+            meta = self.llm.metadata
+            # The same selection Llama.__init__ makes for its chat handlers.
+            self.templates = {
+                key[len("tokenizer.chat_template.") :]: value
+                for key, value in meta.items()
+                if key.startswith("tokenizer.chat_template.")
+            }
+            if "tokenizer.chat_template" in meta:
+                self.templates["default"] = meta["tokenizer.chat_template"]
+            self.bos_text = self.text(self.llm.token_bos())
+            self.eos_text = self.text(self.llm.token_eos())
+        except BaseException:
+            self.llm.close()  # never leave the file mapped
+            raise
         self._formatters: dict[tuple[str, bool], Any] = {}
 
     def close(self) -> None:
         self.llm.close()
+
+    def __enter__(self) -> LlamaCppSide:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def text(self, token_id: int) -> str:
         if token_id < 0:

@@ -31,12 +31,15 @@ def _cache_root() -> Path:
 
 def _key(folder: Path) -> str:
     digest = hashlib.sha256(f"format {_FORMAT}\n".encode())
-    try:
-        digest.update(metadata.version("transformers").encode())
-    except metadata.PackageNotFoundError:
-        digest.update(b"no transformers")
+    # transformers renders and picks the tokenizer class; `tokenizers` encodes.
+    for package in ("transformers", "tokenizers"):
+        try:
+            digest.update(f"{package} {metadata.version(package)}\n".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"no {package}\n".encode())
     digest.update(repr((CONVERSATIONS, CORPUS)).encode())
     names = [
+        "config.json",  # its model_type decides the tokenizer class transformers builds
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
@@ -48,6 +51,13 @@ def _key(folder: Path) -> str:
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def _complete(data: object) -> bool:
+    """Every entry a cache file must hold, of the right kind."""
+    if not isinstance(data, dict) or not isinstance(data.get("templates"), dict):
+        return False
+    return all(isinstance(data.get(key), dict) for key in ("render", "encode", "ids"))
 
 
 class CachedTransformersSide(Side):
@@ -64,7 +74,7 @@ class CachedTransformersSide(Side):
             self._data = json.loads(self._path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             self._data = {}
-        if "templates" not in self._data:
+        if not _complete(self._data):  # an old, foreign or damaged file: a miss
             self._data = {"templates": self.live.templates, "render": {}, "encode": {},
                           "ids": {}}  # fmt: skip
             self._dirty = True
