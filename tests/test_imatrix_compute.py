@@ -225,3 +225,24 @@ def test_a_base_model_converts_with_a_profile(demo_model: Path, tmp_path: Path) 
     kv = _gguf_kv(out / artifact["name"], "quantize.imatrix.dataset")
     assert kv == {"quantize.imatrix.dataset": "quantkit:builtin (plain text)"}
     assert "plain-text samples" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_profile_default_that_cannot_be_made_is_skipped(demo_model: Path, tmp_path: Path) -> None:
+    """Too little calibration text for one chunk: the profile's imatrix = auto gives way
+    (a warning, the manifest and the card say so) and the convert goes on without one."""
+    out = tmp_path / "out"
+    proc = run_cli("convert", demo_model, "--profile", "cpu-64gb", "--calibration-samples", 1,
+                   "--calibration-seq-len", 100_000, "--no-verify", "--no-eval",
+                   "--out", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "No importance matrix" in proc.stderr and "profile cpu-64gb" in proc.stderr
+    assert "importance matrix: none (profile cpu-64gb default skipped" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    info = manifest["imatrix"]
+    assert info["source"] == "none" and info["origin"] == "profile cpu-64gb"
+    assert "less than one imatrix chunk" in info["skipped"]
+    assert [f["role"] for f in manifest["files"]] == ["artifact"]
+    (gguf_file,) = out.glob("*.gguf")
+    assert _gguf_kv(gguf_file, "quantize.imatrix.") == {}
+    assert "## Importance matrix\n\nNone" in (out / "README.md").read_text()
