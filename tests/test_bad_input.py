@@ -209,6 +209,11 @@ def case_imatrix_for_q8(demo: Path, tmp: Path):
     return demo, [*Q8, "--imatrix", "auto"]
 
 
+def case_imatrix_auto_too_little_text(demo: Path, tmp: Path):
+    return demo, [*Q4, "--imatrix", "auto", "--calibration-samples", "1",
+                  "--calibration-seq-len", "100000"]  # fmt: skip
+
+
 def case_no_target(demo: Path, tmp: Path):
     return demo, []
 
@@ -263,6 +268,11 @@ CASES = {
         ["4096 columns", "576", "--imatrix auto"],
     ),
     "imatrix-for-q8": (case_imatrix_for_q8, ImatrixError.exit_code, ["Q8_0", "llama.cpp"]),
+    "imatrix-auto-asked-cannot-be-made": (  # asked for: an error that names the way out
+        case_imatrix_auto_too_little_text,
+        CalibrationError.exit_code,
+        ["--imatrix auto", "less than one imatrix chunk", "--imatrix none"],
+    ),
     "no-target": (case_no_target, QuantkitError.exit_code, ["--profile", "--format"]),
 }
 
