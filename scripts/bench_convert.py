@@ -336,10 +336,10 @@ def machine() -> str:
             f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
 
 
-def write_section(doc: Path, body: str) -> None:
-    """Replace this benchmark's section (between its markers) or append it; other
+def write_section(doc: Path, body: str, section: str = SECTION) -> None:
+    """Replace one benchmark's section (between its markers) or append it; other
     benchmarks' sections are left alone."""
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
+    begin, end = f"<!-- BEGIN {section} -->", f"<!-- END {section} -->"
     block = f"{begin}\n{body}\n{end}"
     text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n"
     if begin in text and end in text:

@@ -264,19 +264,8 @@ def interop(bin_dir: Path, info: dict, work: Path) -> list[str]:
     return lines
 
 
-def write_section(doc: Path, body: str) -> None:
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
-    from bench_convert import machine
+    from bench_convert import machine, write_section
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,llama31")
@@ -344,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ])  # fmt: skip
     print(body)
     if args.write_doc:
-        write_section(args.write_doc, body)
+        write_section(args.write_doc, body, SECTION)
     return 0
 
 
