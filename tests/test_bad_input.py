@@ -374,6 +374,32 @@ def test_interrupt_while_writing_leaves_nothing(demo_model: Path, tmp_path: Path
     assert_nothing_written(out)
 
 
+def test_ctrl_c_inside_llama_cpp_log_callback_is_not_lost(monkeypatch) -> None:
+    """Ctrl-C that lands while llama.cpp is in our log callback (loading, quantizing)
+    raises inside a ctypes callback, where ctypes would swallow it: it must reach the
+    caller once llama.cpp returns, not vanish."""
+    import logging
+
+    from quantkit.backends.gguf import quantize
+
+    quantize.silence_llama_cpp()
+
+    class CtrlC(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise KeyboardInterrupt
+
+    logger = logging.getLogger("quantkit.llama_cpp")
+    handler = CtrlC()
+    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            quantize._callback(2, b"quantizing blk.0.attn_q.weight", None)  # through ctypes
+            time.sleep(5)  # the interrupt arrives within _RETRY_S
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_interrupt_exits_130_with_a_message(demo_model: Path, tmp_path: Path) -> None:
     returncode, stderr = interrupt_convert(demo_model, tmp_path / "out")
     assert returncode == 130, stderr[-2000:]

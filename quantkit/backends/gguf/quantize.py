@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +125,25 @@ def kv_string(text: str) -> bytes:
 _LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
 _llama_log = logging.getLogger("quantkit.llama_cpp")
 _callback = None  # kept alive: llama.cpp holds a raw pointer to it
+_main = threading.local()  # .depth > 0 while the main thread is in our log callback
+_RETRY_S = 0.05
+
+
+def _redeliver_interrupt() -> None:
+    """Ctrl-C that lands while llama.cpp is inside our log callback would be swallowed by
+    ctypes (an exception cannot cross the C frames), and the convert would go on as if
+    nothing happened. Deliver it again as soon as Python code outside the callback runs."""
+    import signal
+
+    def deliver(_signum, _frame) -> None:
+        if getattr(_main, "depth", 0):
+            signal.setitimer(signal.ITIMER_REAL, _RETRY_S)  # still inside: try again soon
+            return
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, deliver)
+    signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
 
 
 def silence_llama_cpp() -> None:
@@ -143,9 +163,17 @@ def silence_llama_cpp() -> None:
         # Level 5 continues the previous message. llama.cpp reports expected events such as
         # K-quant fallbacks at its error level; failures reach us as return codes, so its
         # log is detail, shown at INFO at most (-v).
-        py_level = last_level[0] if level == 5 else _LEVELS.get(level, logging.DEBUG)
-        last_level[0] = py_level
-        _llama_log.log(min(py_level, logging.INFO), "%s", text.decode(errors="replace").rstrip())
+        # Only the main thread runs Python signal handlers, so only its depth matters.
+        _main.depth = getattr(_main, "depth", 0) + 1
+        try:
+            py_level = last_level[0] if level == 5 else _LEVELS.get(level, logging.DEBUG)
+            last_level[0] = py_level
+            message = text.decode(errors="replace").rstrip()
+            _llama_log.log(min(py_level, logging.INFO), "%s", message)
+        except KeyboardInterrupt:
+            _redeliver_interrupt()
+        finally:
+            _main.depth -= 1
 
     _callback = llama_cpp.llama_log_callback(forward)
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
