@@ -1,56 +1,54 @@
 """quantkit: quantize Hermes-family chat models for the hardware you have.
 
-Public API (heavy libraries are imported only inside the functions that need them):
-    convert(model, ...)       -> ConvertResult   (quantkit.pipeline.convert)
-    plan(model, profile, ...) -> list[Plan]      (quantkit.planner.plan_model)
-    upload(artifact_dir, repo) -> PublishResult  (quantkit.publish.publish)
-    inspect(artifact, against=None) -> InspectReport (quantkit.inspection.inspect)
-    load_source(model)        -> SourceModel
+Public API: the library's own functions, imported on first use (PEP 562) so that
+`import quantkit` and `quantkit --help` load no heavy library:
+    convert(model, *, out, profile=..., ...)      -> ConvertResult  (quantkit.pipeline)
+    plan(model, profile=None, ...)                -> list[Plan]     (quantkit.planning.planner)
+    inspect(artifact, against=None, ...)          -> InspectReport  (quantkit.inspection)
+    evaluate(artifact, against, ...)              -> Evaluation     (quantkit.evaluation)
+    upload(artifact_dir, repo_id, ...)            -> PublishResult  (quantkit.hub.publish)
+    load_source(model)                            -> SourceModel    (quantkit.source.model)
+and the option objects `convert` takes: CalibrationOptions, GGUFOptions, GPTQOptions,
+SafetensorsOptions, EvalOptions.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib import import_module
+from typing import Any
 
 from .errors import QuantkitError
-from .source import SourceModel, load_source
+from .version import __version__
 
-__all__ = [
-    "QuantkitError",
-    "SourceModel",
-    "__version__",
-    "convert",
-    "inspect",
-    "load_source",
-    "plan",
-    "upload",
-]
+# public name -> (module, attribute): one place that says where each lives
+_PUBLIC = {
+    "convert": ("quantkit.pipeline", "convert"),
+    "ConvertResult": ("quantkit.pipeline", "ConvertResult"),
+    "plan": ("quantkit.planning.planner", "plan_model"),
+    "inspect": ("quantkit.inspection", "inspect"),
+    "evaluate": ("quantkit.evaluation.evaluate", "evaluate"),
+    "upload": ("quantkit.hub.publish", "publish"),
+    "load_source": ("quantkit.source.model", "load_source"),
+    "SourceModel": ("quantkit.source.model", "SourceModel"),
+    "CalibrationOptions": ("quantkit.calibration.options", "CalibrationOptions"),
+    "GGUFOptions": ("quantkit.backends.gguf.options", "GGUFOptions"),
+    "GPTQOptions": ("quantkit.backends.safetensors.options", "GPTQOptions"),
+    "SafetensorsOptions": ("quantkit.backends.safetensors.options", "SafetensorsOptions"),
+    "EvalOptions": ("quantkit.evaluation.options", "EvalOptions"),
+}
 
-
-def convert(*args, **kwargs):
-    """See quantkit.pipeline.convert."""
-    from .pipeline import convert as _convert
-
-    return _convert(*args, **kwargs)
-
-
-def plan(*args, **kwargs):
-    """See quantkit.planner.plan_model: one plan per profile (all profiles by default)."""
-    from .planner import plan_model
-
-    return plan_model(*args, **kwargs)
+__all__ = ["QuantkitError", "__version__", *_PUBLIC]
 
 
-def upload(*args, **kwargs):
-    """See quantkit.publish.publish: the artifact folder to a Hub repo, with its card."""
-    from .publish import publish
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'quantkit' has no attribute {name!r}") from None
+    value = getattr(import_module(module), attribute)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-    return publish(*args, **kwargs)
 
-
-def inspect(*args, **kwargs):
-    """See quantkit.inspection.inspect: the token, turn-end and chat-template survival checks
-    on a GGUF or safetensors artifact, optionally against its source."""
-    from .inspection import inspect as _inspect
-
-    return _inspect(*args, **kwargs)
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fixture builders live with the tests
+sys.path.insert(0, str(REPO_ROOT))  # the repo's fixtures/ package
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 SECTION = "bench_convert"
@@ -44,8 +44,8 @@ CHUNK_ELEMENTS = 16 * 1024 * 1024  # random numbers generated per step (64 MB of
 
 OURS_API = (
     "import sys; from pathlib import Path; "
-    "from quantkit.source import load_source; "
-    "from quantkit.backends.gguf_export import export_gguf; "
+    "from quantkit.source.model import load_source; "
+    "from quantkit.backends.gguf.export import export_gguf; "
     "export_gguf(load_source(sys.argv[1]), Path(sys.argv[2]), out_type='BF16')"
 )
 
@@ -137,7 +137,8 @@ def write_bf16_shard(path: Path, tensors: list[tuple[str, tuple]], rng) -> dict[
 
 def build_synthetic(dest: Path, tokenizer_dir: Path) -> None:
     import numpy as np
-    from fixture_models import LLAMA31_EOS_IDS, LLAMA31_ROPE, LLAMA31_ROPE_THETA
+
+    from fixtures.models import LLAMA31_EOS_IDS, LLAMA31_ROPE, LLAMA31_ROPE_THETA
 
     s = SYNTHETIC
     rng = np.random.default_rng(3)
@@ -350,14 +351,14 @@ def write_section(doc: Path, body: str, section: str = SECTION) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fetch_reference_converter import default_cache
-    from fixture_models import (
+    from fixtures.models import (
         ReferenceConverter,
         build_once,
         ensure_llama31_model,
         ensure_llama31_tokenizer,
         ensure_reference_converter,
     )
+    from fixtures.reference_converter import default_cache
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="llama31,synthetic")

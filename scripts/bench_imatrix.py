@@ -4,7 +4,7 @@
 For each model: write the BF16 GGUF, compute the imatrix as `quantkit convert --imatrix
 auto` does (default settings: 8 calibration samples, 512-token chunks), quantize each type
 with and without it through llama.cpp, and measure both against the source with
-quantkit.evaluate (shipped eval corpus, held out from the calibration mix; n_ctx 512).
+quantkit.evaluation.measure (shipped eval corpus, held out from the calibration mix; n_ctx 512).
 The "with - without" columns are the means of per-chunk differences (KLD, token NLL =
 log perplexity, top-1 agreement) with their standard errors (chunks are the independent
 unit; tokens inside a chunk are correlated).
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fixture builders live with the tests
+sys.path.insert(0, str(REPO_ROOT))  # the repo's fixtures/ package
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 CACHE = REPO_ROOT / ".cache" / "test-fixtures"
 os.environ.setdefault("QUANTKIT_CACHE", str(CACHE / "quantkit-cache"))
@@ -46,18 +46,18 @@ SECTION = "bench_imatrix"
 
 def model_path(label: str) -> Path:
     if label == "demo":
-        from quantkit.demo import ensure_demo_model
+        from quantkit.demo.build import ensure_demo_model
 
         return ensure_demo_model(CACHE / "demo")
-    from fixture_models import ensure_llama31_model, ensure_qwen3_model
+    from fixtures.models import ensure_llama31_model, ensure_qwen3_model
 
     return {"llama31": ensure_llama31_model, "qwen3": ensure_qwen3_model}[label](CACHE)
 
 
 def measure(path: Path, source: Any) -> tuple[Any, Any]:
-    """quantkit.evaluate's report and its per-token scores (nll, kld, kld lower bound,
+    """quantkit.evaluation.measure's report and its per-token scores (nll, kld, kld lower bound,
     top-1 agreement), kept from the report step."""
-    import quantkit.evaluate as ev
+    import quantkit.evaluation.measure as ev
 
     kept: list = []
     original = ev._report
@@ -87,13 +87,17 @@ METRICS = (("KLD", 1, "{:+.4f} ± {:.4f}"), ("NLL", 0, "{:+.4f} ± {:.4f}"),
 def bench_model(
     label: str, quants: list[str], work: Path, beyond: list[str]
 ) -> tuple[list[str], dict]:
+    from quantkit.backends.gguf.backend import tensor_type_counts
+    from quantkit.backends.gguf.export import export_gguf
+    from quantkit.backends.gguf.imatrix.compute import (
+        CHUNK_SIZE,
+        compute_imatrix,
+        prepare_imatrix_data,
+    )
+    from quantkit.backends.gguf.imatrix.matrix import save_imatrix
+    from quantkit.backends.gguf.imatrix.request import DEFAULT_SAMPLES
     from quantkit.backends.gguf.quantize import quantize_gguf
-    from quantkit.backends.gguf_export import export_gguf
-    from quantkit.backends.gguf_pipeline import tensor_type_counts
-    from quantkit.imatrix import save_imatrix
-    from quantkit.imatrix_compute import CHUNK_SIZE, compute_imatrix, prepare_imatrix_data
-    from quantkit.imatrix_request import DEFAULT_SAMPLES
-    from quantkit.source import load_source
+    from quantkit.source.model import load_source
 
     source = load_source(model_path(label))
     bf16 = work / f"{label}-BF16.gguf"
@@ -145,13 +149,13 @@ def saturation(info: dict, quant: str, sweep: list[int], work: Path) -> list[str
     """KLD of `quant` made with a matrix from the first N chunks of one seeded draw, for
     each N in `sweep` (the default `auto` draw is a prefix of a larger draw: the seeded
     walk order does not depend on the number of samples)."""
-    from quantkit.backends.gguf.quantize import quantize_gguf
-    from quantkit.imatrix_compute import (
+    from quantkit.backends.gguf.imatrix.compute import (
         CHUNK_SIZE,
         ImatrixData,
         compute_imatrix,
         prepare_imatrix_data,
     )
+    from quantkit.backends.gguf.quantize import quantize_gguf
 
     source, bf16 = info["source"], info["bf16"]
     samples = 2 * max(sweep) + 8
@@ -189,9 +193,9 @@ def interop(bin_dir: Path, info: dict, work: Path) -> list[str]:
     """llama-imatrix and llama-quantize against quantkit's file and computation."""
     import numpy as np
 
+    from quantkit.backends.gguf.imatrix.compute import ImatrixData, compute_imatrix
+    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
     from quantkit.backends.gguf.quantize import quantize_gguf
-    from quantkit.imatrix import load_imatrix
-    from quantkit.imatrix_compute import ImatrixData, compute_imatrix
 
     bf16, ours = info["bf16"], info["matrix_file"]
     lines = []
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "What: each type quantized by llama.cpp from the same BF16 GGUF, without and with the "
         "importance matrix `quantkit convert --imatrix auto` computes (default settings), "
-        "measured against the source by quantkit.evaluate (shipped eval corpus, held out "
+        "measured against the source by quantkit.evaluation.measure (shipped eval corpus, held out "
         "from the calibration mix; n_ctx 512, 9 chunks). \"with - without\": mean of the "
         "per-chunk differences of KLD, token NLL (log perplexity) and top-1 agreement, ± "
         "the standard error of that mean over the 9 chunks (negative KLD/NLL and positive "

@@ -126,16 +126,16 @@ def main() -> int:
         "torch": torch.__version__,
         "source": {"tokens_per_second": ref_tps, "layer": ref_kind},
     }
+    small_calibration = quantkit.CalibrationOptions(samples=32, seq_len=256)
     targets = {
         "fp8_dynamic": dict(format="fp8", quant="FP8_DYNAMIC"),
-        "fp8_static": dict(format="fp8", quant="FP8", calibration_samples=32,
-                           calibration_seq_len=256),
-        "gptq_w4a16": dict(format="gptq", quant="W4A16", calibration_samples=32,
-                           calibration_seq_len=256),
+        "fp8_static": dict(format="fp8", quant="FP8", calibration=small_calibration),
+        "gptq_w4a16": dict(format="gptq", quant="W4A16", calibration=small_calibration),
     }  # fmt: skip
     for name, options in targets.items():
         start = time.perf_counter()
-        result = quantkit.convert(source, out=work / name, evaluate=False, **options)
+        no_eval = quantkit.EvalOptions(enabled=False)
+        result = quantkit.convert(source, out=work / name, evaluation=no_eval, **options)
         convert_s = time.perf_counter() - start
         art, tps, kind = logits_on_gpu(result.out, ids)
         report[name] = {

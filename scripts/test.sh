@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Set up (if needed) and run the whole test suite, slow tests included, plus ruff.
+# Arguments go to pytest: `bash scripts/test.sh -m "not slow"` is the fast lane.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check quantkit tests scripts
+.venv/bin/ruff check quantkit tests scripts fixtures
+# pytest's own temporary folders keep the last three runs (several GB of GGUFs each): this
+# run gets its own, removed when it ends. Fixture models stay cached in .cache/test-fixtures.
+basetemp=$(mktemp -d "${TMPDIR:-/tmp}/quantkit-pytest.XXXXXX")
+trap 'rm -rf "$basetemp"' EXIT
 set +e
-.venv/bin/python -m pytest -q -ra "$@"
+.venv/bin/python -m pytest -q -ra --basetemp="$basetemp" "$@"
 status=$?
 set -e
 if [[ $status -eq 5 ]]; then

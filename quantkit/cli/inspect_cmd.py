@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .. import console
+from . import console
+from .options import AgainstOption, JsonFlag, QuietFlag, RevisionOption
 
 EXAMPLES = """
 Examples:
@@ -30,19 +31,14 @@ def inspect_command(
         str,
         typer.Argument(help="GGUF file (any shard of a split set), or a safetensors folder."),
     ],
-    against: Annotated[
-        str | None,
-        typer.Option("--against", "-a", help="The source model: HF folder or Hub repo id."),
-    ] = None,
+    against: AgainstOption = None,
     generate: Annotated[
         bool,
         typer.Option("--generate", help="Also load the weights and generate a short reply."),
     ] = False,
-    revision: Annotated[
-        str | None, typer.Option("--revision", help="Hub revision of --against.")
-    ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
+    revision: RevisionOption = None,
+    json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ) -> None:
     """Check that an artifact's special tokens, turn end and chat templates survived.
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
-from .. import console
-from ..profiles import HardwareProfile, list_profiles, profiles_dir
+from ..planning.profiles import HardwareProfile, list_profiles, profiles_dir
+from . import console
+from .options import JsonFlag
 
 
 def register(app: typer.Typer) -> None:
@@ -15,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def profiles(
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonFlag = False,
 ) -> None:
     found = list_profiles()
     if json_out:

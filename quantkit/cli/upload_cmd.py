@@ -1,4 +1,4 @@
-"""`quantkit upload`: flags map one to one onto quantkit.publish.publish."""
+"""`quantkit upload`: flags map one to one onto quantkit.hub.publish.publish."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import console
+from . import console
+from .options import JsonFlag, QuietFlag
 
 EXAMPLES = """
 Examples:
@@ -48,12 +49,12 @@ def upload_command(
         str | None,
         typer.Option("--base-model", help="Hub id of the source, when the manifest lacks it."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
+    json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ) -> None:
     """Publish an artifact to the Hugging Face Hub with a generated model card, then check
     that the Hub holds exactly the files of the manifest."""
-    from ..publish import publish
+    from ..hub.publish import publish
 
     console.configure(json_mode=json_out, quiet=quiet)
     if json_out or quiet or console.human() is None or not console.human().is_terminal:

@@ -7,15 +7,16 @@ with the source; without it the artifact is checked for internal consistency and
 Hermes conventions. docs/verification.md explains each check.
 
 `quantkit convert` runs the same checks against its source through
-quantkit.verify.check_gguf and quantkit.verify_safetensors.check_safetensors.
+quantkit.inspection.convert_checks (check_gguf, check_safetensors).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..artifact.locate import locate_artifact
 from ..errors import ArtifactError
-from ..verify import Check
+from .check import Check
 from .gguf_meta import check_complete, check_gguf_magic, check_is_model, gguf_files
 from .report import InspectReport
 
@@ -43,7 +44,7 @@ def inspect(
 
         checks = gguf_checks(files, reference)
         if generate:
-            from ..verify import gguf_generation_check
+            from .generation import gguf_generation_check
 
             checks.append(gguf_generation_check(files[0], reference))
     else:
@@ -52,7 +53,7 @@ def inspect(
 
         checks = safetensors_checks(files[0], reference)
         if generate:
-            from ..verify_safetensors import generation_check
+            from .generation import generation_check
 
             checks.append(generation_check(files[0], max_new_tokens=32))
     return InspectReport(
@@ -65,62 +66,20 @@ def inspect(
 
 
 def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
-    """("gguf", shard paths) or ("safetensors", [folder]); ArtifactError for anything else."""
-    if not path.exists():
-        raise ArtifactError(f"{path} does not exist.", hint="Check the path of the artifact.")
-    if path.is_file():
-        if path.suffix != ".gguf":
+    """("gguf", shard paths) or ("safetensors", [folder]); ArtifactError for anything else.
+    Found by quantkit.artifact.locate (the same rules as `quantkit eval`), then checked far
+    enough that the checks have something to read."""
+    found = locate_artifact(path)
+    if not found.is_gguf:
+        if not (found.path / "tokenizer.json").is_file():
             raise ArtifactError(
-                f"{path} is not a .gguf file.",
-                hint="Pass a .gguf file, the first shard of a split set, or a safetensors folder.",
-            )
-        files = gguf_files(path)
-        for f in files:
-            check_gguf_magic(f)
-        check_is_model(files[0])
-        check_complete(files)
-        return "gguf", files
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-        if not (path / "tokenizer.json").is_file():
-            raise ArtifactError(
-                f"{path} has no tokenizer.json: there are no tokens or templates to check.",
+                f"{found.path} has no tokenizer.json: there are no tokens or templates to check.",
                 hint="Copy the source's tokenizer files into the artifact folder.",
             )
-        return "safetensors", [path]
-    named = _manifest_artifact(path)
-    if named is not None:
-        return resolve_artifact(named)
-    # An importance matrix may sit beside the model as a .gguf too; it is not the artifact.
-    ggufs = sorted(p for p in path.glob("*.gguf") if "imatrix" not in p.name.lower())
-    firsts = [p for p in ggufs if "-of-" not in p.name or "-00001-of-" in p.name]
-    if len(firsts) == 1:
-        return resolve_artifact(firsts[0])
-    if len(firsts) > 1:
-        raise ArtifactError(
-            f"{path} holds {len(firsts)} GGUF files ({', '.join(p.name for p in firsts[:4])}).",
-            hint="Name the one to inspect.",
-        )
-    raise ArtifactError(
-        f"{path} is neither a GGUF file nor a safetensors model folder (config.json and "
-        "*.safetensors).",
-        hint="Pass a .gguf file, the first shard of a split set, or a safetensors folder.",
-    )
-
-
-def _manifest_artifact(folder: Path) -> Path | None:
-    """The GGUF a quantkit artifact folder's manifest.json names as its artifact."""
-    import json
-
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return None
-    try:
-        files = json.loads(manifest.read_text(encoding="utf-8")).get("files") or []
-    except ValueError:
-        return None
-    for record in files:
-        name = str(record.get("name", ""))
-        is_gguf = record.get("role") == "artifact" and name.endswith(".gguf")
-        if is_gguf and (folder / name).is_file():
-            return folder / name
-    return None
+        return "safetensors", [found.path]
+    files = gguf_files(found.path)
+    for f in files:
+        check_gguf_magic(f)
+    check_is_model(files[0])
+    check_complete(files)
+    return "gguf", files

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..tokenizer_bundle import HERMES_TAGS
+from ..formats.tokens import HERMES_TAGS
 
 
 @dataclass(frozen=True)

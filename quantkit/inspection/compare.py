@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..verify import Check
 from .battery import CONVERSATIONS, CORPUS, Conversation
+from .check import Check
 from .sides import RenderFailure, Side
 
 SINGLE_IDS = "special tokens single ids"

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backends.gguf.vocab import TokenType, TokenTypePolicy, _looks_like_control
-from ..chat_template import TemplateError, turn_end_token
-from ..tokenizer_bundle import HERMES_TAGS
-from ..verify import Check
+from gguf import Keys
+
+from ..formats.chat_template import TemplateError, turn_end_token
+from ..formats.gguf_read import TensorTypeError, read_f32_tensor
+from ..formats.tokens import HERMES_TAGS, TokenType, TokenTypePolicy, looks_like_control
 from .battery import CONVERSATIONS
+from .check import Check
 from .compare import few, first_difference, render_check, single_ids_check, tokenization_check
-from .gguf_meta import GGUFMeta, TensorTypeError, read_f32_tensor, read_gguf_meta
+from .gguf_meta import GGUFMeta, read_gguf_meta
 from .reference import Reference
 from .rope import ROPE, TENSOR, rope_check
 from .sides import LlamaCppSide, SandboxSide, Side
@@ -86,7 +88,7 @@ def marker_candidates(meta: GGUFMeta, specials: dict[str, int]) -> dict[str, int
     turn marker retyped NORMAL is still found in what the template writes."""
     out = dict(specials)
     for i, text in enumerate(meta.tokens):
-        if text not in out and _looks_like_control(text):
+        if text not in out and looks_like_control(text):
             out[text] = i
     return out
 
@@ -104,7 +106,7 @@ def _variables(meta: GGUFMeta) -> dict[str, str]:
 def _turn_markers(template: str | None, candidates: list[str], variables: dict) -> list[str]:
     """The special tokens the default template writes around turns (role headers, turn
     ends, BOS): the tokens that must stay CONTROL."""
-    from ..chat_template import render
+    from ..formats.chat_template import render
 
     if not template:
         return []
@@ -133,12 +135,12 @@ def types_check(
     else:
         control = int(TokenType.CONTROL)
         added = {
-            text: _looks_like_control(text) or meta.token_types[i] == control
+            text: looks_like_control(text) or meta.token_types[i] == control
             for text, i in marker_candidates(meta, specials).items()
         }
         templates = meta.templates
         variables = _variables(meta)
-    candidates = [t for t, special in added.items() if special or _looks_like_control(t)]
+    candidates = [t for t, special in added.items() if special or looks_like_control(t)]
     markers = _turn_markers(templates.get("default"), candidates, variables)
     tags = [t for t in HERMES_TAGS if t in added or t in by_text]
     wrong, problems = [], []
@@ -195,7 +197,7 @@ def turn_end_check(
         candidates = {
             t.content: t.id
             for t in bundle.added_tokens
-            if t.special or _looks_like_control(t.content)
+            if t.special or looks_like_control(t.content)
         }
         variables = {f"{r}_token": bundle.special_token(r) or "" for r in ("bos", "eos")}
         whose = "the source's default template"
@@ -279,10 +281,12 @@ def templates_check(meta: GGUFMeta, runtime: LlamaCppSide, reference: Reference 
     for name in sorted(set(stored) | set(runtime.templates)):
         if stored.get(name) != runtime.templates.get(name):
             problems.append(f"llama.cpp reads template {name!r} differently from the file")
-    listed = meta.values.get("tokenizer.chat_templates")
+    listed = meta.values.get(Keys.Tokenizer.CHAT_TEMPLATES)
     named = sorted(n for n in stored if n != "default")
     if isinstance(listed, list) and sorted(map(str, listed)) != named:
-        problems.append(f"tokenizer.chat_templates lists {sorted(listed)}, the file has {named}")
+        problems.append(
+            f"{Keys.Tokenizer.CHAT_TEMPLATES} lists {sorted(listed)}, the file has {named}"
+        )
     if reference is not None:
         wanted = reference.bundle.chat_templates
         for name in sorted(set(wanted) | set(stored)):

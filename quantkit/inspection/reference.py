@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SourceModelError
-from ..tokenizer_bundle import TOKENIZER_FILES, TokenizerBundle, load_tokenizer_bundle
+from ..source.tokenizer_bundle import TOKENIZER_FILES, TokenizerBundle, load_tokenizer_bundle
 
 
 @dataclass(frozen=True)

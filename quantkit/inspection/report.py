@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..verify import Check
+from .check import Check
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..source import rope_settings
-from ..verify import Check
+from ..source.model import rope_settings
+from .check import Check
 from .gguf_meta import GGUFMeta
 
 ROPE = "rope_freqs"

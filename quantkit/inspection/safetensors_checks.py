@@ -15,15 +15,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..backends.artifact_files import BYTE_IDENTICAL_FILES, chat_template_value, turn_end_eos_ids
-from ..chat_template import TemplateError
-from ..tokenizer_bundle import (
-    HERMES_TAGS,
+from ..artifact.tokenizer_files import BYTE_IDENTICAL_FILES, chat_template_value, turn_end_eos_ids
+from ..formats.chat_template import TemplateError
+from ..formats.tokens import HERMES_TAGS
+from ..source.tokenizer_bundle import (
     TokenizerBundle,
     load_tokenizer_bundle,
     read_chat_templates,
 )
-from ..verify import Check
+from .check import Check
 from .compare import SINGLE_IDS, few, render_check, single_ids_check, tokenization_check
 from .reference import Reference
 from .sides import SandboxSide, Side, TransformersSide

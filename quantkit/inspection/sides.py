@@ -14,6 +14,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from ..formats.gguf_read import chat_templates
 from .battery import Conversation
 
 
@@ -115,7 +116,7 @@ class SandboxSide(Side):
             self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
 
     def render(self, name: str, conv: Conversation) -> str:
-        from ..chat_template import render
+        from ..formats.chat_template import render
 
         try:
             return render(
@@ -146,7 +147,7 @@ class LlamaCppSide(Side):
     def __init__(self, path: Path) -> None:
         from llama_cpp import Llama
 
-        from ..backends.gguf.quantize import silence_llama_cpp
+        from ..runtime.llama_cpp import silence_llama_cpp
 
         silence_llama_cpp()
         self.label = "llama.cpp"
@@ -166,13 +167,7 @@ class LlamaCppSide(Side):
             self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
             meta = self.llm.metadata
             # The same selection Llama.__init__ makes for its chat handlers.
-            self.templates = {
-                key[len("tokenizer.chat_template.") :]: value
-                for key, value in meta.items()
-                if key.startswith("tokenizer.chat_template.")
-            }
-            if "tokenizer.chat_template" in meta:
-                self.templates["default"] = meta["tokenizer.chat_template"]
+            self.templates = chat_templates(meta)
             self.bos_text = self.text(self.llm.token_bos())
             self.eos_text = self.text(self.llm.token_eos())
         except BaseException:

@@ -13,20 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..disk.atomic import building_file
+from ..disk.cache import cache_dir
 from .battery import CONVERSATIONS, CORPUS, Conversation
 from .sides import RenderFailure, Side, TransformersSide
 
 log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when what is stored changes
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("QUANTKIT_CACHE", "~/.cache/quantkit")).expanduser()
 
 
 def _key(folder: Path) -> str:
@@ -66,7 +63,7 @@ class CachedTransformersSide(Side):
     def __init__(self, folder: Path, label: str) -> None:
         self.folder = folder
         self.label = label
-        self._path = _cache_root() / "inspect-source" / f"{_key(folder)}.json"
+        self._path = cache_dir("inspect-source", f"{_key(folder)}.json")
         self._data: dict[str, Any] = {}
         self._dirty = False
         self._live: TransformersSide | None = None
@@ -123,10 +120,8 @@ class CachedTransformersSide(Side):
         if not self._dirty:
             return
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self._path.with_name(f"{self._path.name}.{os.getpid()}.partial")
-            partial.write_text(json.dumps(self._data, ensure_ascii=False), encoding="utf-8")
-            partial.replace(self._path)
+            with building_file(self._path, per_process=True) as partial:
+                partial.write_text(json.dumps(self._data, ensure_ascii=False), encoding="utf-8")
             self._dirty = False
         except OSError as exc:  # a read-only cache costs time, not correctness
             log.debug("could not write %s: %s", self._path, exc)

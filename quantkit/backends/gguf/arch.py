@@ -1,7 +1,7 @@
 """Per-architecture facts for the GGUF writer: names, hyperparameters, tensor transforms.
 
 Only architectures listed in ARCHITECTURES convert; the rest are refused before any work
-(quantkit.source checks the same list).
+(quantkit.source.model checks the same list).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
-from ...source import ModelGeometry, RopeSettings
+from ...source.model import ModelGeometry, RopeSettings
 
 
 @dataclass(frozen=True)

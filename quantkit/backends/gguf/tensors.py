@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 
 from ...errors import ConversionError
-from ...safetensors_index import read_header
+from ...formats.safetensors_index import read_header
 from .arch import permute_rows
 
 BLOCK_BYTES = 32 * 1024 * 1024  # float32 bytes per block; bounds peak memory

@@ -12,55 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from enum import IntEnum
+from dataclasses import dataclass
 
-from ...chat_template import turn_end_token
-from ...errors import QuantkitError, SourceModelError
-from ...tokenizer_bundle import HERMES_TAGS, TokenizerBundle
+from ...errors import SourceModelError
+from ...formats.tokens import TokenType, TokenTypePolicy
+from ...source.tokenizer_bundle import TokenizerBundle, template_turn_end
 from .pretokenizers import check_pre_tokenizer_name, detect_pre_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-class TokenType(IntEnum):
-    """llama.cpp's token types (gguf.TokenType), restated so the policy reads plainly."""
-
-    NORMAL = 1
-    UNKNOWN = 2
-    CONTROL = 3
-    USER_DEFINED = 4
-    UNUSED = 5
-    BYTE = 6
-
-
-@dataclass(frozen=True)
-class TokenTypePolicy:
-    """Which added tokens get which llama.cpp type. `overrides` wins over everything."""
-
-    user_defined: frozenset[str] = frozenset(HERMES_TAGS)
-    overrides: Mapping[str, TokenType] = field(default_factory=dict)
-
-    def with_overrides(self, overrides: Mapping[str, str]) -> TokenTypePolicy:
-        parsed: dict[str, TokenType] = dict(self.overrides)
-        for token, kind in overrides.items():
-            try:
-                parsed[token] = TokenType[kind.upper()]
-            except KeyError as exc:
-                raise QuantkitError(
-                    f"Unknown token type {kind!r} for {token!r}.",
-                    hint="Use control, user_defined or normal.",
-                ) from exc
-        return replace(self, overrides=parsed)
-
-    def type_of(self, content: str, special: bool) -> TokenType:
-        if content in self.overrides:
-            return self.overrides[content]
-        if content in self.user_defined:
-            return TokenType.USER_DEFINED
-        if special or _looks_like_control(content):
-            return TokenType.CONTROL
-        return TokenType.USER_DEFINED
 
 
 @dataclass(frozen=True)
@@ -163,19 +122,6 @@ def _special_ids(bundle: TokenizerBundle, config: Mapping) -> dict[str, int]:
     return ids
 
 
-def template_turn_end(bundle: TokenizerBundle) -> str | None:
-    template = bundle.chat_templates.get("default")
-    if template is None:
-        return None
-    specials = [t.content for t in bundle.added_tokens if t.special]
-    return turn_end_token(
-        template,
-        specials,
-        bos_token=bundle.special_token("bos") or "",
-        eos_token=bundle.special_token("eos") or "",
-    )
-
-
 def _adds_special(bundle: TokenizerBundle, role: str) -> bool:
     """Whether the tokenizer adds BOS/EOS itself, read as llama.cpp's converter reads it:
     the post-processor first, then tokenizer_config.json's add_<role>_token."""
@@ -207,9 +153,3 @@ def _adds_separator(bundle: TokenizerBundle) -> bool | None:
         between = ids[ids.index("A") + 1 : ids.index("B")]
         return any(token in separators for token in between)
     return None
-
-
-def _looks_like_control(text: str) -> bool:
-    return (text.startswith("<|") and text.endswith("|>")) or (
-        text.startswith("<｜") and text.endswith("｜>")
-    )

@@ -1,0 +1,233 @@
+"""FP8 and GPTQ W4A16 through llmcompressor, saved in the compressed-tensors format that
+transformers (CPU included) and vLLM load.
+
+Schemes (the rows of formats.schemes with an llmcompressor preset; weights of every
+decoder Linear; lm_head and the embeddings stay unquantized):
+- FP8_DYNAMIC: FP8 E4M3 weights with one scale per output channel, activations quantized
+  per token at run time. Needs no data.
+- FP8: FP8 weights and activations with one static scale per tensor each; the activation
+  scales come from calibration data.
+- W4A16: GPTQ, symmetric int4 weights with one scale per `group_size` input columns,
+  activations in 16 bits. Needs calibration data.
+
+The model is loaded with compressed-tensors' offloaded loading (CPU first, disk beyond the
+free RAM), and llmcompressor's sequential pipeline onloads one decoder layer at a time for
+calibration, so the accelerator (or CPU) holds one layer, its activations and, for GPTQ,
+one float32 Hessian of in x in per Linear of that layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConversionError, require
+from ...formats.schemes import SAFETENSORS_SCHEMES, SafetensorsScheme
+from ...source.model import SourceModel
+from .export import DEFAULT_MAX_SHARD_SIZE
+
+log = logging.getLogger(__name__)
+
+IGNORE = ("lm_head",)  # Embeddings are not Linear, so targets=["Linear"] skips them.
+RAM_RESERVE = 5 * 10**9  # what compressed-tensors keeps free when it offloads
+
+
+# The schemes llmcompressor makes: formats.schemes' rows with a preset name.
+SCHEMES: dict[str, SafetensorsScheme] = {
+    name: s for name, s in SAFETENSORS_SCHEMES.items() if s.llmcompressor is not None
+}
+
+
+def compressed_scheme(quant: str) -> SafetensorsScheme:
+    key = quant.upper()
+    if key not in SCHEMES:
+        raise ConversionError(
+            f"Unknown compressed-tensors scheme {quant!r}.",
+            hint=f"Choose one of: {', '.join(SCHEMES)}.",
+        )
+    return SCHEMES[key]
+
+
+def w4a16_group(group_size: int, bits: int = SCHEMES["W4A16"].weight_bits) -> dict[str, Any]:
+    """The config group of int4 symmetric group-wise weights (llmcompressor's W4A16
+    preset with our group size)."""
+    weights = {"num_bits": bits, "type": "int", "symmetric": True, "strategy": "group"}
+    return {"group_0": {"targets": ["Linear"], "weights": {**weights, "group_size": group_size}}}
+
+
+def build_recipe(
+    quant: str,
+    *,
+    group_size: int = 128,
+    actorder: bool = False,
+    dampening: float = 0.01,
+    method: str = "gptq",
+    ignore: tuple[str, ...] = IGNORE,
+):
+    """The llmcompressor modifier for a scheme. `method="rtn"` gives plain round-to-nearest
+    W4A16 (QuantizationModifier) with the same groups, the baseline GPTQ must beat."""
+    scheme = compressed_scheme(quant)
+    _import_llmcompressor()
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    if not scheme.grouped:
+        return QuantizationModifier(
+            targets="Linear", scheme=scheme.llmcompressor, ignore=list(ignore)
+        )
+    groups = w4a16_group(group_size, scheme.weight_bits)
+    if method == "rtn":
+        return QuantizationModifier(config_groups=groups, ignore=list(ignore))
+    if not 0 < dampening < 1:
+        raise ConversionError(
+            f"GPTQ dampening must lie between 0 and 1, not {dampening}.",
+            hint="0.01 is the usual value; raise it (0.05-0.1) if Hessians fail to invert.",
+        )
+    return GPTQModifier(
+        config_groups=groups,
+        ignore=list(ignore),
+        actorder="static" if actorder else None,
+        dampening_frac=dampening,
+    )
+
+
+def quantize_model(
+    source: SourceModel,
+    quant: str,
+    work: Path,
+    *,
+    calibration=None,
+    group_size: int = 128,
+    actorder: bool = False,
+    dampening: float = 0.01,
+    method: str = "gptq",
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    quantize_lm_head: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> None:
+    """Load `source`, run llmcompressor's oneshot and save the compressed model (weights,
+    config.json with quantization_config, recipe.yaml) into `work`."""
+    scheme = compressed_scheme(quant)
+    if scheme.needs_data and method != "rtn" and not calibration:
+        raise ConversionError(
+            f"{scheme.name} needs calibration data and none was given.",
+            hint="Pass a calibration set (quantkit.calibration.sets.load_calibration).",
+        )
+    # The embeddings are never quantized (the schemes target Linear layers); lm_head only
+    # when asked: it is the most sensitive Linear and a small share of the weights.
+    ignore = tuple(n for n in IGNORE if n != "lm_head") if quantize_lm_head else IGNORE
+    recipe = build_recipe(
+        quant,
+        group_size=group_size,
+        actorder=actorder,
+        dampening=dampening,
+        method=method,
+        ignore=ignore,
+    )
+    offload_dir = work.with_name(work.name + ".offload")
+    try:
+        _stage(progress, f"loading {source.name}", 0)
+        model = load_offloaded(source, offload_dir)
+        _stage(progress, f"llmcompressor {scheme.name}", 0)
+        run_oneshot(model, recipe, calibration if method != "rtn" else None)
+        _stage(progress, "saving compressed-tensors", 0)
+        with warnings.catch_warnings():  # about offloaded modules: expected, see load
+            warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded")
+            model.save_pretrained(work, save_compressed=True, max_shard_size=max_shard_size)
+        _stage(progress, "saving compressed-tensors", 1)
+    finally:
+        shutil.rmtree(offload_dir, ignore_errors=True)
+
+
+def load_offloaded(source: SourceModel, offload_dir: Path):
+    """The source model in its own dtype on the CPU; when it does not fit the free RAM,
+    compressed-tensors' `auto_offload` keeps what fits on the CPU and the rest on disk.
+    llmcompressor's pipelines then onload one layer at a time to the accelerator."""
+    _import_llmcompressor()
+    from compressed_tensors.offload import load_offloaded_model
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": "auto", "trust_remote_code": False, "device_map": None}
+    if not fits_in_ram(source):
+        log.info("%s is larger than the free RAM: offloading to %s", source.name, offload_dir)
+        kwargs.update(device_map="auto_offload", offload_folder=str(offload_dir))
+    with load_offloaded_model():
+        return AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
+
+
+def fits_in_ram(source: SourceModel, reserve: int = RAM_RESERVE) -> bool:
+    """Whether the weights fit the available RAM with `reserve` bytes to spare (for
+    activations, Hessians and the saving step)."""
+    import psutil
+
+    return source.weight_bytes + reserve < psutil.virtual_memory().available
+
+
+def run_oneshot(model, recipe, calibration=None) -> None:
+    """llmcompressor's oneshot; with data, the sequential pipeline (layer by layer)."""
+    _import_llmcompressor()
+    from llmcompressor import oneshot
+
+    kwargs: dict[str, Any] = {}
+    if calibration is not None:
+        dataset = calibration.to_hf_dataset()
+        kwargs = {
+            "dataset": dataset,
+            "num_calibration_samples": len(dataset),
+            "max_seq_length": max(len(ids) for ids in dataset["input_ids"]),
+            "shuffle_calibration_samples": False,
+            "batch_size": 1,
+        }
+    try:
+        oneshot(model=model, recipe=recipe, **kwargs)
+    except ValueError as exc:
+        raise ConversionError(f"llmcompressor refused the model: {exc}") from exc
+
+
+def _stage(progress, stage: str, done: int) -> None:
+    if progress is not None:
+        progress(stage, done, 1)
+
+
+_LLMCOMPRESSOR_READY = False
+_LOG_DISABLED = "LLM_COMPRESSOR_LOG_DISABLED"
+# Expected on CPU-only machines and after our own tokenization: not the user's concern.
+_NOT_WARNINGS = ("No accelerator available", "Disabling tokenizer parallelism")
+
+
+def _import_llmcompressor() -> None:
+    """Import llmcompressor once and send its loguru output (INFO on stdout by default,
+    which would break `--json`) to Python logging instead."""
+    global _LLMCOMPRESSOR_READY
+    if _LLMCOMPRESSOR_READY:
+        return
+    # Its import configures loguru from the environment and logs; keep that quiet, then
+    # honour a user's own LLM_COMPRESSOR_LOG_* settings when configuring for real.
+    previous = os.environ.get(_LOG_DISABLED)
+    os.environ[_LOG_DISABLED] = "true"
+    try:
+        require("llmcompressor", "compress")
+    finally:
+        if previous is None:
+            del os.environ[_LOG_DISABLED]
+        else:
+            os.environ[_LOG_DISABLED] = previous
+    from llmcompressor.logger import LoggerConfig, configure_logger
+    from loguru import logger
+
+    configure_logger(LoggerConfig(console_log_level=None))
+    logger.add(_to_logging, level="DEBUG", format="{message}")
+    _LLMCOMPRESSOR_READY = True
+
+
+def _to_logging(message) -> None:
+    record = message.record
+    level = record["level"].no
+    if record["level"].name == "METRIC" or record["message"].startswith(_NOT_WARNINGS):
+        level = logging.DEBUG
+    logging.getLogger(record["name"] or "llmcompressor").log(level, record["message"])

@@ -1,0 +1,135 @@
+"""`quantkit plan MODEL [--profile NAME | --all] [--context N] [--json]`.
+
+Thin: parse, call quantkit.planning.planner, render. Only light modules are imported here so that
+`quantkit plan` answers instantly (no torch, no llama_cpp).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..planning.planner import Plan, best_plan, plan_model
+from . import console
+from .options import JsonFlag, ProfileOption, RevisionOption
+
+_FIT_STYLE = {"full": "green", "partial": "yellow", "none": "red"}
+_FIT_WORDS = {
+    "full": "fits fully",
+    "partial": "fits with partial offload",
+    "none": "does not fit",
+}
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "plan",
+        help="Will MODEL fit the hardware? Sizes, verdict, largest context, run command.",
+        epilog="Examples:  quantkit plan NousResearch/Hermes-4-70B --profile rtx4090-4bit\n\n"
+        "quantkit plan ./Hermes-3-Llama-3.1-8B --all --context 32768 --json",
+    )(plan)
+
+
+def plan(
+    model: Annotated[str, typer.Argument(help="Model folder, config.json, or Hub repo id.")],
+    profile: ProfileOption = None,
+    all_profiles: Annotated[
+        bool, typer.Option("--all", help="Plan for every profile (the default without -p).")
+    ] = False,
+    context: Annotated[
+        int | None, typer.Option("--context", "-c", min=1, help="Context length in tokens.")
+    ] = None,
+    revision: RevisionOption = None,
+    json_out: JsonFlag = False,
+) -> None:
+    if profile and all_profiles:
+        raise typer.BadParameter("Pass either --profile or --all, not both.")
+    if json_out:
+        console.configure(json_mode=True)
+    plans = plan_model(model, profile, context=context, revision=revision)
+    if profile:
+        _render_one(plans[0], json_out)
+    else:
+        _render_all(plans, json_out)
+
+
+def _render_one(plan: Plan, json_out: bool) -> None:
+    if json_out:
+        console.print_json(plan.to_dict())
+        return
+    console.print_text(_summary_table([plan]))
+    _render_details(plan)
+
+
+def _render_all(plans: list[Plan], json_out: bool) -> None:
+    best = best_plan(plans)
+    if json_out:
+        console.print_json(
+            {
+                "model": plans[0].model if plans else None,
+                "recommended": best.to_dict() if best else None,
+                "plans": [p.to_dict() for p in plans],
+            }
+        )
+        return
+    console.print_text(_summary_table(plans))
+    if best is None:
+        console.print_text("No profile runs this model.", style="bold red")
+        return
+    console.print_text(f"\nRecommended: [bold]{best.profile}[/] ({best.format} {best.quant})")
+    _render_details(best)
+
+
+def _summary_table(plans: list[Plan]):
+    from rich.table import Table
+
+    table = Table(title=f"quantkit plan: {plans[0].model}" if plans else "quantkit plan")
+    for column in ("profile", "format", "weights", "KV @ ctx", "total", "verdict", "max ctx"):
+        table.add_column(column, justify="right" if column != "profile" else "left")
+    for p in plans:
+        verdict = _FIT_WORDS[p.fit]
+        if p.fit == "partial":
+            verdict += f" ({p.gpu_layers}/{p.n_layers} layers on GPU)"
+        table.add_row(
+            p.profile,
+            f"{p.format} {p.quant}",
+            _gb(p.weights_bytes),
+            f"{_gb(p.kv_cache_bytes)} @ {p.context}",
+            _gb(p.total_bytes),
+            f"[{_FIT_STYLE[p.fit]}]{verdict}[/]",
+            str(p.max_context) if p.max_context else "-",
+        )
+    return table
+
+
+def _render_details(plan: Plan) -> None:
+    console.print_text(
+        f"\n[bold]{plan.model}[/] on [bold]{plan.profile}[/]: "
+        f"[{_FIT_STYLE[plan.fit]}]{_FIT_WORDS[plan.fit]}[/] at {plan.context} tokens "
+        f"(one device needs {_gib(plan.device_need_bytes)} of {_gib(plan.device_budget_bytes)})."
+    )
+    if plan.max_context:
+        console.print_text(f"Largest context with this verdict: {plan.max_context} tokens.")
+    if plan.command:
+        console.print_text("\nRun it with:")
+        console.print_text(plan.command, style="cyan")
+    if plan.modelfile:
+        console.print_text("\nModelfile:")
+        console.print_text(plan.modelfile.rstrip(), style="cyan")
+    if plan.recommended_profile:
+        console.print_text(f"\nFits fully on profile: [bold]{plan.recommended_profile}[/]")
+    if plan.smaller_models:
+        console.print_text("Smaller models that fit this hardware fully:")
+        for name in plan.smaller_models:
+            console.print_text(f"  - {name}")
+    for note in plan.notes:
+        console.print_text(f"note: {note}", style="dim")
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB"
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"

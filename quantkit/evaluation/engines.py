@@ -1,0 +1,350 @@
+"""Engines that turn token ids into next-token logits, one per artifact family.
+
+- `LlamaCppEngine`: a GGUF file in llama.cpp (llama-cpp-python), logits of every position.
+- `TransformersEngine`: any folder transformers loads (BF16/FP16 safetensors, FP8 and GPTQ
+  in the compressed-tensors format, which decompresses on load), on the CPU.
+
+Each engine has a cheap tokenizer side (no weights loaded: llama.cpp's vocab-only mode, the
+`tokenizers` library) and a heavy side opened with `load()`. Only one model is in memory at
+a time: the reference pass closes the source before the artifact is loaded.
+
+The reference cache lives here too: the source's top-k compressed distributions, keyed by
+the content hashes the engines compute, written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..artifact.locate import locate_artifact
+from ..disk.atomic import building_file
+from ..disk.cache import cache_dir
+from ..errors import QuantkitError, require
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(QuantkitError):
+    """An artifact or source cannot be opened for evaluation."""
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A .gguf file, a folder holding one artifact .gguf, or a transformers folder, found
+    by quantkit.artifact.locate (the rules and errors `quantkit inspect` uses)."""
+    return locate_artifact(path).path
+
+
+def open_engine(path: str | Path, *, n_ctx: int, dtype: str = "float32") -> Engine:
+    resolved = resolve_model_path(path)
+    if resolved.suffix == ".gguf":
+        return LlamaCppEngine(resolved, n_ctx=n_ctx)
+    return TransformersEngine(resolved, dtype=dtype)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered in QUANTKIT_CACHE/file-hashes.json by (path, size,
+    mtime) so a 40 GB source is read once, not at every evaluation."""
+    stat = path.stat()
+    memo_path = cache_dir() / "file-hashes.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    from ..artifact.manifest import sha256_file
+
+    digest = sha256_file(path)
+    memo[key] = digest
+    with building_file(memo_path, per_process=True) as tmp:  # other evaluations may write too
+        tmp.write_text(json.dumps(memo, indent=0, sort_keys=True), encoding="utf-8")
+    return digest
+
+
+class Engine:
+    """Common shape: tokenizer side (add_bos, bos_id, bos_text, encode, chat_template),
+    then load() / logits(ids) / close()."""
+
+    name = ""
+    path: Path
+    add_bos: bool = False
+    bos_id: int | None = None
+    bos_text: str = ""
+    parameters: int | None = None
+
+    def encode(self, text: str) -> tuple[list[int], list[int]]:
+        raise NotImplementedError
+
+    def chat_template(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def logits(self, ids: list[int]):
+        """float32 array [len(ids), vocab]: the next-token logits at every position."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.name
+
+
+class LlamaCppEngine(Engine):
+    name = "llama.cpp"
+
+    def __init__(self, path: Path, *, n_ctx: int, n_threads: int | None = None) -> None:
+        require("llama_cpp", "gguf")
+        from llama_cpp import Llama
+
+        from ..runtime.llama_cpp import silence_llama_cpp
+
+        silence_llama_cpp()
+        self.path = path
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self._llm = None
+        self.add_bos = bool(self._vocab._model.add_bos_token())
+        bos = self._vocab.token_bos()
+        self.bos_id = bos if bos >= 0 else None
+        self.bos_text = self._piece(bos).decode("utf-8", "replace") if bos >= 0 else ""
+        self._metadata: dict[str, str] = dict(self._vocab.metadata)
+
+    def encode(self, text: str) -> tuple[list[int], list[int]]:
+        ids = self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        # llama.cpp gives no offsets: walk the pieces' bytes and map byte -> character.
+        char_at = _byte_to_char(text)
+        starts, position = [], 0
+        for token in ids:
+            starts.append(char_at[min(position, len(char_at) - 1)])
+            position += len(self._piece(token))
+        return ids, starts
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes (llama-cpp-python's own token_to_piece returns its whole
+        32-byte buffer, padding included)."""
+        import ctypes
+
+        import llama_cpp
+
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self._vocab._model.vocab, token, buf, size, 0, True)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+
+    def chat_template(self, name: str) -> str | None:
+        from ..formats.gguf_read import chat_template_key
+
+        return self._metadata.get(chat_template_key(name))
+
+    def fingerprint(self) -> str:
+        return file_sha256(self.path)
+
+    def load(self) -> None:
+        from llama_cpp import Llama
+
+        self._llm = Llama(
+            model_path=str(self.path),
+            n_ctx=self.n_ctx,
+            n_batch=self.n_ctx,
+            n_ubatch=self.n_ctx,
+            logits_all=True,
+            n_threads=self.n_threads,
+            verbose=False,
+        )
+        import llama_cpp
+
+        self.parameters = int(llama_cpp.llama_model_n_params(self._llm.model))
+
+    def logits(self, ids: list[int]):
+        import numpy as np
+
+        assert self._llm is not None, "load() first"
+        if len(ids) > self.n_ctx:
+            raise EngineError(f"{len(ids)} tokens do not fit n_ctx={self.n_ctx}.")
+        self._llm.reset()
+        self._llm.eval(ids)
+        return np.array(self._llm.scores[: len(ids)], dtype=np.float32, copy=True)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def __del__(self) -> None:  # the vocab-only model holds a file mapping
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self._vocab.close()
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, folder: Path, *, dtype: str = "float32") -> None:
+        from tokenizers import Tokenizer
+
+        from ..formats.safetensors_index import tensor_inventory
+        from ..source.tokenizer_bundle import load_tokenizer_bundle
+
+        self.path = folder
+        self.dtype = dtype
+        self.bundle = load_tokenizer_bundle(folder)
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._model: Any = None
+        self.add_bos = self.bundle.add_bos
+        self.bos_text = self.bundle.special_token("bos") or ""
+        self.bos_id = self.bundle.token_id(self.bos_text) if self.bos_text else None
+        self.parameters = sum(t.numel for t in tensor_inventory(folder))
+
+    def encode(self, text: str) -> tuple[list[int], list[int]]:
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        return list(encoding.ids), [start for start, _ in encoding.offsets]
+
+    def chat_template(self, name: str) -> str | None:
+        return self.bundle.chat_templates.get(name)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(self.path.iterdir()):
+            if path.is_file() and (path.suffix in (".safetensors", ".json", ".jinja")):
+                digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+        return digest.hexdigest()
+
+    def describe(self) -> str:
+        return f"transformers ({self.dtype}, cpu)"
+
+    def load(self) -> None:
+        require("torch", "torch")
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars would break the CLI output
+        dtype = getattr(torch, self.dtype)
+        self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+        self._model.eval()
+
+    def logits(self, ids: list[int]):
+        import torch
+
+        assert self._model is not None, "load() first"
+        with torch.inference_mode():
+            out = self._model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
+        return out.logits[0].float().numpy()
+
+    def close(self) -> None:
+        self._model = None
+
+
+def _byte_to_char(text: str) -> list[int]:
+    """For each UTF-8 byte of `text` (plus one past the end), the index of its character."""
+    out: list[int] = []
+    for index, char in enumerate(text):
+        out.extend([index] * len(char.encode("utf-8")))
+    out.append(len(text))
+    return out
+
+
+# --- the reference cache ----------------------------------------------------------------------
+
+CACHE_VERSION = 2
+
+
+@dataclass
+class Reference:
+    """The source's distribution at every scored position, top-k compressed."""
+
+    ids: np.ndarray  # (P, k) int32, most likely first
+    logp: np.ndarray  # (P, k) float32
+    rest: np.ndarray  # (P,) float64: log P(tokens outside the top-k)
+    tail_ids: np.ndarray  # (P, m) int32: tokens drawn from P restricted to the rest
+    tail_logp: np.ndarray  # (P, m) float32: their log-probs under P
+    target: np.ndarray  # (P,) float64: log P(actual next token)
+    stream: np.ndarray  # (N,) int32: the token stream it was computed on
+    labels: np.ndarray  # (P,) uint8: span bits of each scored position's target
+    meta: dict[str, Any]
+
+
+def _cache_key(engine: Engine, corpus_sha: str, n_ctx: int, n_chunks: int, top_k: int) -> str:
+    payload = {
+        "version": CACHE_VERSION,
+        "source": engine.fingerprint(),
+        "corpus": corpus_sha,
+        "n_ctx": n_ctx,
+        "chunks": n_chunks,
+        "engine": engine.describe(),
+        "top_k": top_k,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def reference_path(key: str) -> Path:
+    return cache_dir() / "reference-logits" / f"{key}.npz"
+
+
+def _load_reference(key: str) -> Reference | None:
+    import numpy as np
+
+    path = reference_path(key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            return Reference(
+                ids=data["ids"],
+                logp=data["logp"],
+                rest=data["rest"],
+                tail_ids=data["tail_ids"],
+                tail_logp=data["tail_logp"],
+                target=data["target"],
+                stream=data["stream"],
+                labels=data["labels"],
+                meta=meta,
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring unreadable reference cache %s (%s)", path, exc)
+        return None
+
+
+def _save_reference(key: str, ref: Reference) -> Path:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    import numpy as np
+
+    path = reference_path(key)
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        ids=ref.ids,
+        logp=ref.logp,
+        rest=ref.rest,
+        tail_ids=ref.tail_ids,
+        tail_logp=ref.tail_logp,
+        target=ref.target,
+        stream=ref.stream,
+        labels=ref.labels,
+        meta=np.array(json.dumps(ref.meta, sort_keys=True)),
+    )
+    with building_file(path, per_process=True) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return path

@@ -1,0 +1,381 @@
+"""Measure an artifact against its source: perplexity, KL divergence, top-1 agreement.
+
+The method (docs/quality.md has the full account):
+
+- The corpus becomes one token stream (quantkit.evaluation.corpus), cut into non-overlapping
+  chunks of `n_ctx` tokens; the first token of each chunk is BOS where the model adds a BOS,
+  and only the second half of each chunk is scored. That is llama.cpp's `llama-perplexity`
+  convention, so figures are comparable with the ones people quote.
+- The source's next-token distribution P is computed once per (source, corpus, n_ctx,
+  engine) and cached. Per scored position the cache keeps P's top-k tokens (ids and
+  log-probs), the log-mass of all other tokens ("rest"), `TAIL_SAMPLES` tokens drawn from P
+  restricted to the rest (ids and log-probs), and the log-prob of the actual next token.
+- The artifact's distribution Q is computed in full. KL(P || Q) = sum over the top-k of
+  P log(P/Q) (exact) + the rest's share, estimated as P(rest) x the mean of log(P/Q) over
+  the tail samples (unbiased). `kld_mean_lower_bound` is the same head with the rest merged
+  into one bucket, P(rest) log(P(rest)/Q(rest)): merging outcomes never raises a KL
+  divergence, so that figure is a strict lower bound.
+- Top-1 agreement: the share of positions where Q's most likely token is P's.
+
+The same figures are reported for the tokens inside assistant turns, `<think>` blocks and
+`<tool_call>` blocks of the corpus's chat samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import VerificationError
+from .corpus import (
+    SPAN_NAMES,
+    CorpusError,
+    TokenStream,
+    build_stream,
+    first_difference,
+    load_corpus,
+)
+from .engines import (
+    CACHE_VERSION,
+    Engine,
+    Reference,
+    _cache_key,
+    _load_reference,
+    _save_reference,
+    open_engine,
+)
+from .kl import BLOCK, compress_rows, kl_divergence
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..source.model import SourceModel
+
+log = logging.getLogger(__name__)
+
+TOP_K = 64  # P's head kept exactly; see docs/quality.md for the choice
+TAIL_SAMPLES = 64  # tokens drawn from P's rest per position, for the unbiased tail term
+ProgressFn = Callable[[str, int, int], None]
+
+
+class TokenizationMismatchError(VerificationError):
+    """Source and artifact tokenize the corpus differently: their figures cannot be compared."""
+
+
+@dataclass(frozen=True)
+class SpanStats:
+    tokens: int
+    perplexity: float | None
+    reference_perplexity: float | None
+    kld_mean: float | None
+    kld_p99: float | None
+    top1_agreement: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    artifact: str
+    source: str
+    engine: str  # the artifact's engine: "llama.cpp" or "transformers"
+    engine_detail: str
+    reference_engine: str
+    corpus: str
+    corpus_sha256: str
+    n_ctx: int
+    chunks: int
+    tokens: int  # scored positions (second halves of the chunks)
+    perplexity: float
+    reference_perplexity: float
+    ppl_ratio: float
+    kld_mean: float
+    kld_mean_lower_bound: float  # head + merged rest bucket: never above the exact KLD
+    kld_median: float
+    kld_p99: float
+    kld_max: float
+    top1_agreement: float
+    top_k: int
+    rest_mass_mean: float  # mean P(rest): how much of P the top-k cache leaves out
+    spans: dict[str, SpanStats] = field(default_factory=dict)
+    parameters: int | None = None  # of the source, for the tiny-model gate floor
+    reference_cached: bool = False
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0  # artifact forward pass, all n_ctx tokens of each chunk
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["spans"] = {name: stats.to_dict() for name, stats in self.spans.items()}
+        return data
+
+
+def evaluate_artifact(
+    artifact: str | Path,
+    source: SourceModel | str | Path,
+    *,
+    corpus: str | Path | None = None,
+    n_ctx: int = 512,
+    max_chunks: int | None = None,
+    top_k: int = TOP_K,
+    dtype: str = "float32",
+    use_cache: bool = True,
+    progress: ProgressFn | None = None,
+) -> QualityReport:
+    """Evaluate `artifact` (GGUF file, folder with one GGUF, or transformers folder) against
+    `source` (an HF folder / SourceModel, or a GGUF); `corpus` defaults to the shipped one."""
+    import numpy as np
+
+    started = time.perf_counter()
+    if n_ctx < 8 or n_ctx % 2:
+        raise CorpusError(f"n_ctx must be an even number of at least 8, got {n_ctx}.")
+    source_path = Path(getattr(source, "path", source))
+    text = load_corpus(corpus)
+    art = open_engine(artifact, n_ctx=n_ctx, dtype=dtype)
+    src = open_engine(source_path, n_ctx=n_ctx, dtype=dtype)
+    stream = build_stream(text, src)
+    _check_same_tokens(stream, build_stream(text, art), src, art)
+    n_chunks = _chunk_count(len(stream.ids), n_ctx, max_chunks)
+    key = _cache_key(src, text.sha256, n_ctx, n_chunks, top_k)
+    ref = _load_reference(key) if use_cache else None
+    cached = ref is not None
+    if ref is not None and not np.array_equal(ref.stream, np.asarray(stream.ids, np.int32)):
+        log.warning("cached reference %s was made on other tokens; recomputing", key)
+        ref, cached = None, False
+    if ref is None:
+        ref = compute_reference(src, stream, n_ctx, n_chunks, top_k, progress=progress)
+        ref.meta.update(key=key, source=str(src.path), corpus=text.name)
+        if use_cache:
+            _save_reference(key, ref)
+    del src
+    scores, forward_s = _score_artifact(art, stream, ref, n_ctx, n_chunks, progress)
+    parameters = ref.meta.get("parameters")
+    report = _report(
+        scores,
+        ref,
+        artifact=str(art.path),
+        source=str(source_path),
+        engine=art,
+        corpus_name=text.name,
+        corpus_sha=text.sha256,
+        n_ctx=n_ctx,
+        n_chunks=n_chunks,
+        top_k=top_k,
+        parameters=getattr(source, "parameter_count", None) or parameters,
+        cached=cached,
+        seconds=time.perf_counter() - started,
+        tokens_per_second=n_chunks * n_ctx / forward_s if forward_s > 0 else 0.0,
+    )
+    return report
+
+
+# --- chunks ---------------------------------------------------------------------------------
+
+
+def _chunk_count(n_tokens: int, n_ctx: int, max_chunks: int | None) -> int:
+    chunks = n_tokens // n_ctx
+    if max_chunks is not None:
+        chunks = min(chunks, max_chunks)
+    if chunks < 1:
+        raise CorpusError(
+            f"The corpus has {n_tokens} tokens, fewer than one chunk of n_ctx={n_ctx}.",
+            hint="Use a longer corpus or a smaller --n-ctx.",
+        )
+    return chunks
+
+
+def chunk_input(stream: TokenStream, chunk: int, n_ctx: int, bos_id: int | None) -> list[int]:
+    """The ids fed for one chunk: BOS replaces the first token where the model adds BOS."""
+    ids = list(stream.ids[chunk * n_ctx : (chunk + 1) * n_ctx])
+    if bos_id is not None:
+        ids[0] = bos_id
+    return ids
+
+
+def _scored(stream: TokenStream, chunk: int, n_ctx: int):
+    """Rows of the chunk's logits that are scored, and the tokens they predict."""
+    import numpy as np
+
+    first = n_ctx // 2
+    start = chunk * n_ctx
+    targets = np.asarray(stream.ids[start + first + 1 : start + n_ctx], dtype=np.int64)
+    labels = np.asarray(stream.labels[start + first + 1 : start + n_ctx], dtype=np.uint8)
+    return slice(first, n_ctx - 1), targets, labels
+
+
+def _bos(engine: Engine) -> int | None:
+    return engine.bos_id if engine.add_bos else None
+
+
+# --- the reference --------------------------------------------------------------------------
+
+
+def compute_reference(
+    engine: Engine,
+    stream: TokenStream,
+    n_ctx: int,
+    n_chunks: int,
+    top_k: int,
+    *,
+    tail_samples: int = TAIL_SAMPLES,
+    progress: ProgressFn | None = None,
+) -> Reference:
+    import numpy as np
+
+    engine.load()
+    names = ("ids", "logp", "rest", "tail_ids", "tail_logp", "target", "labels")
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    try:
+        for chunk in range(n_chunks):
+            if progress is not None:
+                progress("reference logits (source)", chunk, n_chunks)
+            logits = engine.logits(chunk_input(stream, chunk, n_ctx, _bos(engine)))
+            rows_slice, targets, labels = _scored(stream, chunk, n_ctx)
+            rng = np.random.default_rng([CACHE_VERSION, chunk])
+            for lo in range(0, len(targets), BLOCK):
+                rows = logits[rows_slice][lo : lo + BLOCK]
+                block = compress_rows(rows, targets[lo : lo + BLOCK], top_k, tail_samples, rng)
+                for name, value in block.items():
+                    parts[name].append(value)
+            parts["labels"].append(labels)
+    finally:
+        engine.close()
+    if progress is not None:
+        progress("reference logits (source)", n_chunks, n_chunks)
+    arrays = {name: np.concatenate(values) for name, values in parts.items()}
+    return Reference(
+        **arrays,
+        stream=np.asarray(stream.ids, dtype=np.int32),
+        meta={
+            "version": CACHE_VERSION,
+            "engine": engine.describe(),
+            "n_ctx": n_ctx,
+            "chunks": n_chunks,
+            "top_k": top_k,
+            "tail_samples": tail_samples,
+            "parameters": engine.parameters,
+        },
+    )
+
+
+# --- the artifact ---------------------------------------------------------------------------
+
+
+def _score_artifact(
+    engine: Engine,
+    stream: TokenStream,
+    ref: Reference,
+    n_ctx: int,
+    n_chunks: int,
+    progress: ProgressFn | None,
+):
+    import numpy as np
+
+    engine.load()
+    nll, kld, kld_lb, top1 = [], [], [], []
+    forward = 0.0
+    per_chunk = n_ctx - 1 - n_ctx // 2
+    try:
+        for chunk in range(n_chunks):
+            if progress is not None:
+                progress(f"evaluating artifact ({engine.name})", chunk, n_chunks)
+            ids = chunk_input(stream, chunk, n_ctx, _bos(engine))
+            tick = time.perf_counter()
+            logits = engine.logits(ids)
+            forward += time.perf_counter() - tick
+            rows_slice, targets, _ = _scored(stream, chunk, n_ctx)
+            rows = logits[rows_slice]
+            sl = slice(chunk * per_chunk, (chunk + 1) * per_chunk)
+            if ref.ids[sl].max() >= rows.shape[1] or ref.tail_ids[sl].max() >= rows.shape[1]:
+                raise VerificationError(
+                    f"The source predicts token ids beyond the artifact's vocabulary of "
+                    f"{rows.shape[1]} entries.",
+                    hint="Evaluate an artifact against the model it was made from.",
+                )
+            estimate, bound, log_z = kl_divergence(ref, sl, rows)
+            kld.append(estimate)
+            kld_lb.append(bound)
+            nll.append(log_z - rows[np.arange(len(rows)), targets])
+            top1.append(rows.argmax(axis=1) == ref.ids[sl, 0])
+    finally:
+        engine.close()
+    if progress is not None:
+        progress(f"evaluating artifact ({engine.name})", n_chunks, n_chunks)
+    scores = (nll, kld, kld_lb, top1)
+    return tuple(np.concatenate(x) for x in scores), forward
+
+
+def _report(scores, ref: Reference, *, engine: Engine, **info: Any) -> QualityReport:
+    import numpy as np
+
+    nll, kld, kld_lb, top1 = scores
+    ref_nll = -ref.target
+    spans = {}
+    for name, bit in SPAN_NAMES.items():
+        mask = (ref.labels & bit) != 0
+        spans[name] = _span_stats(nll[mask], ref_nll[mask], kld[mask], top1[mask])
+    ppl = float(np.exp(nll.mean()))
+    ref_ppl = float(np.exp(ref_nll.mean()))
+    return QualityReport(
+        artifact=info["artifact"],
+        source=info["source"],
+        engine=engine.name,
+        engine_detail=engine.describe(),
+        reference_engine=str(ref.meta.get("engine")),
+        corpus=info["corpus_name"],
+        corpus_sha256=info["corpus_sha"],
+        n_ctx=info["n_ctx"],
+        chunks=info["n_chunks"],
+        tokens=int(len(nll)),
+        perplexity=ppl,
+        reference_perplexity=ref_ppl,
+        ppl_ratio=ppl / ref_ppl,
+        kld_mean=float(kld.mean()),
+        kld_mean_lower_bound=float(kld_lb.mean()),
+        kld_median=float(np.median(kld)),
+        kld_p99=float(np.percentile(kld, 99)),
+        kld_max=float(kld.max()),
+        top1_agreement=float(top1.mean()),
+        top_k=info["top_k"],
+        rest_mass_mean=float(np.exp(ref.rest).mean()),
+        spans=spans,
+        parameters=info["parameters"],
+        reference_cached=info["cached"],
+        seconds=info["seconds"],
+        tokens_per_second=info["tokens_per_second"],
+    )
+
+
+def _span_stats(nll, ref_nll, kld, top1) -> SpanStats:
+    import numpy as np
+
+    if len(nll) == 0:
+        return SpanStats(0, None, None, None, None, None)
+    return SpanStats(
+        tokens=int(len(nll)),
+        perplexity=float(np.exp(nll.mean())),
+        reference_perplexity=float(np.exp(ref_nll.mean())),
+        kld_mean=float(kld.mean()),
+        kld_p99=float(np.percentile(kld, 99)),
+        top1_agreement=float(top1.mean()),
+    )
+
+
+def _check_same_tokens(src_stream: TokenStream, art_stream: TokenStream, src, art) -> None:
+    at = first_difference(src_stream.ids, art_stream.ids)
+    if at is None:
+        return
+    window = slice(max(0, at - 3), at + 4)
+    raise TokenizationMismatchError(
+        f"The artifact ({art.path.name}, {art.name}) tokenizes the eval corpus differently "
+        f"from the source ({src.path.name}, {src.name}): first difference at token {at} "
+        f"(source {list(src_stream.ids[window])}, artifact {list(art_stream.ids[window])}; "
+        f"{len(src_stream.ids)} vs {len(art_stream.ids)} tokens). Perplexity and KL "
+        "divergence compare the same token positions, so they cannot be measured.",
+        hint="Check the artifact's tokenizer, BOS setting and chat template (quantkit "
+        "convert's survival checks), or evaluate against the source it was made from.",
+    )

@@ -1,0 +1,110 @@
+"""Render chat templates the way transformers does, in a sandbox.
+
+transformers renders templates in an ImmutableSandboxedEnvironment with trim_blocks and
+lstrip_blocks, a `tojson` filter that keeps non-ASCII, and `raise_exception` /
+`strftime_now` globals. We mirror that so a template renders to the same string here as
+in transformers. A template that reaches for Python internals never runs them: the
+sandbox raises TemplateError for unsafe calls and, as in transformers, renders unsafe
+attribute lookups as undefined (empty).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from ..errors import QuantkitError
+
+
+class TemplateError(QuantkitError):
+    """A chat template failed to render or tried to leave the sandbox."""
+
+
+def render(
+    template: str,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    **variables: Any,
+) -> str:
+    from jinja2.exceptions import SecurityError
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+
+    try:
+        compiled = _compile(template)
+        return compiled.render(
+            messages=messages,
+            tools=tools,
+            documents=variables.pop("documents", None),
+            add_generation_prompt=add_generation_prompt,
+            **variables,
+        )
+    except SecurityError as exc:
+        raise TemplateError(
+            f"The chat template tried to leave the Jinja sandbox: {exc}.",
+            hint="Do not use this template; it may be malicious.",
+        ) from exc
+    except JinjaTemplateError as exc:
+        raise TemplateError(f"The chat template failed to render: {exc}.") from exc
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        # errors of the template's own expressions ({{ 'a' + 1 }}, {{ 1/0 }})
+        raise TemplateError(f"The chat template failed to render: {exc!r}.") from exc
+
+
+def turn_end_token(template: str, special_tokens: list[str], **variables: Any) -> str | None:
+    """The special token the template writes right after an assistant message.
+
+    That token is where generation must stop (`<|im_end|>` for ChatML, `<|eot_id|>` for the
+    Llama-3 format), whatever tokenizer_config.json calls eos.
+    """
+    marker = "QUANTKIT_ASSISTANT_REPLY_7f3a"
+    conversation = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": marker},
+    ]
+    text = render(template, conversation, **variables)
+    position = text.find(marker)
+    if position < 0:
+        return None
+    tail = text[position + len(marker) :].lstrip()
+    matches = [tok for tok in special_tokens if tail.startswith(tok)]
+    return max(matches, key=len) if matches else None
+
+
+def _raise_exception(message: str) -> None:
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+
+    raise JinjaTemplateError(message)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=32)
+def _compile(template: str):
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(template)

@@ -1,0 +1,83 @@
+"""The survival checks `quantkit convert` runs on what a backend made: the whole
+`quantkit inspect` battery against the source, then a short greedy reply (quantkit.inspection
+.generation). Never raises for the artifact: whatever goes wrong inside the checks becomes a
+failed fatal check, so convert quarantines the artifact instead of deleting it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import require
+from .check import Check, crashed_check
+from .generation import generation_check, gguf_generation_check
+
+if TYPE_CHECKING:
+    from ..formats.tokens import TokenTypePolicy
+    from ..source.model import SourceModel
+
+
+def check_converted(
+    artifact: Path, source: SourceModel, *, policy: TokenTypePolicy | None = None
+) -> list[Check]:
+    """The checks for what a backend made: a GGUF file in llama.cpp (`policy`: the token
+    types it was written with), a folder in transformers."""
+    if artifact.is_dir():
+        return check_safetensors(artifact, source)
+    return check_gguf(artifact, source, policy=policy)
+
+
+def check_gguf(
+    path: Path,
+    source: SourceModel,
+    *,
+    max_new_tokens: int = 48,
+    policy: TokenTypePolicy | None = None,
+) -> list[Check]:
+    """The full inspection of a GGUF against its source (tokens, token types, turn end,
+    BOS/PAD, templates, the rendering battery, tokenization, rope; quantkit.inspection),
+    then a short greedy reply with the weights loaded. `policy` is the token-type policy
+    the GGUF was written with (convert's --token-type overrides).
+
+    Never raises for the artifact: whatever goes wrong inside the checks becomes a failed
+    fatal check, so convert quarantines the artifact instead of deleting it."""
+    require("llama_cpp", "gguf")
+    from .gguf_checks import gguf_checks
+    from .gguf_meta import gguf_files
+    from .reference import reference_from_source
+
+    if source.tokenizer is None:
+        return [Check("special tokens single ids", True, "source has no tokenizer", False)]
+    checks: list[Check] = []
+    try:
+        reference = reference_from_source(source)
+        checks += gguf_checks(gguf_files(Path(path)), reference, policy=policy)
+        checks.append(gguf_generation_check(Path(path), reference, max_new_tokens))
+    except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
+        checks.append(crashed_check(exc))
+    return checks
+
+
+def check_safetensors(
+    folder: Path, source: SourceModel, *, generate: bool = True, max_new_tokens: int = 32
+) -> list[Check]:
+    """The full inspection of a safetensors folder against its source (quantkit.inspection:
+    added tokens, eos, BOS/PAD, templates, the rendering battery, tokenization), then a
+    greedy reply on CPU. Never raises for the artifact: whatever goes wrong inside the
+    checks becomes a failed fatal check, so convert quarantines the folder instead of
+    deleting it."""
+    require("transformers", "compress")
+    from .reference import reference_from_source
+    from .safetensors_checks import safetensors_checks
+
+    if source.tokenizer is None:
+        return [Check("special tokens single ids", True, "source has no tokenizer", False)]
+    checks: list[Check] = []
+    try:
+        checks += safetensors_checks(folder, reference_from_source(source))
+        if generate:
+            checks.append(generation_check(folder, max_new_tokens=max_new_tokens))
+    except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
+        checks.append(crashed_check(exc))
+    return checks

@@ -1,0 +1,44 @@
+"""What `quantkit convert` is asked to make: the format and type, from flags or a hardware
+profile, checked before anything is read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import QuantkitError
+from ..formats.quants import ArtifactFormat, gguf_quant
+from ..formats.schemes import SAFETENSORS_QUANTS
+
+
+@dataclass(frozen=True)
+class Target:
+    format: str
+    quant: str
+    profile: str | None = None
+
+
+# Without --quant: Q4_K_M for GGUF, else the first scheme the scheme table lists per format
+# (BF16, FP8_DYNAMIC, W4A16).
+_DEFAULT_QUANT = {"gguf": "Q4_K_M", **{f: quants[0] for f, quants in SAFETENSORS_QUANTS.items()}}
+
+
+def resolve_target(profile: str | None, fmt: str | None, quant: str | None):
+    if profile is None and fmt is None:
+        raise QuantkitError(
+            "Say what to make: --profile NAME, or --format gguf --quant Q4_K_M.",
+            hint="`quantkit profiles` lists the hardware profiles.",
+        )
+    hardware = None
+    if profile is not None:
+        from .profiles import load_profile
+
+        hardware = load_profile(profile)
+        fmt = fmt or hardware.format
+        quant = quant or hardware.quant
+    fmt = (fmt or "").lower()
+    if fmt not in {f.value for f in ArtifactFormat}:
+        raise QuantkitError(f"Unknown format {fmt!r}.", hint="Use gguf, safetensors, fp8 or gptq.")
+    quant = quant or _DEFAULT_QUANT[fmt]
+    if fmt == ArtifactFormat.GGUF.value:
+        quant = gguf_quant(quant).name
+    return Target(fmt, quant.upper(), hardware.name if hardware else None), hardware

@@ -1,0 +1,297 @@
+"""Model id or folder -> SourceModel: config, geometry, tensor inventory, tokenizer bundle.
+
+No weights are loaded. A Hub repo id is fetched with huggingface_hub, and only the files
+quantkit needs (config, tokenizer files, generation config, safetensors shards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import SourceModelError, UnsafeSourceError, UnsupportedArchitectureError
+from ..formats.safetensors_index import TensorInfo, shard_files, tensor_inventory
+from .tokenizer_bundle import TOKENIZER_FILES, TokenizerBundle, load_tokenizer_bundle
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen3ForCausalLM")
+HUB_PATTERNS = [
+    "config.json",
+    "README.md",  # its front matter carries the licence the artifact inherits
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "additional_chat_templates/*.jinja",
+    *TOKENIZER_FILES,
+]
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+@dataclass(frozen=True)
+class RopeSettings:
+    theta: float
+    rope_type: str  # "default", "llama3", "linear", "yarn", ...
+    factor: float | None = None
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    architecture: str
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    rope: RopeSettings
+    torch_dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    path: Path
+    name: str  # used in artifact file names, e.g. "Hermes-3-Llama-3.1-8B"
+    config: dict[str, Any] = field(repr=False)
+    geometry: ModelGeometry
+    tensors: tuple[TensorInfo, ...] = field(repr=False)
+    tokenizer: TokenizerBundle | None = field(repr=False)
+    repo_id: str | None = None
+    revision: str | None = None  # Hub commit sha when fetched from the Hub
+    content_hash: str = ""  # sha256 over config + tensor headers + tokenizer files
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+
+def load_source(
+    model: str | Path,
+    *,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    require_architecture: bool = True,
+) -> SourceModel:
+    """Resolve a local folder or a Hub repo id into a SourceModel (no weights loaded)."""
+    folder, repo_id, commit = _resolve_folder(str(model), revision, allow_pickle)
+    config = _read_config(folder)
+    _check_safety(folder, config, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if allow_pickle and not shard_files(folder):
+        from .pickle_weights import safetensors_copy
+
+        folder = safetensors_copy(folder)
+    geometry = geometry_from_config(config, require_supported=require_architecture)
+    tensors = tensor_inventory(folder)
+    if not tensors:
+        raise SourceModelError(
+            f"{folder} has no *.safetensors weights.",
+            hint="quantkit reads safetensors only; convert .bin weights with "
+            "transformers (save_pretrained(safe_serialization=True)).",
+        )
+    tokenizer = load_tokenizer_bundle(folder) if (folder / "tokenizer.json").is_file() else None
+    name = (repo_id.split("/")[-1] if repo_id else folder.resolve().name) or "model"
+    return SourceModel(
+        path=folder,
+        name=name,
+        config=config,
+        geometry=geometry,
+        tensors=tensors,
+        tokenizer=tokenizer,
+        repo_id=repo_id,
+        revision=commit,
+        content_hash=content_hash(folder),
+    )
+
+
+def geometry_from_config(
+    config: dict[str, Any], *, require_supported: bool = True
+) -> ModelGeometry:
+    """Model geometry from config.json alone (transformers 4 or 5 layout)."""
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else ""
+    if require_supported and arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"Architecture {arch or '(none given)'!r} is not supported.",
+            hint=f"quantkit converts {', '.join(SUPPORTED_ARCHITECTURES)} "
+            "(Hermes 3, Hermes 4 and other Llama-3.1 / Qwen3 models).",
+        )
+    cfg = config.get("text_config", config)
+    try:
+        hidden = int(cfg["hidden_size"])
+        heads = int(cfg["num_attention_heads"])
+        return ModelGeometry(
+            architecture=arch,
+            model_type=str(cfg.get("model_type", "")),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            vocab_size=int(cfg["vocab_size"]),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            rope=rope_settings(cfg),
+            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+        )
+    except KeyError as exc:
+        raise SourceModelError(
+            f"config.json lacks {exc.args[0]!r}.",
+            hint="The config is incomplete; restore it from the original model.",
+        ) from exc
+
+
+def rope_settings(cfg: dict[str, Any]) -> RopeSettings:
+    """Read rope in both forms: transformers 5 `rope_parameters`, or transformers 4
+    `rope_theta` + `rope_scaling`."""
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict) and params:
+        theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        scaling = params
+    else:
+        theta = cfg.get("rope_theta", 10000.0)
+        scaling = cfg.get("rope_scaling") or {}
+    rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
+
+    def opt_float(key: str) -> float | None:
+        return float(scaling[key]) if scaling.get(key) is not None else None
+
+    orig = scaling.get("original_max_position_embeddings")
+    return RopeSettings(
+        theta=float(theta),
+        rope_type=str(rope_type),
+        factor=opt_float("factor"),
+        low_freq_factor=opt_float("low_freq_factor"),
+        high_freq_factor=opt_float("high_freq_factor"),
+        original_max_position_embeddings=int(orig) if orig is not None else None,
+    )
+
+
+def content_hash(folder: Path) -> str:
+    """A cheap identity for a local model: sha256 over config, tokenizer files and the
+    safetensors headers plus sizes (hashing tens of GB of weights would take minutes)."""
+    digest = hashlib.sha256()
+    for name in ("config.json", *TOKENIZER_FILES):
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    for shard in shard_files(folder):
+        digest.update(shard.name.encode())
+        digest.update(str(shard.stat().st_size).encode())
+        with shard.open("rb") as fh:
+            head_len = int.from_bytes(fh.read(8), "little")
+            digest.update(fh.read(min(head_len, 100 * 1024 * 1024)))
+    return digest.hexdigest()
+
+
+def _resolve_folder(
+    model: str, revision: str | None, allow_pickle: bool = False
+) -> tuple[Path, str | None, str | None]:
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SourceModelError(
+                f"{path} is a file, not a model folder.",
+                hint="Pass the folder that holds config.json and the safetensors files.",
+            )
+        return path, None, None
+    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        return _download_from_hub(model, revision, allow_pickle)
+    raise SourceModelError(
+        f"{model} is neither an existing folder nor a Hub repo id (owner/name).",
+        hint="Check the path, or pass a repo id such as NousResearch/Hermes-3-Llama-3.1-8B.",
+    )
+
+
+def _download_from_hub(
+    repo_id: str, revision: str | None, allow_pickle: bool = False
+) -> tuple[Path, str, str | None]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=_hub_patterns(allow_pickle)
+            )
+        )
+    except RepositoryNotFoundError as exc:
+        raise SourceModelError(
+            f"The Hub has no repo {repo_id!r} (or it is gated and you are not logged in).",
+            hint="Check the id, or run `hf auth login` / set HF_TOKEN.",
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        raise SourceModelError(
+            f"{repo_id} is not in the local Hugging Face cache and the Hub cannot be reached.",
+            hint="Connect to the network, or download the model on another machine and pass "
+            "its folder.",
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise SourceModelError(f"Download of {repo_id} failed: {exc}.") from exc
+    commit = folder.name if len(folder.name) == 40 else revision
+    return folder, repo_id, commit
+
+
+def _hub_patterns(allow_pickle: bool) -> list[str]:
+    # Pickled weights are fetched only when the user opted in, and then only if the repo
+    # has no safetensors (snapshot_download fetches what matches; load_source prefers
+    # safetensors when both exist).
+    return HUB_PATTERNS + ["pytorch_model*.bin", "pytorch_model.bin.index.json"] * allow_pickle
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise SourceModelError(
+            f"{folder} has no config.json.",
+            hint="Pass the folder of a Hugging Face model (with config.json, tokenizer and "
+            "safetensors files).",
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SourceModelError(
+            f"{path} is not valid JSON ({exc}).",
+            hint="Restore config.json from the original model.",
+        ) from exc
+
+
+def _check_safety(
+    folder: Path, config: dict[str, Any], *, allow_pickle: bool, trust_remote_code: bool
+) -> None:
+    if config.get("auto_map") and not trust_remote_code:
+        raise UnsafeSourceError(
+            f"{folder} asks for remote code (auto_map in config.json).",
+            hint="quantkit does not run code shipped with a model unless you pass "
+            "--trust-remote-code after reading that code.",
+        )
+    has_safetensors = any(folder.glob("*.safetensors"))
+    pickled = [p.name for pattern in PICKLE_PATTERNS for p in folder.glob(pattern)]
+    if pickled and not has_safetensors and not allow_pickle:
+        raise UnsafeSourceError(
+            f"{folder} has only pickled weights ({', '.join(sorted(pickled)[:3])}).",
+            hint="Pickle files can run code when loaded. Convert them to safetensors, or pass "
+            "--allow-pickle if you trust their origin.",
+        )

@@ -1,0 +1,56 @@
+"""Interop with llama.cpp's own `llama-imatrix` and `llama-quantize`, when they are at hand.
+
+The suite does not build them (about 15 minutes on 2 cores; docs/formats.md says how);
+set QUANTKIT_LLAMA_BIN to the folder holding both, built from the llama.cpp that
+llama-cpp-python vendors, and these tests run: llama-imatrix reads a quantkit imatrix and
+writes it back byte for byte, and llama-quantize given that file makes the same GGUF as
+quantkit's own call of llama_model_quantize."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+BIN = Path(os.environ.get("QUANTKIT_LLAMA_BIN", "/nonexistent"))
+pytestmark = pytest.mark.skipif(
+    not (BIN / "llama-imatrix").is_file() or not (BIN / "llama-quantize").is_file(),
+    reason="QUANTKIT_LLAMA_BIN does not hold llama-imatrix and llama-quantize",
+)
+
+
+@pytest.fixture(scope="module")
+def made(demo_model: Path, tmp_path_factory) -> tuple[Path, Path]:
+    from quantkit.backends.gguf.export import export_gguf
+    from quantkit.backends.gguf.imatrix.compute import compute_imatrix, prepare_imatrix_data
+    from quantkit.backends.gguf.imatrix.matrix import save_imatrix
+    from quantkit.source.model import load_source
+
+    source = load_source(demo_model)
+    folder = tmp_path_factory.mktemp("interop")
+    bf16 = export_gguf(source, folder / "demo-BF16.gguf").path
+    data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=4, chunk_size=512,
+                                seed=0)  # fmt: skip
+    return bf16, save_imatrix(compute_imatrix(bf16, data), folder / "demo.imatrix.gguf")
+
+
+def test_llama_imatrix_writes_our_file_back_unchanged(made, tmp_path: Path) -> None:
+    bf16, ours = made
+    out = tmp_path / "rewritten.gguf"
+    subprocess.run([BIN / "llama-imatrix", "-m", bf16, "--in-file", ours, "-o", out],
+                   check=True, capture_output=True)  # fmt: skip
+    assert out.read_bytes() == ours.read_bytes()
+
+
+def test_llama_quantize_with_our_file_makes_the_same_gguf(made, tmp_path: Path) -> None:
+    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
+    from quantkit.backends.gguf.quantize import quantize_gguf
+
+    bf16, ours = made
+    theirs, mine = tmp_path / "llama-quantize.gguf", tmp_path / "quantkit.gguf"
+    subprocess.run([BIN / "llama-quantize", "--imatrix", ours, bf16, theirs, "Q4_K_M", "2"],
+                   check=True, capture_output=True)  # fmt: skip
+    quantize_gguf(bf16, mine, "Q4_K_M", imatrix=load_imatrix(ours), imatrix_file=str(ours))
+    assert theirs.read_bytes() == mine.read_bytes()

@@ -1,0 +1,64 @@
+"""The fixture models as session fixtures (built by fixtures/models.py into the fixture
+cache; a test whose fixture cannot be built offline is skipped with the reason)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures.models import (
+    FixtureUnavailable,
+    ensure_llama31_model,
+    ensure_llama31_special_tags_model,
+    ensure_llama31_tf4_model,
+    ensure_llama31_tokenizer,
+    ensure_qwen3_model,
+    ensure_reference_converter,
+)
+
+
+def _or_skip(build: Callable[[Path], Any], cache: Path) -> Any:
+    try:
+        return build(cache)
+    except FixtureUnavailable as exc:
+        pytest.skip(f"fixture unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def llama31_tokenizer_files(fixture_cache: Path) -> Path:
+    """Folder with Llama 3.1's tokenizer.json + tokenizer_config.json, the Hermes tags as
+    added tokens and the Hermes (Llama-3 header) chat templates `default` and `tool_use`."""
+    return _or_skip(ensure_llama31_tokenizer, fixture_cache)
+
+
+@pytest.fixture(scope="session")
+def llama31_model(fixture_cache: Path) -> Path:
+    """Llama-3.1-shaped LlamaForCausalLM, random weights, 2 shards, transformers-5 config."""
+    return _or_skip(ensure_llama31_model, fixture_cache)
+
+
+@pytest.fixture(scope="session")
+def llama31_model_tf4_config(fixture_cache: Path) -> Path:
+    """The same weights as llama31_model with a transformers-4 config.json."""
+    return _or_skip(ensure_llama31_tf4_model, fixture_cache)
+
+
+@pytest.fixture(scope="session")
+def llama31_model_special_tags(fixture_cache: Path) -> Path:
+    """llama31_model with the Hermes tags marked special=True in the tokenizer files."""
+    return _or_skip(ensure_llama31_special_tags_model, fixture_cache)
+
+
+@pytest.fixture(scope="session")
+def qwen3_model(fixture_cache: Path) -> Path:
+    """Qwen3-shaped Qwen3ForCausalLM, random weights, ChatML templates (jinja files)."""
+    return _or_skip(ensure_qwen3_model, fixture_cache)
+
+
+@pytest.fixture(scope="session")
+def reference_converter(fixture_cache: Path) -> Any:
+    """llama.cpp's convert_hf_to_gguf.py (from the llama-cpp-python 0.3.36 sdist)."""
+    return _or_skip(ensure_reference_converter, fixture_cache)
