@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import typer
+from support import REPO_ROOT
 from typer.testing import CliRunner
 
 from quantkit.errors import PlanError, SourceModelError
@@ -228,6 +228,7 @@ def test_plan_imports_no_heavy_library():
         "heavy = [m for m in ('torch', 'llama_cpp', 'transformers', 'gguf') if m in sys.modules];"
         "print(heavy)"
     )
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT
+    )
     assert out.stdout.strip() == "[]", out.stderr

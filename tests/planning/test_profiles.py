@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import REPO_ROOT
 
 from quantkit.errors import ProfileError
 from quantkit.planning.fp8 import fp8_support_for
@@ -212,7 +213,7 @@ def test_a_built_wheel_ships_every_profile(tmp_path):
 
     from quantkit.planning.profiles import profiles_dir
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     tree = tmp_path / "src"  # a copy: an in-tree build would leave build/ in the checkout
     tree.mkdir()
     for name in ("pyproject.toml", "README.md", "profiles"):

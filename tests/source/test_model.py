@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import REPO_ROOT
 
 from quantkit.errors import (
     QuantkitError,
@@ -23,7 +24,6 @@ from quantkit.errors import (
 from quantkit.source.model import RopeSettings, geometry_from_config, load_source, rope_settings
 from quantkit.source.tokenizer_bundle import load_tokenizer_bundle, read_chat_templates
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LLAMA31_ROPE = RopeSettings(
     theta=500000.0,
     rope_type="llama3",

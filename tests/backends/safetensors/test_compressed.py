@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import REPO_ROOT
 
 from quantkit.backends.safetensors import compressed
 from quantkit.backends.safetensors.backend import GroupSizeError, make_safetensors
@@ -23,7 +24,6 @@ GROUP = 64  # the demo's hidden size 576 is not a multiple of 128
 SAMPLES, SEQ_LEN, DAMPENING = 16, 256, 0.1
 HELD_OUT_TOKENS = 512
 HERMES_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<|im_end|>")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _calibration(source, samples: int = SAMPLES, seq_len: int = SEQ_LEN):
@@ -36,7 +36,7 @@ def _held_out_ids(folder: Path) -> torch.Tensor:
     """The start of quantkit's held-out evaluation prose (not in the calibration mix)."""
     from transformers import AutoTokenizer
 
-    text = (REPO / "quantkit" / "data" / "eval" / "prose.txt").read_text(encoding="utf-8")
+    text = (REPO_ROOT / "quantkit" / "data" / "eval" / "prose.txt").read_text(encoding="utf-8")
     ids = AutoTokenizer.from_pretrained(folder)(text, return_tensors="pt")["input_ids"]
     assert ids.shape[1] >= HELD_OUT_TOKENS
     return ids[:, :HELD_OUT_TOKENS]
