@@ -28,6 +28,7 @@ from .errors import QualityGateError, VerificationError
 from .evaluation.options import EvalOptions
 from .planning.target import Target, resolve_target
 from .source.model import SourceModel, load_source
+from .source.structure import check_structure
 
 if TYPE_CHECKING:
     from .evaluation.gates import GateResult
@@ -105,6 +106,7 @@ def convert(
     source = load_source(
         model, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
     )
+    check_structure(source)  # every tensor the config implies, before any is read
     plan = _make_plan(source, hardware, context, force)
     backend.prepare(source)
     estimate = int(backend.estimate_bytes(source) * DISK_MARGIN)

@@ -239,6 +239,12 @@ class TransformersEngine(Engine):
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
+        from ..source.model import load_source
+        from ..source.structure import check_structure
+
+        # transformers fills a missing weight with random values and only warns: a folder
+        # whose shards do not match its config is refused before it is measured.
+        check_structure(load_source(self.path))
         hf_logging.disable_progress_bar()  # "Loading weights" bars would break the CLI output
         dtype = getattr(torch, self.dtype)
         self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)

@@ -44,6 +44,14 @@ SCALAR_FORMATS: dict[GGUFValueType, str] = {
 SCALAR_SIZES: dict[GGUFValueType, int] = {t: struct.calcsize(f) for t, f in SCALAR_FORMATS.items()}
 _HEADER = struct.Struct("<4sIQQ")  # magic, version, tensor count, key-value count
 _MAGIC = b"GGUF"
+# The fewest bytes each counted thing can take, so that a count can be checked against the
+# bytes left before it is acted on: a key-value entry (u64 key length, u32 type, a 1-byte
+# value), a tensor info (u64 name length, u32 dim count, u32 type, u64 offset), a string
+# (its u64 length) and an array (u32 item type, u64 count). A damaged or hostile count of
+# 2**63 in a tiny file then fails at once instead of building a format string or a list
+# of that length.
+_MIN_KV, _MIN_TENSOR_INFO, _MIN_STRING, _MIN_ARRAY = 13, 24, 8, 12
+_MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses a tensor with more
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,11 @@ class TensorTypeError(ValueError):
     """A tensor stored in another type than the one asked for."""
 
 
+class GGUFHeaderError(ValueError):
+    """A count or length in a GGUF header that the file cannot hold (a ValueError, so the
+    callers that already turn a damaged header into a one-line error catch it too)."""
+
+
 def read_f32_tensor(files: list[Path], name: str):
     """The float32 tensor `name` (a numpy array) from whichever file holds it, or None if
     absent; TensorTypeError when it is stored in another type."""
@@ -188,9 +201,17 @@ class _Walker:
 
     def __init__(self, buf: mmap.mmap) -> None:
         self.buf = buf
+        if len(buf) < _HEADER.size:
+            raise GGUFHeaderError(f"the file is {len(buf)} bytes, shorter than a GGUF header")
         _, _, self.n_tensors, self.n_kv = _HEADER.unpack_from(buf, 0)
         self.pos = _HEADER.size
         self.alignment = GGUF_DEFAULT_ALIGNMENT
+        needed = self.n_kv * _MIN_KV + self.n_tensors * _MIN_TENSOR_INFO
+        if needed > self._left():
+            raise GGUFHeaderError(
+                f"the header counts {self.n_kv} key-value entries and {self.n_tensors} "
+                f"tensors, which need at least {needed} bytes; the file has {len(buf)}"
+            )
 
     def metadata(self, wanted: Callable[[str], bool]) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -211,6 +232,10 @@ class _Walker:
         for _ in range(self.n_tensors):
             name = self._string()
             n_dims = self._unpack("<I")
+            if n_dims > _MAX_DIMS:
+                raise GGUFHeaderError(
+                    f"tensor {name} has {n_dims} dimensions; GGUF allows at most {_MAX_DIMS}"
+                )
             dims = struct.unpack_from(f"<{n_dims}Q", self.buf, self.pos)
             self.pos += 8 * n_dims
             ggml_type, offset = struct.unpack_from("<IQ", self.buf, self.pos)
@@ -225,18 +250,46 @@ class _Walker:
         self.pos += struct.calcsize(fmt)
         return value
 
+    def _left(self) -> int:
+        return len(self.buf) - self.pos
+
     def _string(self) -> str:
-        length = self._unpack("<Q")
+        length = self._string_length()
         start, self.pos = self.pos, self.pos + length
-        if self.pos > len(self.buf):
-            raise ValueError(f"a string runs past the end of the file (at byte {start})")
         return bytes(self.buf[start : self.pos]).decode("utf-8", errors="replace")
+
+    def _string_length(self) -> int:
+        at = self.pos
+        length = self._unpack("<Q")
+        if length > self._left():
+            raise GGUFHeaderError(
+                f"a string at byte {at} is {length} bytes long, past the end of the file "
+                f"({len(self.buf)} bytes)"
+            )
+        return length
+
+    def _array_head(self) -> tuple[int, int]:
+        """(item type, count) of an array, the count checked against the bytes left."""
+        at = self.pos
+        item, count = self._unpack("<I"), self._unpack("<Q")
+        if item == GGUFValueType.ARRAY:
+            # llama.cpp reads no array of arrays; refusing it also bounds the recursion.
+            raise GGUFHeaderError(f"the array at byte {at} holds arrays, which GGUF forbids")
+        if item != GGUFValueType.STRING and item not in SCALAR_SIZES:
+            raise GGUFHeaderError(f"the array at byte {at} has unknown item type {item}")
+        least = _MIN_STRING if item == GGUFValueType.STRING else SCALAR_SIZES[item]
+        if count * least > self._left():
+            raise GGUFHeaderError(
+                f"the array at byte {at} counts {count} items, which need at least "
+                f"{count * least} bytes; {self._left()} are left in the file"
+            )
+        return item, count
 
     def _value(self, vtype: int) -> Any:
         if vtype == GGUFValueType.STRING:
             return self._string()
         if vtype == GGUFValueType.ARRAY:
-            item, count = self._unpack("<I"), self._unpack("<Q")
+            item, count = self._array_head()
             if item in SCALAR_FORMATS:
                 fmt = "<" + SCALAR_FORMATS[item][1] * count
                 items = list(struct.unpack_from(fmt, self.buf, self.pos))
@@ -249,9 +302,10 @@ class _Walker:
 
     def _skip(self, vtype: int) -> None:
         if vtype == GGUFValueType.STRING:
-            self.pos += 8 + struct.unpack_from("<Q", self.buf, self.pos)[0]
+            length = self._string_length()  # moves past the length field
+            self.pos += length
         elif vtype == GGUFValueType.ARRAY:
-            item, count = self._unpack("<I"), self._unpack("<Q")
+            item, count = self._array_head()
             if item in SCALAR_SIZES:
                 self.pos += SCALAR_SIZES[item] * count
             else:

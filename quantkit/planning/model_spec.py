@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SourceModelError
-from ..formats.safetensors_index import DTYPE_BYTES, TensorInfo
+from ..formats.safetensors_index import TensorInfo
 from ..source.model import ModelGeometry, SourceModel, geometry_from_config
+from ..source.structure import derived_tensors  # the one list of a config's tensors
 
 
 @dataclass(frozen=True)
@@ -117,42 +118,3 @@ def _nbytes(info: Any) -> int:
 def weight_tensors(tensors: tuple[TensorInfo, ...]) -> tuple[TensorInfo, ...]:
     """Model weights only: drop buffers such as rotary inv_freq that some exports carry."""
     return tuple(t for t in tensors if t.name.endswith(".weight"))
-
-
-def derived_tensors(geometry: ModelGeometry, dtype: str = "BF16") -> tuple[TensorInfo, ...]:
-    """The Llama / Qwen3 parameter list (transformers names and shapes) from the geometry."""
-    g = geometry
-    q_dim, kv_dim = g.num_heads * g.head_dim, g.num_kv_heads * g.head_dim
-    shapes: list[tuple[str, tuple[int, ...]]] = [
-        ("model.embed_tokens.weight", (g.vocab_size, g.hidden_size))
-    ]
-    for i in range(g.num_layers):
-        p = f"model.layers.{i}."
-        shapes += [
-            (p + "input_layernorm.weight", (g.hidden_size,)),
-            (p + "self_attn.q_proj.weight", (q_dim, g.hidden_size)),
-            (p + "self_attn.k_proj.weight", (kv_dim, g.hidden_size)),
-            (p + "self_attn.v_proj.weight", (kv_dim, g.hidden_size)),
-            (p + "self_attn.o_proj.weight", (g.hidden_size, q_dim)),
-            (p + "post_attention_layernorm.weight", (g.hidden_size,)),
-            (p + "mlp.gate_proj.weight", (g.intermediate_size, g.hidden_size)),
-            (p + "mlp.up_proj.weight", (g.intermediate_size, g.hidden_size)),
-            (p + "mlp.down_proj.weight", (g.hidden_size, g.intermediate_size)),
-        ]
-        if g.model_type == "qwen3":  # Qwen3 normalizes q and k per head
-            shapes += [
-                (p + "self_attn.q_norm.weight", (g.head_dim,)),
-                (p + "self_attn.k_norm.weight", (g.head_dim,)),
-            ]
-    shapes.append(("model.norm.weight", (g.hidden_size,)))
-    if not g.tie_word_embeddings:
-        shapes.append(("lm_head.weight", (g.vocab_size, g.hidden_size)))
-    size = DTYPE_BYTES[dtype]
-    return tuple(TensorInfo(n, dtype, s, "(derived)", _numel(s) * size) for n, s in shapes)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for dim in shape:
-        out *= dim
-    return out

@@ -4,6 +4,7 @@ planner counts on are the ones gguf-py's writer produces."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import gguf
@@ -166,3 +167,87 @@ def test_keys_gguf_py_lacks_are_really_missing_there() -> None:
     known = values(gguf.Keys)
     ours = {v for k, v in vars(gguf_keys).items() if k.isupper() and isinstance(v, str)}
     assert ours and not ours & known
+
+
+# --- hostile counts and lengths: refused against the file size, before any allocation ------
+
+
+def _gguf_bytes(n_tensors: int, n_kv: int, body: bytes = b"") -> bytes:
+    return struct.pack("<4sIQQ", b"GGUF", 3, n_tensors, n_kv) + body
+
+
+def _kv(key: str, vtype: int, payload: bytes) -> bytes:
+    raw = key.encode()
+    return struct.pack("<Q", len(raw)) + raw + struct.pack("<I", vtype) + payload
+
+
+def _array(item: int, count: int, items: bytes = b"") -> bytes:
+    return struct.pack("<IQ", item, count) + items
+
+
+HOSTILE = {
+    "tensor-count": (_gguf_bytes(2**62, 0, bytes(64)), "counts 0 key-value entries and "
+                     f"{2**62} tensors, which need at least {2**62 * 24} bytes; the file has 88"),
+    "kv-count": (_gguf_bytes(0, 2**40, bytes(64)), f"counts {2**40} key-value entries"),
+    "string-length": (_gguf_bytes(0, 1, struct.pack("<Q", 2**63) + bytes(16)),
+                      f"a string at byte 24 is {2**63} bytes long, past the end of the file"),
+    "value-string-length": (
+        _gguf_bytes(0, 1, _kv("k", GGUFValueType.STRING, struct.pack("<Q", 2**40) + b"x")),
+        f"is {2**40} bytes long, past the end of the file",
+    ),
+    "scalar-array-count": (
+        _gguf_bytes(0, 1, _kv("k", GGUFValueType.ARRAY, _array(GGUFValueType.UINT8, 2**62))),
+        f"counts {2**62} items, which need at least {2**62} bytes",
+    ),
+    "string-array-count": (
+        _gguf_bytes(0, 1, _kv("k", GGUFValueType.ARRAY, _array(GGUFValueType.STRING, 2**40))),
+        f"counts {2**40} items, which need at least {2**43} bytes",
+    ),
+    "nested-arrays": (
+        _gguf_bytes(0, 1, _kv("k", GGUFValueType.ARRAY, _array(GGUFValueType.ARRAY, 1)
+                              + _array(GGUFValueType.UINT8, 0))),
+        "holds arrays, which GGUF forbids",
+    ),
+    "dimensions": (
+        _gguf_bytes(1, 0, struct.pack("<Q", 1) + b"t" + struct.pack("<I", 2**31) + bytes(64)),
+        f"tensor t has {2**31} dimensions; GGUF allows at most 4",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+@pytest.mark.parametrize("decode", [True, False], ids=["decoded", "skipped"])
+def test_hostile_counts_fail_before_anything_is_allocated(
+    tmp_path: Path, case: str, decode: bool
+) -> None:
+    """A count or length the file cannot hold is refused when it is read (GGUFHeaderError,
+    a ValueError, which the callers turn into one line naming the file), whether the value
+    is decoded or skipped, and without allocating anything its size (the old reader built
+    a struct format string of `count` characters for a scalar array)."""
+    import tracemalloc
+
+    from quantkit.formats.gguf_read import GGUFHeaderError
+
+    data, expected = HOSTILE[case]
+    path = tmp_path / "hostile.gguf"
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(GGUFHeaderError) as info:
+            read_header(path, (lambda key: True) if decode else frozenset())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert expected in str(info.value)
+    assert peak < 1 << 20
+
+
+def test_a_hostile_gguf_is_a_one_line_artifact_error(tmp_path: Path) -> None:
+    from quantkit.errors import ArtifactError
+    from quantkit.inspection.gguf_meta import check_complete, read_gguf_meta
+
+    path = tmp_path / "hostile.gguf"
+    path.write_bytes(HOSTILE["scalar-array-count"][0])
+    for read in (read_gguf_meta, lambda p: check_complete([p])):
+        with pytest.raises(ArtifactError, match=f"{path} is corrupt: .*counts {2**62} items"):
+            read(path)
