@@ -76,6 +76,37 @@ class ConversionError(QuantkitError):
     exit_code = 10
 
 
+class NonFiniteWeightsError(ConversionError):
+    """The source weights hold NaN or infinity: the checkpoint is damaged. Counted while
+    the weights are read for the conversion and raised before the artifact is finished;
+    exit code 10, like every conversion failure. `counts` maps each damaged tensor, in the
+    order read, to its (NaN, infinity) counts."""
+
+    LISTED = 5  # tensors named in the message; the rest are counted
+
+    def __init__(self, counts: dict[str, tuple[int, int]]) -> None:
+        self.counts = dict(counts)
+        first = list(counts.items())[: self.LISTED]
+        listed = ", ".join(f"{name} ({_nan_inf(nan, inf)})" for name, (nan, inf) in first)
+        more = len(counts) - self.LISTED
+        listed += f" and {more} more tensor(s)" if more > 0 else ""
+        nan = sum(n for n, _ in counts.values())
+        inf = sum(i for _, i in counts.values())
+        super().__init__(
+            f"The source weights hold NaN or infinity in {len(counts)} tensor(s) "
+            f"({_nan_inf(nan, inf)} in all): {listed}; no artifact was written.",
+            hint="The source checkpoint is damaged: download it again (a shard whose sha256 "
+            "differs from the Hub's is corrupt), or, for your own checkpoint, check the "
+            "training run that saved it (a diverged run writes NaN).",
+        )
+
+
+def _nan_inf(nan: int, inf: int) -> str:
+    return ", ".join(
+        part for part in (f"{nan} NaN" if nan else "", f"{inf} inf" if inf else "") if part
+    )
+
+
 class VerificationError(QuantkitError):
     """The artifact failed a survival or quality check."""
 

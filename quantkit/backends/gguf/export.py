@@ -3,6 +3,10 @@
 The layout and metadata follow llama.cpp's own convert_hf_to_gguf.py, so that the file is
 interchangeable with one it makes (tests/backends/gguf/test_reference_parity.py checks tensor
 by tensor), except where quantkit's documented token-type policy decides otherwise.
+
+NaN and infinity in the source are counted while the tensors stream (tensors.py); after the
+first damaged block the rest are only read and counted, not converted or written, then the
+file is removed and NonFiniteWeightsError names the tensors.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import gguf
 import numpy as np
 
 from ...errors import ConversionError, SourceModelError, UnsupportedArchitectureError
+from ...formats.nonfinite import NonFiniteTally
 from ...formats.quants import gguf_quant
 from ...formats.safetensors_index import shard_files
 from ...formats.tokens import TokenTypePolicy
@@ -63,7 +68,8 @@ def export_gguf(
     pre_tokenizer: str | None = None,
     progress: ProgressFn | None = None,
 ) -> ExportResult:
-    """Write `source` as a GGUF file of type F32, F16, BF16 or Q8_0."""
+    """Write `source` as a GGUF file of type F32, F16, BF16 or Q8_0. Raises
+    NonFiniteWeightsError, leaving no file, when the source holds NaN or infinity."""
     spec = _arch_spec(source)
     qtype = _direct_type(out_type)
     if source.tokenizer is None:
@@ -84,7 +90,11 @@ def export_gguf(
         writer.add_tensor_info(
             job.gguf_name, job.shape, np.dtype(np.float32), job.nbytes, raw_dtype=job.qtype
         )
-    _write_file(writer, out_file, jobs, progress)
+    tally = NonFiniteTally()
+    _write_file(writer, out_file, jobs, progress, tally)
+    if tally:
+        out_file.unlink(missing_ok=True)
+        tally.raise_if_any()
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.qtype.name] = counts.get(job.qtype.name, 0) + 1
@@ -206,7 +216,11 @@ def _write_sampling_defaults(writer: gguf.GGUFWriter, source: SourceModel) -> No
 
 
 def _write_file(
-    writer: gguf.GGUFWriter, out_file: Path, jobs: list[_Job], progress: ProgressFn | None
+    writer: gguf.GGUFWriter,
+    out_file: Path,
+    jobs: list[_Job],
+    progress: ProgressFn | None,
+    tally: NonFiniteTally,
 ) -> None:
     writer.write_header_to_file(out_file)
     writer.write_kv_data_to_file()
@@ -216,10 +230,10 @@ def _write_file(
     for done, job in enumerate(jobs, start=1):
         writer.write_padding(fout, fout.tell())
         written = 0
-        for chunk in _job_blocks(job):
+        for chunk in _job_blocks(job, tally):  # none once the source is known damaged
             fout.write(chunk)
             written += len(chunk)
-        if written != job.nbytes:
+        if written != job.nbytes and not tally:
             raise ConversionError(f"{job.gguf_name}: wrote {written} bytes, expected {job.nbytes}.")
         writer.write_padding(fout, written)
         if progress is not None:
@@ -227,9 +241,9 @@ def _write_file(
     writer.close()
 
 
-def _job_blocks(job: _Job):
+def _job_blocks(job: _Job, tally: NonFiniteTally):
     if job.generated is not None:
         yield job.generated.astype(np.float32).tobytes()
         return
     assert job.source is not None
-    yield from converted_blocks(job.source, job.qtype, job.heads)
+    yield from converted_blocks(job.source, job.qtype, job.heads, tally)

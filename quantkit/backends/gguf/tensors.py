@@ -3,6 +3,8 @@
 Nothing here holds a whole tensor, let alone the model: each block is read with a plain
 file read (not a memory map, whose touched pages would count as resident memory), converted,
 written, and dropped. Blocks are whole heads for Q/K tensors, which are regrouped per head.
+Each raw block's NaN and infinity are counted on the way (formats.nonfinite): the same read,
+one mask and one max over the block's bits.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gguf
 import numpy as np
 
 from ...errors import ConversionError
+from ...formats.nonfinite import NonFiniteTally
 from ...formats.safetensors_index import read_header
 from .arch import permute_rows
 
@@ -64,12 +67,21 @@ def output_nbytes(tensor: SourceTensor, qtype: Q) -> int:
     return prod(tensor.shape) // block * type_size
 
 
-def converted_blocks(tensor: SourceTensor, qtype: Q, heads: int | None) -> Iterator[bytes]:
-    """The tensor's data in GGUF type `qtype`, block by block, rows regrouped if `heads`."""
+def converted_blocks(
+    tensor: SourceTensor, qtype: Q, heads: int | None, tally: NonFiniteTally | None = None
+) -> Iterator[bytes]:
+    """The tensor's data in GGUF type `qtype`, block by block, rows regrouped if `heads`;
+    its NaN and infinity counted into `tally`. Once `tally` holds any, the source is
+    damaged and the file will be dropped: blocks are still read and counted, not converted
+    or yielded."""
     if heads and len(tensor.shape) == 1:
         # A Q/K bias: one value per output row, regrouped like the weight's rows.
         tensor = replace(tensor, shape=(tensor.shape[0], 1))
     for raw in _row_blocks(tensor, heads):
+        if tally is not None:
+            tally.add(tensor.name, raw, tensor.dtype)
+            if tally:
+                continue
         block = permute_rows(raw, raw.shape[0] // (tensor.rows // heads)) if heads else raw
         yield _convert(block, tensor.dtype, qtype)
 

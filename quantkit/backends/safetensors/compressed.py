@@ -14,6 +14,12 @@ The model is loaded with compressed-tensors' offloaded loading (CPU first, disk 
 free RAM), and llmcompressor's sequential pipeline onloads one decoder layer at a time for
 calibration, so the accelerator (or CPU) holds one layer, its activations and, for GPTQ,
 one float32 Hessian of in x in per Linear of that layer.
+
+NaN and infinity are counted on the loaded parameters before oneshot (`check_finite`):
+transformers reads the shards itself, so this is the first place quantkit sees the
+weights. For a model loaded into RAM it is one pass over memory on the bits (about 10 GB/s
+on one core: under 2 s for 8B); parameters compressed-tensors offloaded
+to disk are read from disk once more, one at a time, as oneshot will read them again.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConversionError, require
+from ...formats.nonfinite import NonFiniteTally
 from ...formats.schemes import SAFETENSORS_SCHEMES, SafetensorsScheme
 from ...source.model import SourceModel
-from .export import DEFAULT_MAX_SHARD_SIZE
+from .export import DEFAULT_MAX_SHARD_SIZE, count_nonfinite_tensor
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +140,7 @@ def quantize_model(
     try:
         _stage(progress, f"loading {source.name}", 0)
         model = load_offloaded(source, offload_dir)
+        check_finite(model)
         _stage(progress, f"llmcompressor {scheme.name}", 0)
         run_oneshot(model, recipe, calibration if method != "rtn" else None)
         _stage(progress, "saving compressed-tensors", 0)
@@ -158,6 +166,15 @@ def load_offloaded(source: SourceModel, offload_dir: Path):
         kwargs.update(device_map="auto_offload", offload_folder=str(offload_dir))
     with load_offloaded_model():
         return AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
+
+
+def check_finite(model) -> None:
+    """Raise NonFiniteWeightsError when a parameter of the loaded model holds NaN or
+    infinity (offloaded ones are onloaded one at a time, then dropped)."""
+    tally = NonFiniteTally()
+    for name, param in model.named_parameters():
+        count_nonfinite_tensor(tally, name, param.detach())
+    tally.raise_if_any()
 
 
 def fits_in_ram(source: SourceModel, reserve: int = RAM_RESERVE) -> bool:

@@ -7,6 +7,10 @@ offsets) is written first and the tensors follow one at a time, read with safete
 
 FP16 cannot hold values beyond +-65504 (BF16 and FP32 can): weights outside that range are
 refused with their names and max |w| unless forced, and then clamped, never turned into inf.
+
+NaN and infinity are counted on each source tensor as it is read (formats.nonfinite, on its
+bits: about 10 GB/s on one core); after the first damaged tensor the rest are only counted, then
+the shards are removed and NonFiniteWeightsError names the tensors, forced or not.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConversionError
+from ...formats.nonfinite import NonFiniteTally
 from ...formats.safetensors_index import TensorInfo
 from ...source.model import SourceModel
 
@@ -134,12 +139,14 @@ def export_safetensors(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Write the weights of `source` into `work` as BF16/FP16 shards (+ index when
-    sharded). Returns the shard paths. Raises FP16RangeError (after removing the partial
-    shards) when FP16 would overflow and `force` is False."""
+    sharded). Returns the shard paths. Raises NonFiniteWeightsError when the source holds
+    NaN or infinity, and FP16RangeError when FP16 would overflow and `force` is False,
+    after removing the partial shards."""
     key = output_dtype(quant)
     shards = plan_shards(source.tensors, key, max_shard_size)
     total = sum(len(s.tensors) for s in shards)
     overflows: list[Overflow] = []
+    tally = NonFiniteTally()
     done = 0
     paths: list[Path] = []
     with _SourceReader(source.path) as reader:
@@ -149,16 +156,20 @@ def export_safetensors(
             with path.open("wb") as fh:
                 fh.write(shard_header(shard))
                 for planned in shard.tensors:
-                    data, overflow = _convert(reader.get(planned.source), planned, key, force)
-                    if overflow is not None:
-                        overflows.append(overflow)
-                    fh.write(data)
+                    tensor = reader.get(planned.source)
+                    count_nonfinite_tensor(tally, planned.name, tensor)
+                    if not tally:  # once damaged, the shards will be removed: only count
+                        data, overflow = _convert(tensor, planned, key, force)
+                        if overflow is not None:
+                            overflows.append(overflow)
+                        fh.write(data)
                     done += 1
                     if progress is not None:
                         progress(done, total)
-    if overflows and not force:
+    if tally or (overflows and not force):
         for path in paths:
             path.unlink(missing_ok=True)
+        tally.raise_if_any()
         raise _fp16_error(overflows)
     for overflow in overflows:
         log.warning("%s clamped to FP16 range (max |w| %.6g)", overflow.name, overflow.max_abs)
@@ -175,6 +186,26 @@ def write_index(work: Path, shards: list[Shard]) -> Path:
     path = work / INDEX_NAME
     path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def count_nonfinite_tensor(tally: NonFiniteTally, name: str, tensor) -> None:
+    """Count a torch tensor's NaN and infinity into `tally`: on its bits in numpy on the
+    CPU (no copy), with torch where it lives elsewhere; integer tensors are skipped."""
+    import torch
+
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    if tensor.device.type != "cpu":
+        if not bool(torch.isfinite(tensor).all()):
+            tally.record(name, int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum()))
+        return
+    dtypes = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+    dtype = dtypes.get(tensor.dtype, "F64" if tensor.dtype == torch.float64 else None)
+    if dtype is None:  # FP8 and other exotic sources: torch counts them
+        tensor = tensor.float()
+        dtype = "F32"
+    bits = tensor.view(torch.int16) if dtype == "BF16" else tensor
+    tally.add(name, bits.detach().numpy(), dtype)
 
 
 def _convert(tensor, planned: PlannedTensor, key: str, force: bool):
