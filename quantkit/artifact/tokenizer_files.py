@@ -65,8 +65,13 @@ def turn_end_eos_ids(bundle: TokenizerBundle) -> list[int] | None:
 
 
 def write_generation_config(bundle: TokenizerBundle, work: Path) -> Path:
+    from ..formats.chat_template import TemplateError
+
     config: dict[str, Any] = dict(bundle.generation_config)
-    eos = turn_end_eos_ids(bundle)
+    try:
+        eos = turn_end_eos_ids(bundle)
+    except TemplateError:  # the checks report the template; the source's eos is kept
+        eos = None
     if eos is not None:
         config["eos_token_id"] = eos
     return _write_json(work / "generation_config.json", config)

@@ -6,20 +6,42 @@ lstrip_blocks, a `tojson` filter that keeps non-ASCII, and `raise_exception` /
 in transformers. A template that reaches for Python internals never runs them: the
 sandbox raises TemplateError for unsafe calls and, as in transformers, renders unsafe
 attribute lookups as undefined (empty).
+
+Every render runs within the limits of quantkit.formats.template_limits (RENDER_SECONDS,
+RENDER_MAX_CHARS): a template that loops for ever or builds gigabytes raises
+TemplateLimitError within seconds. `foreign_render` puts another library's rendering
+(transformers' apply_chat_template, llama-cpp-python's formatter) under the same limits.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import QuantkitError
+from .template_limits import Overrun, bounded, limited_sandbox_class
+
+T = TypeVar("T")
 
 
 class TemplateError(QuantkitError):
     """A chat template failed to render or tried to leave the sandbox."""
+
+
+class TemplateLimitError(TemplateError):
+    """A chat template ran past a render limit (time, size); `reason` completes "The chat
+    template ..." ("did not finish rendering within 3 s")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"The chat template {reason}.",
+            hint="Do not use this template: it loops for ever or builds huge text, "
+            "by mistake or on purpose.",
+        )
+        self.reason = reason
 
 
 def render(
@@ -33,15 +55,19 @@ def render(
     from jinja2.exceptions import SecurityError
     from jinja2.exceptions import TemplateError as JinjaTemplateError
 
-    try:
-        compiled = _compile(template)
-        return compiled.render(
+    def run() -> str:
+        return _compile(template).render(
             messages=messages,
             tools=tools,
             documents=variables.pop("documents", None),
             add_generation_prompt=add_generation_prompt,
             **variables,
         )
+
+    try:
+        return bounded(template, run)  # compiling too: jinja folds constants then
+    except Overrun as exc:
+        raise TemplateLimitError(exc.reason) from None
     except SecurityError as exc:
         raise TemplateError(
             f"The chat template tried to leave the Jinja sandbox: {exc}.",
@@ -49,9 +75,38 @@ def render(
         ) from exc
     except JinjaTemplateError as exc:
         raise TemplateError(f"The chat template failed to render: {exc}.") from exc
-    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
-        # errors of the template's own expressions ({{ 'a' + 1 }}, {{ 1/0 }})
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError,
+            RecursionError, MemoryError) as exc:  # fmt: skip
+        # errors of the template's own expressions ({{ 'a' + 1 }}, {{ 1/0 }}), a macro
+        # that calls itself for ever
         raise TemplateError(f"The chat template failed to render: {exc!r}.") from exc
+
+
+def foreign_render(
+    template: str,
+    call: Callable[[], T],
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    **variables: Any,
+) -> T:
+    """`call()`, another library's rendering of `template` for these inputs, within the
+    limits. That renderer has no size limits, so the same input is rendered here first and
+    a template over a limit never reaches it (TemplateLimitError); then `call()` itself runs
+    under the time limit. Other failures of quantkit's rendering are left to the other
+    renderer to report in its own words."""
+    try:
+        render(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
+               **variables)  # fmt: skip
+    except TemplateLimitError:
+        raise
+    except TemplateError:
+        pass
+    try:
+        return bounded(template, call)
+    except Overrun as exc:
+        raise TemplateLimitError(exc.reason) from None
 
 
 def turn_end_token(template: str, special_tokens: list[str], **variables: Any) -> str | None:
@@ -99,11 +154,9 @@ def _strftime_now(fmt: str) -> str:
 @lru_cache(maxsize=32)
 def _compile(template: str):
     from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
-    )
+    # transformers' ImmutableSandboxedEnvironment, with the limits on sizes
+    env = limited_sandbox_class()(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now

@@ -60,7 +60,9 @@ def _try(side: Side, name: str, conv: Conversation) -> str | RenderFailure:
 
 
 def _escapes(result: str | RenderFailure) -> bool:
-    return isinstance(result, RenderFailure) and result.security
+    """A failure that stops the template: it tried to leave the sandbox, or ran past a
+    render limit (another conversation would only cost another timeout)."""
+    return isinstance(result, RenderFailure) and (result.security or result.limit)
 
 
 def render_check(
@@ -86,8 +88,8 @@ def render_check(
         before, first_refusal = rendered, None
         for conv in conversations:
             where = f"{name}/{conv.name}"
-            # One side at a time: a template that reaches outside the sandbox is reported
-            # and never handed to the next renderer.
+            # One side at a time: a template that reaches outside the sandbox or past the
+            # render limits is reported and never handed to the next renderer.
             ref = _try(reference, name, conv)
             got = ref if _escapes(ref) else _try(runtime, name, conv)
             if _escapes(ref) or _escapes(got):

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..formats.chat_template import TemplateError, render
+from ..formats.chat_template import TemplateError, foreign_render, render
 from ..formats.gguf_read import chat_template_key
 from .check import GENERATION, Check
 
@@ -121,14 +121,20 @@ def generation_check(folder: Path, *, max_new_tokens: int = 32) -> Check:
         import torch
         from transformers import AutoModelForCausalLM, GenerationConfig
 
+        question = [{"role": "user", "content": QUESTION}]
+        template = tokenizer.chat_template
+        inputs = foreign_render(  # within the render limits, as every rendering
+            str(template.get("default", "") if isinstance(template, dict) else template),
+            lambda: tokenizer.apply_chat_template(
+                question, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ),
+            question,
+            add_generation_prompt=True,
+            bos_token=tokenizer.bos_token or "",
+            eos_token=tokenizer.eos_token or "",
+        )
         model = AutoModelForCausalLM.from_pretrained(str(folder), device_map=None)
         gen_config = GenerationConfig.from_pretrained(str(folder))
-        inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": QUESTION}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )
         gen_config.update(max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                           top_p=None, top_k=None)  # fmt: skip
         if gen_config.pad_token_id is None:

@@ -4,8 +4,11 @@ that will load the artifact (llama.cpp through llama-cpp-python for a GGUF, tran
 for a safetensors folder).
 
 Each side renders a chat template by name for a battery conversation and tokenizes text.
-A template that tries to leave the Jinja sandbox raises RenderFailure(security=True); the
-comparisons report it and never hand that template to another renderer.
+A template that tries to leave the Jinja sandbox raises RenderFailure(security=True), one
+that runs past the render limits (quantkit.formats.template_limits: time, size)
+RenderFailure(limit=True); the comparisons report it and never hand that template to
+another renderer. transformers and llama-cpp-python render under the same limits
+(chat_template.foreign_render), so no side can hang an inspection.
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from ..formats.chat_template import TemplateLimitError, foreign_render
 from ..formats.gguf_read import chat_templates
 from .battery import Conversation
 
 
 class RenderFailure(Exception):
-    """A template refused (raise_exception) or failed to render a conversation."""
+    """A template refused (raise_exception) or failed to render a conversation;
+    `security`: it tried to leave the sandbox, `limit`: it ran past a render limit."""
 
-    def __init__(self, message: str, *, security: bool = False) -> None:
+    def __init__(self, message: str, *, security: bool = False, limit: bool = False) -> None:
         super().__init__(message)
         self.security = security
+        self.limit = limit
 
 
 def _failure(exc: Exception) -> RenderFailure:
@@ -33,6 +39,8 @@ def _failure(exc: Exception) -> RenderFailure:
     while cause is not None:  # transformers and we wrap jinja's error in our own
         if isinstance(cause, SecurityError):
             return RenderFailure(f"tried to leave the Jinja sandbox: {cause}", security=True)
+        if isinstance(cause, TemplateLimitError):
+            return RenderFailure(cause.reason, limit=True)
         cause = cause.__cause__
     return RenderFailure(f"{type(exc).__name__}: {exc}")
 
@@ -69,16 +77,24 @@ class TransformersSide(Side):
             self.templates = {"default": value} if value else {}
 
     def render(self, name: str, conv: Conversation) -> str:
+        template = self.templates[name]
         try:
             # The template text itself, not its name: a lone string template would take
             # "default" for template source.
-            return self.tokenizer.apply_chat_template(
-                copy.deepcopy(conv.messages),
-                tools=copy.deepcopy(conv.tools),
-                chat_template=self.templates[name],
-                tokenize=False,
+            return foreign_render(
+                template,
+                lambda: self.tokenizer.apply_chat_template(
+                    copy.deepcopy(conv.messages),
+                    tools=copy.deepcopy(conv.tools),
+                    chat_template=template,
+                    tokenize=False,
+                    add_generation_prompt=conv.add_generation_prompt,
+                    **conv.variables,
+                ),
+                conv.messages,
+                tools=conv.tools,
                 add_generation_prompt=conv.add_generation_prompt,
-                **conv.variables,
+                **{**_special_texts(self.tokenizer), **conv.variables},
             )
         except Exception as exc:  # noqa: BLE001 - the failure is the evidence
             raise _failure(exc) from exc
@@ -92,6 +108,16 @@ class TransformersSide(Side):
     def token_id(self, attr: str) -> int | None:
         value = getattr(self.tokenizer, f"{attr}_token_id", None)
         return int(value) if isinstance(value, int) else None
+
+
+def _special_texts(tokenizer: Any) -> dict[str, str]:
+    """bos_token / eos_token as transformers passes them to templates."""
+    out = {}
+    for role in ("bos", "eos"):
+        value = getattr(tokenizer, f"{role}_token", None)
+        if isinstance(value, str):
+            out[f"{role}_token"] = value
+    return out
 
 
 class SandboxSide(Side):
@@ -203,18 +229,29 @@ class LlamaCppSide(Side):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         key = (name, conv.add_generation_prompt)
-        try:
-            if key not in self._formatters:
+
+        def call() -> Any:
+            if key not in self._formatters:  # compiling folds constants: also bounded
                 self._formatters[key] = Jinja2ChatFormatter(
                     template=self.templates[name],
                     eos_token=self.eos_text,
                     bos_token=self.bos_text,
                     add_generation_prompt=conv.add_generation_prompt,
                 )
-            result = self._formatters[key](
+            return self._formatters[key](
                 messages=copy.deepcopy(conv.messages),
                 tools=copy.deepcopy(conv.tools),
                 **conv.variables,
+            )
+
+        try:
+            result = foreign_render(
+                self.templates[name],
+                call,
+                conv.messages,
+                tools=conv.tools,
+                add_generation_prompt=conv.add_generation_prompt,
+                **{"bos_token": self.bos_text, "eos_token": self.eos_text, **conv.variables},
             )
         except Exception as exc:  # noqa: BLE001
             raise _failure(exc) from exc

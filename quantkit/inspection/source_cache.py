@@ -90,6 +90,8 @@ class CachedTransformersSide(Side):
             try:
                 stored = {"text": self.live.render(name, conv)}
             except RenderFailure as exc:
+                if exc.limit:  # time depends on the machine's load: never remembered
+                    raise
                 stored = {"error": str(exc), "security": exc.security}
             self._data["render"][key] = stored
             self._dirty = True

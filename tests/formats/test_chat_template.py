@@ -272,3 +272,137 @@ def test_template_errors_are_template_errors() -> None:
 def test_python_errors_while_rendering_are_template_errors(template: str) -> None:
     with pytest.raises(TemplateError):
         render(template, [])
+
+
+# --- render limits: time and size (quantkit.formats.template_limits) ---------------------
+
+# Renders in a fresh interpreter with 1 GiB of address space: on code without the limits a
+# looping template makes subprocess.run time out and a huge one fails to allocate, so the
+# test fails instead of hanging pytest or exhausting the machine.
+_RENDER_APART = r"""
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+from quantkit.formats.chat_template import TemplateError, render
+out = []
+for template in json.loads(sys.argv[1]):
+    if template.startswith("#sleep "):
+        time.sleep(float(template.split()[1]))
+        continue
+    start = time.monotonic()
+    try:
+        render(template, [{"role": "user", "content": "hi"}])
+        result = "rendered"
+    except TemplateError as exc:
+        result = str(exc)
+    except BaseException as exc:  # what the old code raised: the test fails on it
+        result = repr(exc)
+    out.append([result, time.monotonic() - start])
+print(json.dumps(out))
+"""
+
+
+def _render_apart(*templates: str, timeout: float = 90) -> list[tuple[str, float]]:
+    """(TemplateError message or "rendered", seconds) for each template, in order."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _RENDER_APART, json.dumps(templates)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [tuple(item) for item in json.loads(proc.stdout)]
+
+
+NESTED_LOOPS = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+FAN_OUT_MACRO = (
+    "{% macro f(n) %}{% if n < 60 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}"
+)
+
+
+def test_a_looping_template_stops_within_the_time_limit() -> None:
+    from quantkit.formats.template_limits import RENDER_SECONDS
+
+    results = _render_apart(
+        NESTED_LOOPS, FAN_OUT_MACRO, NESTED_LOOPS, "#sleep 2.5", "{{ messages[0].content }}"
+    )
+    reason = f"did not finish rendering within {RENDER_SECONDS:g} s"
+    (loops, loops_s), (macro, macro_s), (again, again_s), (normal, _) = results
+    assert reason in loops and reason in macro and reason in again
+    assert RENDER_SECONDS <= loops_s < RENDER_SECONDS + 5
+    assert RENDER_SECONDS <= macro_s < RENDER_SECONDS + 5
+    assert again_s < 0.5  # a template that overran once is refused at once
+    # The watchdog leaves nothing behind: a later render, past its re-raise interval, works.
+    assert normal == "rendered"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ 'x' * 10**9 }}",
+        "{{ 'x' * 1000000000 }}",  # a constant: must not be folded when compiling
+        "{{ ['x'] * 10**9 }}",
+        "{{ 10**(10**10) }}",
+        "{% set ns = namespace(n=3) %}{% for i in range(64) %}{% set ns.n = ns.n * ns.n %}"
+        "{% endfor %}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
+        "{% endfor %}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}"
+        "{% set ns.s = [ns.s, ns.s]|join %}{% endfor %}",
+        "{{ 'x'.ljust(10**10) }}",
+        "{{ 'x'|center(10**10) }}",
+        "{{ '%9999999999d' % 1 }}",
+        "{{ '{:>9999999999}'.format(1) }}",
+        "{{ messages|tojson(indent=10**10) }}",
+        "{{ ('x' * 100000)|replace('', 'y' * 100000) }}",
+        "{% for i in range(99999) %}{% for j in range(99999) %}0123456789{% endfor %}{% endfor %}",
+    ],
+)  # fmt: skip
+def test_a_huge_value_is_refused_before_it_is_built(template: str) -> None:
+    ((message, seconds),) = _render_apart(template)
+    assert "rendered more than 4 MB" in message or "computed a number of more than" in message
+    assert seconds < 2
+
+
+def test_templates_inside_the_limits_render_as_before() -> None:
+    text = render(
+        "{{ 'ab' * 1000 }}{{ 2**64 }}{{ '%05d' % 42 }}{{ '{:>6}'.format('x') }}"
+        "{{ 'x'|center(9) }}{{ ['a', 'b']|join(', ') }}{{ 'a' ~ 1 }}{{ 1700000000|tojson }}",
+        [],
+    )
+    assert text == ("ab" * 1000 + str(2**64) + "00042" + "     x" + "    x    " + "a, b"
+                    + "a1" + "1700000000")  # fmt: skip
+
+
+def test_macro_recursion_without_end_is_a_template_error() -> None:
+    with pytest.raises(TemplateError, match="recursion"):
+        render("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", [])
+
+
+def test_another_renderer_runs_within_the_limits() -> None:
+    """foreign_render (transformers, llama-cpp-python): a template over the limits in
+    quantkit's renderer never reaches the other one; the other one is timed too."""
+    import time
+
+    from quantkit.formats.chat_template import TemplateLimitError, foreign_render
+    from quantkit.formats.template_limits import RENDER_SECONDS
+
+    def never() -> str:
+        raise AssertionError("handed to the other renderer")
+
+    with pytest.raises(TemplateLimitError, match="rendered more than 4 MB"):
+        foreign_render("{{ 'x' * 10**9 }}", never, [])
+
+    def spin() -> str:
+        while True:
+            pass
+
+    start = time.monotonic()
+    with pytest.raises(TemplateLimitError, match="did not finish rendering within"):
+        foreign_render("{{ 'spins elsewhere' }}", spin, [])
+    assert time.monotonic() - start < RENDER_SECONDS + 5
+    assert foreign_render("{{ 'ok' }}", lambda: "theirs", []) == "theirs"

@@ -515,3 +515,71 @@ def test_inspection_leaves_no_file_open(demo_q8: Path, tmp_path: Path) -> None:
            if os.path.exists(f"/proc/self/fd/{fd}")]  # fmt: skip
     assert str(path) not in fds
     assert str(path) not in Path("/proc/self/maps").read_text()
+
+
+# --- chat templates past the render limits -------------------------------------------------
+
+
+def _looping_gguf(demo_q8: Path, dest: Path) -> Path:
+    """The demo GGUF with the templates of support.looping_templates.looping_model, as
+    converting that folder would store them (converting it on code without render limits
+    would hang)."""
+    from support.looping_templates import FLOODS, LOOPS
+
+    strings = {"tokenizer.chat_template": LOOPS, TOOL_USE_KEY: FLOODS}
+    return rewritten_copy(demo_q8, dest, set_strings=strings)
+
+
+def test_looping_templates_fail_the_gguf_checks_within_seconds(
+    demo_q8: Path, demo_model: Path, tmp_path: Path
+) -> None:
+    """`quantkit inspect` of the GGUF, against the looping folder and alone: every
+    renderer (transformers, quantkit's, llama-cpp-python's) stops; the subprocess timeout
+    fails the test where rendering had no limits (it hung)."""
+    import json
+    import time
+
+    from support.cli_runner import run_cli
+    from support.looping_templates import looping_model
+
+    source = looping_model(demo_model, tmp_path / "looping")
+    bad = _looping_gguf(demo_q8, tmp_path / "looping.gguf")
+    for against in (("--against", source), ()):
+        start = time.monotonic()
+        proc = run_cli("inspect", bad, *against, "--json", timeout=240)
+        elapsed = time.monotonic() - start
+        assert proc.returncode == 11, proc.stderr
+        evidence = {c["name"]: c["evidence"] for c in json.loads(proc.stdout)["checks"]
+                    if not c["passed"]}  # fmt: skip
+        renders = evidence["chat templates render identically"]
+        reason = "did not finish rendering within 3 s"  # RENDER_SECONDS
+        assert f"template 'default' {reason}" in renders, renders
+        assert "template 'tool_use' rendered more than 4 MB (its output)" in renders
+        assert reason in evidence["turn end is end-of-generation"]
+        assert elapsed < 70, elapsed
+
+
+@pytest.mark.slow
+def test_convert_quarantines_a_model_whose_template_loops(demo_model: Path, tmp_path: Path) -> None:
+    """`quantkit convert` of the looping folder finishes: the GGUF is written (its EOS left
+    as the tokenizer's), the checks fail on the templates, exit 11, OUT.quarantine/."""
+    import json
+    import time
+
+    from support.cli_runner import run_cli
+    from support.looping_templates import looping_model
+
+    source = looping_model(demo_model, tmp_path / "looping")
+    out = tmp_path / "out"
+    start = time.monotonic()
+    proc = run_cli("convert", source, "--format", "gguf", "--quant", "Q8_0", "--out", out,
+                   timeout=400)  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 11, proc.stderr
+    assert "chat templates render identically" in proc.stderr
+    quarantine = tmp_path / "out.quarantine"
+    assert quarantine.is_dir() and not out.exists()
+    manifest = json.loads((quarantine / "manifest.json").read_text())
+    bad = {c["name"]: c["evidence"] for c in manifest["checks"] if not c["passed"]}
+    assert "did not finish rendering within" in bad["chat templates render identically"]
+    assert elapsed < 200, elapsed

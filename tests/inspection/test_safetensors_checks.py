@@ -197,3 +197,30 @@ def test_bos_added_where_the_source_adds_none_is_caught(
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     evidence = failed(quantkit.inspect(bad, demo_model))["BOS and PAD tokens"]
     assert "transformers adds BOS to prompts, the source tokenizer does not" in evidence
+
+
+# --- chat templates past the render limits -------------------------------------------------
+
+
+def test_looping_templates_fail_the_checks_within_seconds(demo_model: Path, tmp_path: Path):
+    """The demo folder with a default template that loops for ever and a tool_use template
+    that writes without end, inspected against itself by the CLI: the subprocess timeout
+    fails the test where rendering had no limits (it hung)."""
+    import time
+
+    from support.cli_runner import run_cli
+    from support.looping_templates import looping_model
+
+    bad = looping_model(demo_model, tmp_path / "looping")
+    start = time.monotonic()
+    proc = run_cli("inspect", bad, "--against", bad, "--json", timeout=240)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 11, proc.stderr
+    evidence = {c["name"]: c["evidence"] for c in json.loads(proc.stdout)["checks"]
+                if not c["passed"]}  # fmt: skip
+    renders = evidence["chat templates render identically"]
+    assert "template 'default' did not finish rendering within 3 s" in renders  # RENDER_SECONDS
+    assert "template 'tool_use' rendered more than 4 MB (its output)" in renders
+    assert "did not finish rendering" in evidence["generation_config eos is the turn end"]
+    # One timeout per template, not one per rendering (26 renderings x 2 sides).
+    assert elapsed < 70, elapsed

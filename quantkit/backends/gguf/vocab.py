@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ...errors import SourceModelError
+from ...formats.chat_template import TemplateError
 from ...formats.tokens import TokenType, TokenTypePolicy
 from ...source.tokenizer_bundle import TokenizerBundle, template_turn_end
 from .pretokenizers import check_pre_tokenizer_name, detect_pre_tokenizer
@@ -111,7 +112,11 @@ def _special_ids(bundle: TokenizerBundle, config: Mapping) -> dict[str, int]:
             token_id = config[f"{role}_token_id"]
         if token_id is not None:
             ids[role] = token_id
-    turn_end = template_turn_end(bundle)
+    try:
+        turn_end = template_turn_end(bundle)
+    except TemplateError as exc:  # the checks report the template; the GGUF keeps the EOS
+        log.warning("%s", exc)
+        turn_end = None
     if turn_end is not None:
         turn_end_id = bundle.token_id(turn_end)
         if turn_end_id is not None:
