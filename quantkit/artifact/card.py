@@ -253,6 +253,8 @@ def quality_section(quality: dict[str, Any] | None) -> str:
     for key, label, fmt in _QUALITY_ROWS:
         value = quality.get(key)
         shown = fmt.format(value) if isinstance(value, int | float) else "not measured"
+        if key == "top1_agreement" and quality.get("confident_positions") is not None:
+            shown += _confident_top1(quality)
         rows.append(f"| {label} | {shown} |")
     text = "## Quality\n\n" + "\n".join(rows)
     keys = ("corpus", "tokens", "n_ctx", "engine")
@@ -262,6 +264,14 @@ def quality_section(quality: dict[str, Any] | None) -> str:
     if not quality:
         text += "\n\nQuality against the source was not measured for this artifact."
     return text
+
+
+def _confident_top1(quality: dict[str, Any]) -> str:
+    """Where the source's top-1 leads its second by the margin (docs/quality.md)."""
+    count, share = quality["confident_positions"], quality.get("top1_agreement_confident")
+    of = f" of {quality['tokens']:,}" if isinstance(quality.get("tokens"), int) else ""
+    where = f"where the source is confident ({count:,}{of} positions)"
+    return f"; {share:.2%} {where}" if share is not None else f"; none {where}"
 
 
 def checks_section(checks: list[dict[str, Any]]) -> str:

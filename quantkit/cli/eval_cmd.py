@@ -107,9 +107,21 @@ def _render(payload: dict[str, Any]) -> None:
             f"{100 * stats['top1_agreement']:.2f}%",
         )
     console.print_text(table)
+    if payload.get("confident_positions") is not None:
+        console.print_text(_confident(payload))
     gate = payload.get("gate")
     if gate is None:
         console.print_text("no quality gate: pass --quant to check one")
     else:
         style = "green" if gate["passed"] else "bold red"
         console.print_text(f"[{style}]{escape(gate['message'])}[/]")
+
+
+def _confident(payload: dict[str, Any]) -> str:
+    """Top-1 agreement where the source is confident (docs/quality.md), and over how many."""
+    share, count = payload.get("top1_agreement_confident"), payload["confident_positions"]
+    where = (
+        f"where the source is confident (its top-1 ahead of the second by >= "
+        f"{payload.get('confidence_margin', 0.1):g}): {count} of {payload['tokens']} positions"
+    )
+    return f"top-1 {100 * share:.2f}% {where}" if share is not None else f"no top-1 {where}"

@@ -10,6 +10,11 @@ Each quant type has two default gates (docs/quality.md explains the numbers):
 
 A hardware profile's [quality] table overrides the standard gate; on a tiny model each of
 its limits is loosened to the tiny default, since profiles are written for real models.
+
+Top-1 agreement is judged on the positions where the source is confident (its top-1 leads
+the second by quantkit.evaluation.report.CONFIDENCE_MARGIN): elsewhere an argmax flip is
+noise. With fewer than MIN_CONFIDENT_POSITIONS such positions the gate says it cannot judge
+top-1 and does not fail on it; perplexity and KL divergence are judged on every position.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import QuantkitError
 from ..planning.profiles import QualityGate
+from .report import CONFIDENCE_MARGIN
 
 if TYPE_CHECKING:
     from ..planning.profiles import HardwareProfile
 
 TINY_PARAMETERS = 1_000_000_000  # below this, the tiny-model gates apply
+# Fewer confident positions than this and top-1 agreement is not judged: over 200 positions
+# the binomial standard error of a share is at most 0.035 (0.027 near the 0.82 bar).
+MIN_CONFIDENT_POSITIONS = 200
 
 # (quant names) -> (standard gate, tiny gate), as (max_ppl_increase, max_kld, min_top1).
 _GATES: tuple[
@@ -62,9 +71,20 @@ DEFAULT_GATES: dict[str, dict[str, QualityGate]] = _index()
 @dataclass(frozen=True)
 class GateCheck:
     metric: str  # "ppl_increase", "kld_mean", "top1_agreement"
-    value: float
+    value: float | None  # None: nothing to judge it on
     limit: float
-    passed: bool
+    passed: bool  # True when not judged: a gate does not fail on what it cannot judge
+    judged: bool = True
+    over: str = ""  # the positions it was judged on, or why it was not judged
+
+    def describe(self) -> str:
+        if not self.judged:
+            return f"{self.metric} not judged: {self.over}"
+        op = ">=" if self.metric == "top1_agreement" else "<="
+        over = f" {self.over}" if self.over else ""
+        return f"{self.metric} {self.value:.4g} {op} {self.limit:g}{over}" + (
+            "" if self.passed else " FAILED"
+        )
 
 
 @dataclass(frozen=True)
@@ -78,11 +98,7 @@ class GateResult:
 
     @property
     def message(self) -> str:
-        parts = [
-            f"{c.metric} {c.value:.4g} {'<=' if c.metric != 'top1_agreement' else '>='} "
-            f"{c.limit:g}{'' if c.passed else ' FAILED'}"
-            for c in self.checks
-        ]
+        parts = [c.describe() for c in self.checks]
         verdict = "passed" if self.passed else "FAILED"
         return f"quality gate {verdict} ({self.origin}): " + ", ".join(parts)
 
@@ -127,8 +143,10 @@ def check_gate(
     `parameters` (the source's parameter count; default: the report's) picks the size class.
     """
 
-    def field(name: str) -> Any:
-        return report[name] if isinstance(report, dict) else getattr(report, name)
+    def field(name: str, default: Any = None) -> Any:
+        if isinstance(report, dict):
+            return report.get(name, default)
+        return getattr(report, name, default)
 
     name = _known(quant)
     params = parameters if parameters is not None else field("parameters")
@@ -152,15 +170,36 @@ def check_gate(
             origin += f", loosened to the tiny-model default for {name}"
     increase = float(field("ppl_ratio")) - 1.0
     kld = float(field("kld_mean"))
-    top1 = float(field("top1_agreement"))
     checks = (
         GateCheck(
             "ppl_increase", increase, gate.max_ppl_increase, increase <= gate.max_ppl_increase
         ),
         GateCheck("kld_mean", kld, gate.max_kld, kld <= gate.max_kld),
-        GateCheck("top1_agreement", top1, gate.min_top1, top1 >= gate.min_top1),
+        _top1_check(field, gate.min_top1),
     )
     return GateResult(all(c.passed for c in checks), name, klass, gate, origin, checks)
+
+
+def _top1_check(field: Any, limit: float) -> GateCheck:
+    """Top-1 agreement over the source's confident positions; a report made before they
+    were counted (confident_positions missing) is judged on all positions, as it was."""
+    plain = float(field("top1_agreement"))
+    confident = field("confident_positions")
+    if confident is None:
+        return GateCheck("top1_agreement", plain, limit, plain >= limit)
+    tokens = int(field("tokens", 0))
+    margin = float(field("confidence_margin", CONFIDENCE_MARGIN))
+    if confident < MIN_CONFIDENT_POSITIONS:
+        why = (
+            f"{confident:,} of {tokens:,} positions have a confident source (top-1 ahead of "
+            f"the second by >= {margin:g}), {MIN_CONFIDENT_POSITIONS} needed; all positions "
+            f"{plain:.4g}"
+        )
+        value = field("top1_agreement_confident")
+        return GateCheck("top1_agreement", value, limit, True, judged=False, over=why)
+    value = float(field("top1_agreement_confident"))
+    over = f"over {confident:,} confident positions of {tokens:,}"
+    return GateCheck("top1_agreement", value, limit, value >= limit, over=over)
 
 
 def _known(quant: str) -> str:

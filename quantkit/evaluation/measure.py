@@ -15,7 +15,9 @@ The method (docs/quality.md has the full account):
   the tail samples (unbiased). `kld_mean_lower_bound` is the same head with the rest merged
   into one bucket, P(rest) log(P(rest)/Q(rest)): merging outcomes never raises a KL
   divergence, so that figure is a strict lower bound.
-- Top-1 agreement: the share of positions where Q's most likely token is P's.
+- Top-1 agreement: the share of positions where Q's most likely token is P's, over all
+  positions and over those where P's top-1 leads its second by a margin
+  (quantkit.evaluation.report, which builds the QualityReport).
 
 The same figures are reported for the tokens inside assistant turns, `<think>` blocks and
 `<tool_call>` blocks of the corpus's chat samples.
@@ -26,13 +28,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import VerificationError
 from .corpus import (
-    SPAN_NAMES,
     CorpusError,
     TokenStream,
     build_stream,
@@ -49,6 +49,9 @@ from .engines import (
     open_engine,
 )
 from .kl import BLOCK, compress_rows, kl_divergence
+from .report import QualityReport, SpanStats, build_report
+
+__all__ = ["QualityReport", "SpanStats", "TokenizationMismatchError", "evaluate_artifact"]
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,54 +67,6 @@ ProgressFn = Callable[[str, int, int], None]
 
 class TokenizationMismatchError(VerificationError):
     """Source and artifact tokenize the corpus differently: their figures cannot be compared."""
-
-
-@dataclass(frozen=True)
-class SpanStats:
-    tokens: int
-    perplexity: float | None
-    reference_perplexity: float | None
-    kld_mean: float | None
-    kld_p99: float | None
-    top1_agreement: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class QualityReport:
-    artifact: str
-    source: str
-    engine: str  # the artifact's engine: "llama.cpp" or "transformers"
-    engine_detail: str
-    reference_engine: str
-    corpus: str
-    corpus_sha256: str
-    n_ctx: int
-    chunks: int
-    tokens: int  # scored positions (second halves of the chunks)
-    perplexity: float
-    reference_perplexity: float
-    ppl_ratio: float
-    kld_mean: float
-    kld_mean_lower_bound: float  # head + merged rest bucket: never above the exact KLD
-    kld_median: float
-    kld_p99: float
-    kld_max: float
-    top1_agreement: float
-    top_k: int
-    rest_mass_mean: float  # mean P(rest): how much of P the top-k cache leaves out
-    spans: dict[str, SpanStats] = field(default_factory=dict)
-    parameters: int | None = None  # of the source, for the tiny-model gate floor
-    reference_cached: bool = False
-    seconds: float = 0.0
-    tokens_per_second: float = 0.0  # artifact forward pass, all n_ctx tokens of each chunk
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["spans"] = {name: stats.to_dict() for name, stats in self.spans.items()}
-        return data
 
 
 def evaluate_artifact(
@@ -154,7 +109,7 @@ def evaluate_artifact(
     del src
     scores, forward_s = _score_artifact(art, stream, ref, n_ctx, n_chunks, progress)
     parameters = ref.meta.get("parameters")
-    report = _report(
+    report = build_report(
         scores,
         ref,
         artifact=str(art.path),
@@ -307,62 +262,6 @@ def _score_artifact(
         progress(f"evaluating artifact ({engine.name})", n_chunks, n_chunks)
     scores = (nll, kld, kld_lb, top1)
     return tuple(np.concatenate(x) for x in scores), forward
-
-
-def _report(scores, ref: Reference, *, engine: Engine, **info: Any) -> QualityReport:
-    import numpy as np
-
-    nll, kld, kld_lb, top1 = scores
-    ref_nll = -ref.target
-    spans = {}
-    for name, bit in SPAN_NAMES.items():
-        mask = (ref.labels & bit) != 0
-        spans[name] = _span_stats(nll[mask], ref_nll[mask], kld[mask], top1[mask])
-    ppl = float(np.exp(nll.mean()))
-    ref_ppl = float(np.exp(ref_nll.mean()))
-    return QualityReport(
-        artifact=info["artifact"],
-        source=info["source"],
-        engine=engine.name,
-        engine_detail=engine.describe(),
-        reference_engine=str(ref.meta.get("engine")),
-        corpus=info["corpus_name"],
-        corpus_sha256=info["corpus_sha"],
-        n_ctx=info["n_ctx"],
-        chunks=info["n_chunks"],
-        tokens=int(len(nll)),
-        perplexity=ppl,
-        reference_perplexity=ref_ppl,
-        ppl_ratio=ppl / ref_ppl,
-        kld_mean=float(kld.mean()),
-        kld_mean_lower_bound=float(kld_lb.mean()),
-        kld_median=float(np.median(kld)),
-        kld_p99=float(np.percentile(kld, 99)),
-        kld_max=float(kld.max()),
-        top1_agreement=float(top1.mean()),
-        top_k=info["top_k"],
-        rest_mass_mean=float(np.exp(ref.rest).mean()),
-        spans=spans,
-        parameters=info["parameters"],
-        reference_cached=info["cached"],
-        seconds=info["seconds"],
-        tokens_per_second=info["tokens_per_second"],
-    )
-
-
-def _span_stats(nll, ref_nll, kld, top1) -> SpanStats:
-    import numpy as np
-
-    if len(nll) == 0:
-        return SpanStats(0, None, None, None, None, None)
-    return SpanStats(
-        tokens=int(len(nll)),
-        perplexity=float(np.exp(nll.mean())),
-        reference_perplexity=float(np.exp(ref_nll.mean())),
-        kld_mean=float(kld.mean()),
-        kld_p99=float(np.percentile(kld, 99)),
-        top1_agreement=float(top1.mean()),
-    )
 
 
 def _check_same_tokens(src_stream: TokenStream, art_stream: TokenStream, src, art) -> None:

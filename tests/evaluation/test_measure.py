@@ -377,6 +377,15 @@ def test_topk_kld_is_within_tolerance_of_the_exact_full_vocabulary_kld(
     assert report.kld_p99 == pytest.approx(np.percentile(exact, 99), rel=0.05)
     assert report.kld_mean_lower_bound <= exact.mean()
     assert report.rest_mass_mean > 0.03  # the tiny model's P is flat: the tail term matters
+    # the confident positions and their top-1 agreement, from both models' full logits
+    p_logits, q_logits = np.concatenate(direct["hf"]), np.concatenate(direct["gguf"])
+    p = np.exp(p_logits - np.logaddexp.reduce(p_logits.astype(np.float64), axis=1)[:, None])
+    top2 = np.sort(p, axis=1)[:, -2:]
+    confident = top2[:, 1] - top2[:, 0] >= report.confidence_margin
+    agree = p_logits.argmax(axis=1) == q_logits.argmax(axis=1)
+    assert report.confident_positions == pytest.approx(confident.sum(), abs=1)
+    assert report.top1_agreement_confident == pytest.approx(agree[confident].mean(), abs=0.005)
+    assert report.top1_agreement == pytest.approx(agree.mean(), abs=0.005)
 
 
 # --- the quant types ----------------------------------------------------------------------------
@@ -407,6 +416,22 @@ def test_span_figures_and_the_tiny_model_gates(reports) -> None:
         assert check_gate(reports[quant], quant).passed, check_gate(reports[quant], quant).message
     assert check_gate(reports["Q4_K_M"], "Q4_K_M").size_class == "tiny"
     assert not check_gate(reports["Q4_0"], "Q8_0").passed
+
+
+@pytest.mark.slow
+def test_top1_agreement_where_the_source_is_confident(reports) -> None:
+    """The confident positions are the source's: the same for every quant. There a trained
+    model's quants agree more often than over all positions, and the order is kept."""
+    counts = {reports[q].confident_positions for q in QUANTS}
+    assert len(counts) == 1 and 200 < counts.pop() < reports["BF16"].tokens
+    confident = {q: reports[q].top1_agreement_confident for q in QUANTS}
+    assert confident["BF16"] > 0.99 and confident["Q8_0"] > 0.99
+    assert confident["Q8_0"] > confident["Q4_K_M"] > confident["Q4_0"], confident
+    for quant in ("Q8_0", "Q4_K_M", "Q4_0"):
+        assert confident[quant] > reports[quant].top1_agreement, quant
+    spans = reports["Q4_K_M"].spans
+    assert 0 < spans["assistant"].confident_positions <= spans["assistant"].tokens
+    assert json.loads(json.dumps(reports["Q4_K_M"].to_dict()))["confident_positions"] > 200
 
 
 @pytest.mark.slow
