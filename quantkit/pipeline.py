@@ -11,7 +11,10 @@ renamed `<out>.quarantine/`.
 
 from __future__ import annotations
 
+import errno
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +27,10 @@ from .backends.safetensors.options import GPTQOptions, SafetensorsOptions
 from .calibration.options import CalibrationOptions
 from .disk.atomic import building_folder
 from .disk.atomic import quarantine as quarantine_folder
-from .errors import QualityGateError, VerificationError
+from .errors import DiskSpaceError, QualityGateError, VerificationError
 from .evaluation.options import EvalOptions
 from .planning.target import Target, resolve_target
+from .runtime.interrupts import raise_if_interrupted
 from .source.model import SourceModel, load_source
 from .source.structure import check_structure
 
@@ -117,9 +121,11 @@ def convert(
         from .hub.publish import check_push_access
 
         check_push_access(push_to)
-    with building_folder(out_dir, replace=False) as work:
-        built = backend.build(source, work, progress)
+    with _disk_full_is_a_disk_error(out_dir), building_folder(out_dir, replace=False) as work:
+        built = backend.build(source, work, _interruptible(progress))
+        raise_if_interrupted()
         checks = [c.to_dict() for c in artifact_checks(built, source)] if verify else []
+        raise_if_interrupted()
         manifest = build_manifest(
             source=source_record(source, str(model)),
             target={"format": target.format, "quant": target.quant, "profile": target.profile},
@@ -141,11 +147,38 @@ def convert(
             if evaluation.gate and not gate_result.passed:
                 _stop_on_failed_gate(gate_result, work, out_dir)
         _write_card(work)
+        raise_if_interrupted()  # the last chance: after this the folder is renamed into place
     published = _publish(out_dir, push_to, source) if push_to else None
     return ConvertResult(
         out_dir, target, source, plan, built.files, checks, estimate, published=published,
         quality=quality,
     )  # fmt: skip
+
+
+def _interruptible(progress: ProgressFn | None) -> ProgressFn:
+    """Every progress step is a safe point where a swallowed Ctrl-C is raised again."""
+
+    def step(stage: str, done: int, total: int) -> None:
+        raise_if_interrupted()
+        if progress is not None:
+            progress(stage, done, total)
+
+    return step
+
+
+@contextmanager
+def _disk_full_is_a_disk_error(out_dir: Path) -> Iterator[None]:
+    """A write that fails for lack of space (or a file-size limit) is a DiskSpaceError with
+    one line, after building_folder has removed the partial folder."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        raise DiskSpaceError(
+            f"Writing {out_dir} failed: {exc.strerror}; nothing was left behind.",
+            hint="Free some space or choose an --out folder on a larger disk.",
+        ) from exc
 
 
 def artifact_checks(built: BackendResult, source: SourceModel) -> list[Check]:

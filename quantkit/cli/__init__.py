@@ -76,6 +76,9 @@ _register_commands()
 
 
 def main() -> None:
+    from ..runtime import interrupts
+
+    interrupts.install()  # a Ctrl-C swallowed inside a C callback is raised again later
     try:
         status = app(standalone_mode=False)
     except QuantkitError as exc:

@@ -7,30 +7,20 @@ calls `silence_llama_cpp()` first, so the CLI's own output is not drowned in loa
 from __future__ import annotations
 
 import logging
-import threading
 
-_LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+from .interrupts import entering_callback, leaving_callback, note_swallowed
+
+# ggml.h's enum ggml_log_level (the vendored llama.cpp's; llama-cpp-python's _logger.py
+# comment lists an older order): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _llama_log = logging.getLogger("quantkit.llama_cpp")
 _callback = None  # kept alive: llama.cpp holds a raw pointer to it
-_main = threading.local()  # .depth > 0 while the main thread is in our log callback
-_RETRY_S = 0.05
+_last_error = [""]  # llama.cpp's last error-level message: failures are told only there
 
 
-def _redeliver_interrupt() -> None:
-    """Ctrl-C that lands while llama.cpp is inside our log callback would be swallowed by
-    ctypes (an exception cannot cross the C frames), and the convert would go on as if
-    nothing happened. Deliver it again as soon as Python code outside the callback runs."""
-    import signal
-
-    def deliver(_signum, _frame) -> None:
-        if getattr(_main, "depth", 0):
-            signal.setitimer(signal.ITIMER_REAL, _RETRY_S)  # still inside: try again soon
-            return
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, deliver)
-    signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
+def last_error() -> str:
+    """llama.cpp's last error-level log line ('' if none), e.g. why a write failed."""
+    return _last_error[0]
 
 
 def silence_llama_cpp() -> None:
@@ -47,20 +37,21 @@ def silence_llama_cpp() -> None:
     last_level = [logging.DEBUG]
 
     def forward(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-        # Level 5 continues the previous message. llama.cpp reports expected events such as
-        # K-quant fallbacks at its error level; failures reach us as return codes, so its
-        # log is detail, shown at INFO at most (-v).
-        # Only the main thread runs Python signal handlers, so only its depth matters.
-        _main.depth = getattr(_main, "depth", 0) + 1
+        # Level 5 continues the previous message. Failures reach us as return codes and
+        # their reason as an error-level line (kept for the error message); the log itself
+        # is detail, shown at INFO at most (-v).
+        entering_callback()
         try:
             py_level = last_level[0] if level == 5 else _LEVELS.get(level, logging.DEBUG)
             last_level[0] = py_level
             message = text.decode(errors="replace").rstrip()
+            if py_level >= logging.ERROR and message:
+                _last_error[0] = message
             _llama_log.log(min(py_level, logging.INFO), "%s", message)
         except KeyboardInterrupt:
-            _redeliver_interrupt()
+            note_swallowed()  # raised again once llama.cpp returns (runtime/interrupts.py)
         finally:
-            _main.depth -= 1
+            leaving_callback()
 
     _callback = llama_cpp.llama_log_callback(forward)
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))

@@ -371,15 +371,6 @@ def interrupt_convert(demo_model: Path, out: Path) -> tuple[int, str]:
     return proc.returncode, stderr
 
 
-# Known bug, seen only on the first run in a fresh clone: the Ctrl-C is sometimes lost and
-# the convert finishes with exit 0 (the closing note of issues #3/#8 has the details).
-_CTRL_C_SOMETIMES_LOST = pytest.mark.xfail(
-    reason="a Ctrl-C is sometimes swallowed on a cold first run (ctypes callbacks); see notes",
-    strict=False,
-)
-
-
-@_CTRL_C_SOMETIMES_LOST
 def test_interrupt_while_writing_leaves_nothing(demo_model: Path, tmp_path: Path) -> None:
     """Ctrl-C in the middle of writing the GGUF: no OUT, no OUT.partial."""
     out = tmp_path / "out"
@@ -418,7 +409,6 @@ def test_ctrl_c_inside_llama_cpp_log_callback_is_not_lost() -> None:
         logger.setLevel(saved_level)
 
 
-@_CTRL_C_SOMETIMES_LOST
 def test_interrupt_exits_130_with_a_message(demo_model: Path, tmp_path: Path) -> None:
     returncode, stderr = interrupt_convert(demo_model, tmp_path / "out")
     assert returncode == 130, stderr[-2000:]

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConversionError, ImatrixError, require
+from ...errors import ConversionError, DiskSpaceError, ImatrixError, require
 
 # The keys llama-quantize writes when it is given an imatrix (tools/quantize/quantize.cpp).
 from ...formats.gguf_keys import (
@@ -23,7 +23,8 @@ from ...formats.gguf_keys import (
     QUANTIZE_IMATRIX_FILE,
 )
 from ...formats.quants import gguf_quant
-from ...runtime.llama_cpp import silence_llama_cpp
+from ...runtime.interrupts import raise_if_interrupted
+from ...runtime.llama_cpp import last_error, silence_llama_cpp
 
 if TYPE_CHECKING:
     from .imatrix.matrix import Imatrix
@@ -60,11 +61,48 @@ def quantize_gguf(
     log.info("llama.cpp: quantizing %s -> %s (%s%s)", src.name, dst.name, spec.name,
              ", with an importance matrix" if imatrix is not None else "")  # fmt: skip
     status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    failed_errno = _c_errno() if status != 0 else 0  # read first: later calls may reset it
+    raise_if_interrupted()  # a Ctrl-C during quantization lands in llama.cpp's log callback
     if status != 0 or not dst.is_file():
-        raise ConversionError(
-            f"llama.cpp could not quantize {src.name} to {spec.name} (status {status}).",
-            hint="Run with QUANTKIT_DEBUG=1 to see llama.cpp's log.",
+        _raise_quantize_failure(src, dst, spec.name, status, failed_errno)
+
+
+def _raise_quantize_failure(
+    src: Path, dst: Path, quant: str, status: int, failed_errno: int
+) -> None:
+    """llama.cpp reports a failed write (disk full, file size limit) only in its log:
+    say so in the error, as a disk error when the disk is the reason."""
+    import errno
+    import shutil
+
+    detail = last_error()
+    free = shutil.disk_usage(dst.parent).free
+    full = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    # llama.cpp's C++ streams say only "iostream error"; the C library's errno, read as the
+    # call returned, still holds why the last write failed.
+    if failed_errno in full or free < src.stat().st_size // 4:
+        detail = os.strerror(failed_errno) if failed_errno in full else detail
+        raise DiskSpaceError(
+            f"llama.cpp could not write {dst.name} ({detail or 'write failed'}; "
+            f"{free / 1e9:.2f} GB free in {dst.parent}).",
+            hint="Free some space or choose an --out folder on a larger disk.",
         )
+    raise ConversionError(
+        f"llama.cpp could not quantize {src.name} to {quant} (status {status}"
+        + (f": {detail})." if detail else ")."),
+        hint="Run with QUANTKIT_DEBUG=1 to see llama.cpp's log.",
+    )
+
+
+def _c_errno() -> int:
+    import ctypes
+
+    try:
+        location = ctypes.CDLL(None).__errno_location
+    except (AttributeError, OSError):  # not glibc: no errno to read
+        return 0
+    location.restype = ctypes.POINTER(ctypes.c_int)  # a pointer, not ctypes' default int
+    return location().contents.value
 
 
 def _imatrix_params(llama_cpp: Any, imatrix: Imatrix, file: str, keep: list[Any]):
