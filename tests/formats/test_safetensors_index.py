@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.broken_models import linked_copy, raw_header, write_laid_out, write_sparse
+from support.broken_models import (
+    convert_refused,
+    linked_copy,
+    raw_header,
+    write_laid_out,
+    write_sparse,
+)
 
-import quantkit
 from quantkit.errors import SourceModelError
-from quantkit.evaluation.options import EvalOptions
 from quantkit.formats.safetensors_index import DTYPE_BITS, read_header, shard_files
 from quantkit.source.model import load_source
 
-NO_EVAL = EvalOptions(enabled=False)
 EMBED = "model.embed_tokens.weight"
 NORM0 = "model.layers.0.input_layernorm.weight"  # the tensor laid out right after EMBED
 
@@ -30,18 +33,6 @@ NORM0 = "model.layers.0.input_layernorm.weight"  # the tensor laid out right aft
 @pytest.fixture
 def demo_copy(demo_model: Path, tmp_path: Path) -> Path:
     return linked_copy(demo_model, tmp_path / "model")
-
-
-def _convert_refused(model: Path, tmp_path: Path, *needles: str) -> str:
-    out = tmp_path / "out"
-    with pytest.raises(SourceModelError) as info:
-        quantkit.convert(model, out=out, format="gguf", quant="Q8_0", evaluation=NO_EVAL)
-    message = str(info.value)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    for suffix in ("", ".partial", ".quarantine"):
-        assert not out.with_name(out.name + suffix).exists()
-    return message
 
 
 def _data_bytes(header: dict[str, Any]) -> int:
@@ -186,7 +177,7 @@ def test_overlapping_tensors_refuse_the_convert(demo_copy: Path, tmp_path: Path)
     data = _data_bytes(header)
     _overlap(header)
     write_sparse(shard, header, data)
-    _convert_refused(demo_copy, tmp_path, str(shard), f"tensor {NORM0}", f"overlaps {EMBED}")
+    convert_refused(demo_copy, tmp_path, str(shard), f"tensor {NORM0}", f"overlaps {EMBED}")
 
 
 def test_wrong_byte_length_in_a_second_shard(llama31_model: Path, tmp_path: Path) -> None:
@@ -200,7 +191,7 @@ def test_wrong_byte_length_in_a_second_shard(llama31_model: Path, tmp_path: Path
     with pytest.raises(SourceModelError) as info:
         load_source(folder)
     assert str(shard) in str(info.value) and f"tensor {name}" in str(info.value)
-    _convert_refused(folder, tmp_path, shard.name, f"tensor {name}")
+    convert_refused(folder, tmp_path, shard.name, f"tensor {name}")
 
 
 def test_unknown_dtype_refuses_the_convert(demo_copy: Path, tmp_path: Path) -> None:
@@ -209,14 +200,14 @@ def test_unknown_dtype_refuses_the_convert(demo_copy: Path, tmp_path: Path) -> N
     data = _data_bytes(header)
     header[NORM0]["dtype"] = "Q4_K"
     write_sparse(shard, header, data)
-    _convert_refused(demo_copy, tmp_path, f"tensor {NORM0} has dtype 'Q4_K'")
+    convert_refused(demo_copy, tmp_path, f"tensor {NORM0} has dtype 'Q4_K'")
 
 
 def test_absurd_header_length_refuses_the_convert(demo_copy: Path, tmp_path: Path) -> None:
     shard = demo_copy / "model.safetensors"
     shard.unlink()
     shard.write_bytes(struct.pack("<Q", 10**12) + b"{}")
-    _convert_refused(demo_copy, tmp_path, "safetensors allows at most 100000000")
+    convert_refused(demo_copy, tmp_path, "safetensors allows at most 100000000")
 
 
 # --- the index --------------------------------------------------------------------------------

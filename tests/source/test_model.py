@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from support import REPO_ROOT
+from support.broken_models import linked_copy
 
 from quantkit.errors import (
     QuantkitError,
@@ -32,22 +33,6 @@ LLAMA31_ROPE = RopeSettings(
     high_freq_factor=4.0,
     original_max_position_embeddings=8192,
 )
-
-
-def _linked_copy(source: Path, dest: Path, *, skip: tuple[str, ...] = ()) -> Path:
-    """A model folder whose weights are symlinks to `source`'s and whose other files are
-    copies, so a test can edit them."""
-    dest.mkdir()
-    for path in source.iterdir():
-        if path.name in skip:
-            continue
-        if path.suffix == ".safetensors":
-            (dest / path.name).symlink_to(path.resolve())
-        elif path.is_dir():
-            shutil.copytree(path, dest / path.name)
-        else:
-            shutil.copy2(path, dest / path.name)
-    return dest
 
 
 def _edit_config(folder: Path, **changes: Any) -> None:
@@ -217,14 +202,14 @@ def test_source_model_carries_the_templates(llama31_model: Path, qwen3_model: Pa
 
 
 def test_missing_config_json(llama31_model: Path, tmp_path: Path) -> None:
-    folder = _linked_copy(llama31_model, tmp_path / "m", skip=("config.json",))
+    folder = linked_copy(llama31_model, tmp_path / "m", skip=("config.json",))
     with pytest.raises(SourceModelError, match="has no config.json") as info:
         load_source(folder)
     assert "Hugging Face model" in (info.value.hint or "")
 
 
 def test_invalid_config_json_says_what_to_do(llama31_model: Path, tmp_path: Path) -> None:
-    folder = _linked_copy(llama31_model, tmp_path / "m")
+    folder = linked_copy(llama31_model, tmp_path / "m")
     (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
     with pytest.raises(SourceModelError, match="is not valid JSON") as info:
         load_source(folder)
@@ -232,14 +217,14 @@ def test_invalid_config_json_says_what_to_do(llama31_model: Path, tmp_path: Path
 
 
 def test_invalid_config_json_is_a_source_error(llama31_model: Path, tmp_path: Path) -> None:
-    folder = _linked_copy(llama31_model, tmp_path / "m")
+    folder = linked_copy(llama31_model, tmp_path / "m")
     (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
     with pytest.raises(SourceModelError, match=r"config\.json is not valid JSON"):
         load_source(folder)
 
 
 def test_truncated_shard(llama31_model: Path, tmp_path: Path) -> None:
-    folder = _linked_copy(llama31_model, tmp_path / "m")
+    folder = linked_copy(llama31_model, tmp_path / "m")
     shard = folder / "model-00002-of-00002.safetensors"
     head = (llama31_model / shard.name).open("rb").read(1 << 20)  # the first MiB only
     shard.unlink()
@@ -251,7 +236,7 @@ def test_truncated_shard(llama31_model: Path, tmp_path: Path) -> None:
 
 
 def test_shard_cut_inside_its_header(llama31_model: Path, tmp_path: Path) -> None:
-    folder = _linked_copy(llama31_model, tmp_path / "m")
+    folder = linked_copy(llama31_model, tmp_path / "m")
     shard = folder / "model-00001-of-00002.safetensors"
     head = (llama31_model / shard.name).open("rb").read(100)
     shard.unlink()
@@ -261,14 +246,14 @@ def test_shard_cut_inside_its_header(llama31_model: Path, tmp_path: Path) -> Non
 
 
 def test_missing_shard_named_by_the_index(llama31_model: Path, tmp_path: Path) -> None:
-    folder = _linked_copy(llama31_model, tmp_path / "m", skip=("model-00002-of-00002.safetensors",))
+    folder = linked_copy(llama31_model, tmp_path / "m", skip=("model-00002-of-00002.safetensors",))
     with pytest.raises(SourceModelError, match="model-00002-of-00002.safetensors") as info:
         load_source(folder)
     assert "all shards" in str(info.value)
 
 
 def test_remote_code_needs_opt_in(llama31_model: Path, tmp_path: Path) -> None:
-    folder = _linked_copy(llama31_model, tmp_path / "m")
+    folder = linked_copy(llama31_model, tmp_path / "m")
     _edit_config(folder, auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})
     with pytest.raises(UnsafeSourceError, match="remote code") as info:
         load_source(folder)
@@ -279,7 +264,7 @@ def test_remote_code_needs_opt_in(llama31_model: Path, tmp_path: Path) -> None:
 def _pickle_only_copy(llama31_model: Path, dest: Path) -> Path:
     shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
               "model.safetensors.index.json")  # fmt: skip
-    folder = _linked_copy(llama31_model, dest, skip=shards)
+    folder = linked_copy(llama31_model, dest, skip=shards)
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     return folder
 
@@ -305,7 +290,7 @@ def test_corrupt_pickle_with_opt_in_is_a_source_error(
 
 
 def test_unknown_architecture(llama31_model: Path, tmp_path: Path) -> None:
-    folder = _linked_copy(llama31_model, tmp_path / "m")
+    folder = linked_copy(llama31_model, tmp_path / "m")
     _edit_config(folder, architectures=["GPTNeoXForCausalLM"])
     with pytest.raises(UnsupportedArchitectureError, match="GPTNeoXForCausalLM") as info:
         load_source(folder)

@@ -14,34 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.broken_models import edit_json, edit_shard, linked_copy, raw_header
+from support.broken_models import convert_refused, edit_json, edit_shard, linked_copy, raw_header
 from support.cli_runner import run_cli
 
 import quantkit
 from quantkit.errors import SourceModelError
-from quantkit.evaluation.options import EvalOptions
 from quantkit.planning.model_spec import derived_tensors as planner_list
 from quantkit.source.model import load_source
 from quantkit.source.structure import check_structure, derived_tensors, expected_shapes
 
-NO_EVAL = EvalOptions(enabled=False)
 DEMO_SHARD = "model.safetensors"
 LLAMA_SHARD1, LLAMA_SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 K0 = "model.layers.0.self_attn.k_proj.weight"
-
-
-def convert_refused(model: Path, tmp_path: Path, *needles: str) -> str:
-    """convert() fails with a SourceModelError whose message holds every needle, and
-    leaves nothing at --out."""
-    out = tmp_path / "out"
-    with pytest.raises(SourceModelError) as info:
-        quantkit.convert(model, out=out, format="gguf", quant="Q8_0", evaluation=NO_EVAL)
-    message = str(info.value)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    for suffix in ("", ".partial", ".quarantine"):
-        assert not out.with_name(out.name + suffix).exists(), f"out{suffix} was left"
-    return message
 
 
 @pytest.fixture

@@ -18,6 +18,11 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import quantkit
+from quantkit.errors import SourceModelError
+from quantkit.evaluation.options import EvalOptions
 from quantkit.formats.safetensors_index import DTYPE_BITS
 
 
@@ -84,3 +89,19 @@ def edit_shard(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
     header = raw_header(path)
     edit(header)
     return write_laid_out(path, header)
+
+
+def convert_refused(model: Path, tmp_path: Path, *needles: str) -> str:
+    """convert() fails with a SourceModelError whose message holds every needle, and
+    leaves nothing at --out."""
+    out = tmp_path / "out"
+    with pytest.raises(SourceModelError) as info:
+        quantkit.convert(
+            model, out=out, format="gguf", quant="Q8_0", evaluation=EvalOptions(enabled=False)
+        )
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    for suffix in ("", ".partial", ".quarantine"):
+        assert not out.with_name(out.name + suffix).exists(), f"out{suffix} was left"
+    return message

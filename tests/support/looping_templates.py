@@ -4,8 +4,9 @@ render-limit tests (quantkit.formats.template_limits) of inspect and convert."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+
+from support.broken_models import linked_copy
 
 # 10**10 empty iterations: hours without a time limit.
 LOOPS = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
@@ -18,14 +19,7 @@ FLOODS = (
 def looping_model(model: Path, dest: Path) -> Path:
     """`model` (the demo folder) copied to `dest`, weights symlinked, with LOOPS as its
     default chat template and FLOODS as its tool_use template, everywhere they are stored."""
-    dest.mkdir(parents=True)
-    for path in model.iterdir():
-        if path.suffix == ".safetensors":
-            (dest / path.name).symlink_to(path.resolve())
-        elif path.is_dir():
-            shutil.copytree(path, dest / path.name)
-        else:
-            shutil.copy2(path, dest / path.name)
+    linked_copy(model, dest)
     templates = {"default": LOOPS, "tool_use": FLOODS}
     (dest / "chat_template.jinja").write_text(LOOPS, encoding="utf-8")
     extra = dest / "additional_chat_templates"

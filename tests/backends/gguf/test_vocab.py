@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.broken_models import linked_copy
 from support.gguf_reader import read_gguf
 
 from quantkit.backends.gguf import vocab as vocab_module
@@ -334,14 +335,7 @@ def test_pre_tokenizer_is_detected(
 
 def _with_whitespace_pre_tokenizer(source: Path, dest: Path) -> Path:
     """A copy of a model folder (weights linked) whose pre-tokenizer splits on whitespace."""
-    dest.mkdir()
-    for path in source.iterdir():
-        if path.suffix == ".safetensors":
-            (dest / path.name).symlink_to(path.resolve())
-        elif path.is_dir():
-            shutil.copytree(path, dest / path.name)
-        else:
-            shutil.copy2(path, dest / path.name)
+    linked_copy(source, dest)
     data = json.loads((dest / "tokenizer.json").read_text(encoding="utf-8"))
     data["pre_tokenizer"] = {"type": "Whitespace"}
     (dest / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
