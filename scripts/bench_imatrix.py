@@ -60,17 +60,17 @@ def measure(path: Path, source: Any) -> tuple[Any, Any]:
     import quantkit.evaluation.measure as ev
 
     kept: list = []
-    original = ev._report
+    original = ev.build_report
 
     def keep(scores, ref, **info):
         kept.append(scores)
         return original(scores, ref, **info)
 
-    ev._report = keep
+    ev.build_report = keep
     try:
         report = ev.evaluate_artifact(path, source)
     finally:
-        ev._report = original
+        ev.build_report = original
     return report, kept[0]
 
 

@@ -48,7 +48,7 @@ def _measure(model: Path, folder: Path, max_chunks: int | None = None) -> dict:
                                 chunk_size=CHUNK_SIZE, seed=0)  # fmt: skip
     imatrix = compute_imatrix(bf16, data)
     captured: list = []
-    original = evaluate_module._report
+    original = evaluate_module.build_report
 
     def keep_scores(scores, ref, **info):
         captured.append(scores)
@@ -56,7 +56,7 @@ def _measure(model: Path, folder: Path, max_chunks: int | None = None) -> dict:
 
     results: dict = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluate_module, "_report", keep_scores)
+        mp.setattr(evaluate_module, "build_report", keep_scores)
         for quant in QUANTS:
             for label, matrix in (("without", None), ("with", imatrix)):
                 path = folder / f"{quant}-{label}.gguf"
