@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..formats.tokens import HERMES_TAGS
+from ..source.model import hub_cache_identity
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,12 @@ def resolve_base_model(manifest: dict[str, Any]) -> str | None:
     if source.get("repo_id"):
         return source["repo_id"]
     requested = str(source.get("requested") or "")
-    snapshot = re.search(r"models--([^/]+)--([^/]+)/snapshots/", requested)
-    if snapshot:
-        return f"{snapshot[1]}/{snapshot[2]}"
+    if not requested:
+        return None
+    # Manifests written before convert recorded a cache snapshot's repo id name it only here.
+    snapshot_repo, _ = hub_cache_identity(Path(requested).expanduser())
+    if snapshot_repo:
+        return snapshot_repo
     config = Path(requested).expanduser() / "config.json"
     if config.is_file():
         try:

@@ -17,8 +17,9 @@ import typer
 from ..errors import QuantkitError
 from ..version import __version__
 from . import console
+from .options import App
 
-app = typer.Typer(
+app = App(
     name="quantkit",
     help="Quantize Hermes-family chat models for your hardware, with their special tokens, "
     "chat templates and quality checked.",

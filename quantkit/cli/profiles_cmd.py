@@ -6,30 +6,37 @@ import typer
 
 from ..planning.profiles import HardwareProfile, list_profiles, profiles_dir
 from . import console
-from .options import JsonFlag
+from .options import JsonFlag, QuietFlag
 
 
 def register(app: typer.Typer) -> None:
     app.command("profiles", help="List the hardware profiles (profiles/*.toml).")(profiles)
 
 
+_COLUMNS = (
+    console.Col("name", keep=True),  # what -p takes: never wrapped
+    console.Col("hardware"),
+    console.Col("memory"),
+    console.Col("FP8"),
+    console.Col("format"),
+    console.Col("runtime"),
+    console.Col("parallel"),
+)
+
+
 def profiles(
     json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ) -> None:
+    console.configure(json_mode=json_out, quiet=quiet)
     found = list_profiles()
     if json_out:
-        console.configure(json_mode=True)
         console.print_json(
             {"profiles_dir": str(profiles_dir()), "profiles": [profile_dict(p) for p in found]}
         )
         return
-    from rich.table import Table
-
-    table = Table(title=f"Hardware profiles ({profiles_dir()})")
-    for column in ("name", "hardware", "memory", "FP8", "format", "runtime", "parallel"):
-        table.add_column(column)
-    for p in found:
-        table.add_row(
+    rows = [
+        (
             p.name,
             f"{p.device_count}x {p.device}" if p.device_count > 1 else p.device,
             f"{p.memory_gib:g} GiB x {p.usable_fraction:g}",
@@ -38,7 +45,9 @@ def profiles(
             p.runtime,
             f"TP {p.tensor_parallel} x PP {p.pipeline_parallel}",
         )
-    console.print_text(table)
+        for p in found
+    ]
+    console.print_table(_COLUMNS, rows, title=f"Hardware profiles ({profiles_dir()})")
 
 
 def profile_dict(p: HardwareProfile) -> dict:

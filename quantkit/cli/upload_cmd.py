@@ -79,7 +79,6 @@ def upload_command(
 
 def _render(payload: dict[str, Any]) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     head = "dry run: would upload" if payload["dry_run"] else "uploaded"
     where = payload["revision"]
@@ -89,16 +88,16 @@ def _render(payload: dict[str, Any]) -> None:
         console.print_text(
             f"{verb} {escape(split['file'])} into {len(split['shards'])} shards (Hub limit 50 GB)"
         )
-    table = Table()
-    columns = ("file", "size", "sha256") + (() if payload["dry_run"] else ("LFS",))
-    for column in columns:
-        table.add_column(column)
+    columns = [console.Col("file", keep=True), console.Col("size", justify="right")]
+    columns += [console.Col("sha256", keep=True)]
+    columns += [] if payload["dry_run"] else [console.Col("LFS", keep=True)]
+    rows = []
     for f in payload["files"]:
         row = [escape(f["name"]), _size(f["bytes"]), (f.get("sha256") or "")[:16] or "-"]
         if not payload["dry_run"]:
             row.append("yes" if f.get("lfs") else "no")
-        table.add_row(*row)
-    console.print_text(table)
+        rows.append(row)
+    console.print_table(columns, rows)
     if payload["card"]:
         console.print_text(f"model card: {escape(payload['card'])}")
     if payload["modelfile"]:
@@ -121,4 +120,6 @@ def _render(payload: dict[str, Any]) -> None:
 
 
 def _size(n: int) -> str:
-    return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
+    if n >= 1e9:
+        return f"{n / 1e9:,.2f} GB"
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"  # not "0.0 MB"

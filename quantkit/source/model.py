@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ class SourceModel:
     tensors: tuple[TensorInfo, ...] = field(repr=False)
     tokenizer: TokenizerBundle | None = field(repr=False)
     repo_id: str | None = None
-    revision: str | None = None  # Hub commit sha when fetched from the Hub
+    revision: str | None = None  # Hub commit sha: fetched from the Hub or a cache snapshot
     content_hash: str = ""  # sha256 over config + tensor headers + tokenizer files
 
     @property
@@ -212,13 +213,40 @@ def _resolve_folder(
                 f"{path} is a file, not a model folder.",
                 hint="Pass the folder that holds config.json and the safetensors files.",
             )
-        return path, None, None
+        return (path, *hub_cache_identity(path))
     if model.count("/") == 1 and not model.startswith((".", "/", "~")):
         return _download_from_hub(model, revision, allow_pickle)
     raise SourceModelError(
         f"{model} is neither an existing folder nor a Hub repo id (owner/name).",
         hint="Check the path, or pass a repo id such as NousResearch/Hermes-3-Llama-3.1-8B.",
     )
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_cache_identity(folder: Path) -> tuple[str | None, str | None]:
+    """(repo id, commit) of a Hugging Face cache snapshot folder
+    (.../models--OWNER--NAME/snapshots/<commit>), else (None, None).
+
+    huggingface_hub names these folders after exactly that repo and commit, so a user who
+    passes the snapshot path gets the same provenance in the manifest and card (base_model)
+    as one who passes the repo id. Checked on the path as given and with links resolved, as
+    people often reach the cache through a link.
+    """
+    for candidate in (folder.absolute(), folder.resolve()):
+        parts = candidate.parts
+        if (
+            len(parts) >= 3
+            and parts[-2] == "snapshots"
+            and parts[-3].startswith("models--")
+            and _COMMIT.match(parts[-1])
+        ):
+            # The Hub forbids "--" in names, so the first "--" is the owner/name separator.
+            repo_id = parts[-3].removeprefix("models--").replace("--", "/", 1)
+            if repo_id:
+                return repo_id, parts[-1]
+    return None, None
 
 
 def _download_from_hub(

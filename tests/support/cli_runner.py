@@ -17,9 +17,12 @@ def _no_eval(args: tuple[object, ...]) -> tuple[object, ...]:
 
 
 def run_cli(
-    *args: object, timeout: int = 300, columns: int = 100
+    *args: object, timeout: int = 300, columns: int | None = 100
 ) -> subprocess.CompletedProcess[str]:
+    """columns=None: no COLUMNS at all, as in a pipe or a CI log."""
     env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
+    if columns is None:
+        del env["COLUMNS"]
     env.pop("QUANTKIT_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "quantkit", *map(str, _no_eval(args))],
