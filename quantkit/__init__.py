@@ -9,7 +9,7 @@ Public API: the library's own functions, imported on first use (PEP 562) so that
     upload(artifact_dir, repo_id, ...)            -> PublishResult  (quantkit.hub.publish)
     load_source(model)                            -> SourceModel    (quantkit.source.model)
 and the option objects `convert` takes: CalibrationOptions, GGUFOptions, GPTQOptions,
-SafetensorsOptions, EvalOptions.
+SafetensorsOptions, MLXOptions, EvalOptions.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ _PUBLIC = {
     "GGUFOptions": ("quantkit.backends.gguf.options", "GGUFOptions"),
     "GPTQOptions": ("quantkit.backends.safetensors.options", "GPTQOptions"),
     "SafetensorsOptions": ("quantkit.backends.safetensors.options", "SafetensorsOptions"),
+    "MLXOptions": ("quantkit.backends.mlx.options", "MLXOptions"),
     "EvalOptions": ("quantkit.evaluation.options", "EvalOptions"),
 }
 

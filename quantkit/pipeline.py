@@ -23,6 +23,7 @@ from .artifact.manifest import build_manifest, source_record, write_manifest
 from .artifact.output_dir import DISK_MARGIN, check_disk_space, check_output_path
 from .backends import BackendResult, BuildOptions, ProgressFn, backend_for
 from .backends.gguf.options import GGUFOptions
+from .backends.mlx.options import MLXOptions
 from .backends.safetensors.options import GPTQOptions, SafetensorsOptions
 from .calibration.options import CalibrationOptions
 from .disk.atomic import building_folder
@@ -87,6 +88,7 @@ def convert(
     gguf: GGUFOptions | None = None,
     gptq: GPTQOptions | None = None,
     safetensors: SafetensorsOptions | None = None,
+    mlx: MLXOptions | None = None,
     evaluation: EvalOptions | None = None,
     verify: bool = True,
     force: bool = False,
@@ -105,6 +107,7 @@ def convert(
     backend = backend_for(target, hardware, BuildOptions(
         calibration or CalibrationOptions(), gguf or GGUFOptions(), gptq or GPTQOptions(),
         safetensors or SafetensorsOptions(), force=force, verify=verify,
+        mlx=mlx or MLXOptions(),
     ))  # fmt: skip
     check_output_path(out_dir, model)
     source = load_source(

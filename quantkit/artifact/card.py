@@ -33,7 +33,9 @@ _FORMAT_TAGS = {
     "fp8": ["fp8", "compressed-tensors", "safetensors"],
     "gptq": ["gptq", "4-bit", "compressed-tensors", "safetensors"],
     "safetensors": ["safetensors"],
+    "mlx": ["mlx", "safetensors"],
 }
+_LIBRARY = {"gguf": "gguf", "mlx": "mlx"}  # the rest: transformers
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,9 @@ def card_metadata(
         if source_meta.get(key):
             meta[key] = source_meta[key]
     tags = ["quantkit", *_FORMAT_TAGS.get(fmt, [fmt])]
+    quant = str(manifest["target"].get("quant") or "")
+    if fmt == "mlx" and quant.lower().endswith("bit"):
+        tags.append(f"{quant.lower()[:-3]}-bit")  # mlx-community's 4-bit / 8-bit tags
     kind = template_format(facts.templates.get("default"))
     if kind:
         tags.append({"chatml": "chatml", "llama3": "llama-3"}[kind])
@@ -122,7 +127,7 @@ def card_metadata(
         tags.append("reasoning")
     meta["tags"] = tags
     meta["pipeline_tag"] = "text-generation"
-    meta["library_name"] = "gguf" if fmt == "gguf" else "transformers"
+    meta["library_name"] = _LIBRARY.get(fmt, "transformers")
     return meta
 
 
@@ -360,6 +365,8 @@ def usage_section(
             f"```bash\nvllm serve ./{first} --tokenizer {tokenizer} \\\n"
             "  --enable-auto-tool-choice --tool-call-parser hermes\n```",
         ]
+    elif fmt == "mlx":
+        out += mlx_usage(repo, base_model)
     else:
         plan_cmd = (manifest.get("plan") or {}).get("command") or ""
         local = (
@@ -374,3 +381,29 @@ def usage_section(
             f"{base_model or 'SOURCE'} --format gguf --quant Q4_K_M --out DIR`.",
         ]
     return "\n\n".join(out)
+
+
+def mlx_usage(repo: str, base_model: str | None) -> list[str]:
+    """mlx-lm's usage, as MLX Hub cards give it: Python with the chat template applied,
+    the command line, and the OpenAI-compatible server (which applies the template too)."""
+    return [
+        "### mlx-lm (Apple silicon)",
+        "```bash\npip install mlx-lm\n```",
+        "```python\nfrom mlx_lm import load, generate\n\n"
+        f'model, tokenizer = load("{repo}")\n\n'
+        'prompt = "What is the capital of France?"\n'
+        "if tokenizer.chat_template is not None:\n"
+        '    messages = [{"role": "user", "content": prompt}]\n'
+        "    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)\n\n"
+        "response = generate(model, tokenizer, prompt=prompt, verbose=True)\n```",
+        "`apply_chat_template` uses the chat template stored with the model; pass "
+        '`chat_template="tool_use"` and `tools=[...]` for tool calls.',
+        f'```bash\nmlx_lm.generate --model {repo} --prompt "What is the capital of France?"\n'
+        f"mlx_lm.chat --model {repo}\n"
+        f"# an OpenAI-compatible server; it applies the chat template to /v1/chat/completions\n"
+        f"mlx_lm.server --model {repo} --port 8080\n```",
+        "### Other runtimes",
+        "MLX weights run on mlx only. For llama.cpp and Ollama make a GGUF with "
+        f"`quantkit convert {base_model or 'SOURCE'} --format gguf --quant Q4_K_M --out DIR`; "
+        "for vLLM, a safetensors folder (`--format safetensors`, `fp8` or `gptq`).",
+    ]

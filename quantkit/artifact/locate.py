@@ -1,12 +1,15 @@
 """Finding the artifact a user names: a .gguf file (any shard of a split set), a
-transformers folder, or a folder that holds one GGUF artifact.
+transformers folder, an MLX folder (mlx-lm's), or a folder that holds one GGUF artifact.
 
 `quantkit inspect` and `quantkit eval` (and anything else that takes "the artifact") resolve
 the path here, so they accept the same inputs and refuse the others with the same
-ArtifactError messages. What is found is not opened: the inspection then reads the GGUF
-header, the evaluation loads it.
+ArtifactError messages. What is found is not opened (beyond config.json, manifest.json and
+one safetensors header): the inspection then reads the GGUF header, the evaluation loads it.
 
-In a folder, the order is: a transformers folder (config.json and *.safetensors); else the
+In a folder, the order is: an MLX folder (config.json and *.safetensors, and one of: MLX's
+`quantization` table in config.json, safetensors weights whose header metadata says
+`"format": "mlx"` as mlx writes them, quantkit's manifest naming the mlx format); else a
+transformers folder (config.json and *.safetensors); else the
 GGUF that quantkit's manifest.json names as the artifact (role "artifact"); else the one
 GGUF in the folder that is not an importance matrix (llama-imatrix's and quantkit's sit
 beside the model as .gguf files too), counting a split set once, by its first shard.
@@ -28,7 +31,7 @@ _HINT = "Pass a .gguf file, the first shard of a split set, or a safetensors fol
 
 @dataclass(frozen=True)
 class Located:
-    kind: str  # "gguf" | "safetensors"
+    kind: str  # "gguf" | "safetensors" | "mlx"
     path: Path  # the .gguf file as named or found (any shard), or the folder
 
     @property
@@ -47,7 +50,7 @@ def locate_artifact(path: str | Path) -> Located:
             raise ArtifactError(f"{path} is not a .gguf file.", hint=_HINT)
         return Located("gguf", path)
     if is_transformers_folder(path):
-        return Located("safetensors", path)
+        return Located("mlx" if is_mlx_folder(path) else "safetensors", path)
     named = manifest_gguf(path)
     if named is not None:
         return Located("gguf", named)
@@ -68,6 +71,51 @@ def locate_artifact(path: str | Path) -> Located:
 
 def is_transformers_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def is_mlx_folder(folder: Path) -> bool:
+    """An mlx-lm model folder. A quantized one carries MLX's own `quantization` table in
+    config.json ({"group_size", "bits"}; transformers' quantized folders have only
+    `quantization_config`, with a `quant_method`). An unquantized one (mlx-lm's BF16/FP16)
+    has the config of a transformers folder, so the weights tell: mlx saves safetensors with
+    the header metadata {"format": "mlx"} (torch's say "pt"). quantkit's manifest naming
+    the mlx format settles it too."""
+    if not is_transformers_folder(folder):
+        return False
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    table = config.get("quantization") if isinstance(config, dict) else None
+    if isinstance(table, dict) and "bits" in table and "group_size" in table:
+        return True
+    if _manifest_format(folder) == "mlx":
+        return True
+    first = sorted(folder.glob("*.safetensors"))[0]
+    return _safetensors_format(first) == "mlx"
+
+
+def _manifest_format(folder: Path) -> str | None:
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        return str(manifest["target"]["format"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _safetensors_format(path: Path) -> str | None:
+    """The `format` of a safetensors header's __metadata__, reading only the header."""
+    import struct
+
+    try:
+        with path.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if length > 100_000_000:
+                return None
+            header = json.loads(fh.read(length))
+        return str((header.get("__metadata__") or {}).get("format"))
+    except (OSError, ValueError, struct.error, AttributeError):
+        return None
 
 
 def manifest_gguf(folder: Path, files: list[dict[str, Any]] | None = None) -> Path | None:

@@ -15,6 +15,8 @@ def safe_model_name(model_name: str) -> str:
 
 def artifact_name(model_name: str, fmt: str, quant: str) -> str:
     """`<ModelName>-<QUANT>.gguf` for a GGUF file, `<ModelName>-<QUANT>` for a safetensors
-    folder (FP8, GPTQ, BF16/FP16)."""
-    base = f"{safe_model_name(model_name)}-{quant.upper()}"
+    folder (FP8, GPTQ, BF16/FP16); an MLX folder keeps mlx-lm's spelling (`-4bit`, as
+    mlx-community names them)."""
+    suffix = quant if fmt == ArtifactFormat.MLX else quant.upper()
+    base = f"{safe_model_name(model_name)}-{suffix}"
     return f"{base}.gguf" if fmt == ArtifactFormat.GGUF else base

@@ -1,5 +1,6 @@
 """Stage 4, the backends: one subpackage per conversion path (`gguf/`, `safetensors/` for
-BF16/FP16, FP8 and GPTQ), found through one registry by artifact format.
+BF16/FP16, FP8 and GPTQ, `mlx/` for Apple's MLX), found through one registry by artifact
+format.
 
 A backend takes a `SourceModel`, the `Target` (format, quant, profile) and the option
 objects of the stages it uses, and writes the artifact's files into a work folder; it
@@ -70,8 +71,10 @@ def _load_builtins() -> None:
         return
     _builtins_loaded = True
     from .gguf.backend import GGUFBackend
+    from .mlx.backend import MLXBackend
     from .safetensors.backend import QUANTS, SafetensorsBackend
 
     register("gguf", GGUFBackend)
+    register("mlx", MLXBackend)  # imports mlx only when it builds
     for fmt in QUANTS:
         register(fmt, SafetensorsBackend)

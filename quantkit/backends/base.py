@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .mlx.options import MLXOptions  # a plain dataclass: imports nothing heavy
+
 if TYPE_CHECKING:
     from ..calibration.options import CalibrationOptions
     from ..formats.tokens import TokenTypePolicy
@@ -29,6 +31,7 @@ class BuildOptions:
     safetensors: SafetensorsOptions
     force: bool = False  # e.g. FP16 with weights outside its range
     verify: bool = True  # whether the backend's own checks (if any) are wanted
+    mlx: MLXOptions = field(default_factory=MLXOptions)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ Examples:
 
   quantkit convert ./Hermes-3-Llama-3.1-8B --format gguf --quant IQ3_M --imatrix auto --out ./iq3
 
+  quantkit convert ./Hermes-3-Llama-3.1-8B --format mlx --quant 4bit --out ./hermes3-8b-mlx
+
   quantkit convert ./model --profile rtx4090-4bit --out ./x --dry-run --json
 """
 
@@ -33,12 +35,16 @@ def convert_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")],
     profile: ProfileOption = None,
     format: Annotated[  # noqa: A002 - the flag is --format
-        str | None, typer.Option("--format", "-f", help="gguf, safetensors, fp8 or gptq.")
+        str | None, typer.Option("--format", "-f", help="gguf, safetensors, fp8, gptq or mlx.")
     ] = None,
     quant: Annotated[
         str | None,
         typer.Option(
-            "--quant", "-q", help="GGUF: Q4_K_M, Q8_0, BF16...; BF16/FP16, FP8_DYNAMIC/FP8, W4A16."
+            "--quant",
+            "-q",
+            help="GGUF: Q4_K_M, Q8_0, BF16...; BF16/FP16, FP8_DYNAMIC/FP8, W4A16; MLX: 4bit, "
+            "6bit, 8bit, BF16 or mlx-lm's mixed recipes mixed_2_6, mixed_3_4, mixed_3_6, "
+            "mixed_4_6.",
         ),
     ] = None,
     context: Annotated[
@@ -114,6 +120,12 @@ def convert_command(
     quantize_lm_head: Annotated[
         bool, typer.Option("--quantize-lm-head", help="FP8/GPTQ: quantize lm_head too.")
     ] = False,
+    mlx_group_size: Annotated[
+        int,
+        typer.Option(
+            "--mlx-group-size", help="MLX: input columns per scale/bias pair (32, 64, 128)."
+        ),
+    ] = 64,
     imatrix: Annotated[
         str | None,
         typer.Option(
@@ -136,6 +148,7 @@ def convert_command(
 ) -> None:
     """Convert a model into an artifact for your hardware, then check it."""
     from ..backends.gguf.options import GGUFOptions
+    from ..backends.mlx.options import MLXOptions
     from ..backends.safetensors.options import GPTQOptions, SafetensorsOptions
     from ..calibration.options import CalibrationOptions
     from ..evaluation.options import EvalOptions
@@ -173,6 +186,7 @@ def convert_command(
             safetensors=SafetensorsOptions(
                 max_shard_size=int(max_shard_size_gb * 10**9), quantize_lm_head=quantize_lm_head
             ),
+            mlx=MLXOptions(group_size=mlx_group_size),
             evaluation=EvalOptions(
                 enabled=evaluate, gate=gate, corpus=eval_corpus, n_ctx=eval_ctx
             ),
@@ -199,9 +213,27 @@ def _parse_token_types(items: list[str]) -> dict[str, str]:
     return parsed
 
 
+_FILE_COLUMNS = (
+    console.Col("file", keep=True),
+    console.Col("size", justify="right"),
+    console.Col("tensor types"),
+    console.Col("sha256", keep=True),
+)
+_CHECK_COLUMNS = (
+    console.Col("check", keep=True),
+    console.Col("result", keep=True),
+    console.Col("evidence"),
+)
+
+
+def _mark(check: dict[str, Any]) -> str:
+    if check["passed"]:
+        return "[green]pass[/]"
+    return "[red]FAIL[/]" if check["fatal"] else "[yellow]warn[/]"
+
+
 def _render(payload: dict[str, Any]) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     src = payload["source"]
     console.print_text(
@@ -215,20 +247,24 @@ def _render(payload: dict[str, Any]) -> None:
             f"plan: fit={plan['fit']}, weights {plan['weights_bytes'] / 1e9:.2f} GB, "
             f"total {plan['total_bytes'] / 1e9:.2f} GB, max context {plan['max_context']:,}"
         )
-        console.print_text(f"run with: {escape(plan['command'])}")
+        console.print_text(f"run with: {escape(plan['command'])}", soft_wrap=True)
     if payload["dry_run"]:
         console.print_text(
             f"dry run: would write about {payload['estimated_bytes'] / 1e9:.2f} GB; "
             "nothing written."
         )
         return
-    files = Table(title=f"artifact: {payload['out']}")
-    for column in ("file", "size", "tensor types", "sha256"):
-        files.add_column(column)
-    for f in payload["files"]:
-        types = ", ".join(f"{k}:{v}" for k, v in sorted(f.get("tensor_types", {}).items()))
-        files.add_row(escape(f["name"]), f"{f['bytes'] / 1e6:,.1f} MB", types, f["sha256"][:16])
-    console.print_text(files)
+    console.print_text(f"artifact: {escape(str(payload['out']))}", soft_wrap=True)
+    rows = [
+        (
+            escape(f["name"]),
+            f"{f['bytes'] / 1e6:,.1f} MB",
+            ", ".join(f"{k}:{v}" for k, v in sorted(f.get("tensor_types", {}).items())),
+            f["sha256"][:16],
+        )
+        for f in payload["files"]
+    ]
+    console.print_table(_FILE_COLUMNS, rows)
     matrix = payload["files"][0].get("imatrix") if payload["files"] else None
     if matrix and matrix.get("skipped"):
         console.print_text(
@@ -242,17 +278,8 @@ def _render(payload: dict[str, Any]) -> None:
             f"{escape(matrix['origin'])})"
         )
     if payload["checks"]:
-        checks = Table(title="checks")
-        for column in ("check", "result", "evidence"):
-            checks.add_column(column)
-        for c in payload["checks"]:
-            mark = (
-                "[green]pass[/]"
-                if c["passed"]
-                else ("[red]FAIL[/]" if c["fatal"] else "[yellow]warn[/]")
-            )
-            checks.add_row(escape(c["name"]), mark, escape(c["evidence"]))
-        console.print_text(checks)
+        rows = [(escape(c["name"]), _mark(c), escape(c["evidence"])) for c in payload["checks"]]
+        console.print_table(_CHECK_COLUMNS, rows, title="checks")
     quality = payload.get("quality")
     if quality:
         console.print_text(

@@ -3,6 +3,8 @@
 - `LlamaCppEngine`: a GGUF file in llama.cpp (llama-cpp-python), logits of every position.
 - `TransformersEngine`: any folder transformers loads (BF16/FP16 safetensors, FP8 and GPTQ
   in the compressed-tensors format, which decompresses on load), on the CPU.
+- `MLXEngine`: an MLX folder in mlx (mlx_lm.load's model), on mlx's default device (the
+  CPU on Linux, where mlx[cpu] is the only backend).
 
 Each engine has a cheap tokenizer side (no weights loaded: llama.cpp's vocab-only mode, the
 `tokenizers` library) and a heavy side opened with `load()`. Only one model is in memory at
@@ -46,10 +48,12 @@ def resolve_model_path(path: str | Path) -> Path:
 
 
 def open_engine(path: str | Path, *, n_ctx: int, dtype: str = "float32") -> Engine:
-    resolved = resolve_model_path(path)
-    if resolved.suffix == ".gguf":
-        return LlamaCppEngine(resolved, n_ctx=n_ctx)
-    return TransformersEngine(resolved, dtype=dtype)
+    found = locate_artifact(path)
+    if found.kind == "gguf":
+        return LlamaCppEngine(found.path, n_ctx=n_ctx)
+    if found.kind == "mlx":
+        return MLXEngine(found.path)
+    return TransformersEngine(found.path, dtype=dtype)
 
 
 def file_sha256(path: Path) -> str:
@@ -260,6 +264,54 @@ class TransformersEngine(Engine):
 
     def close(self) -> None:
         self._model = None
+
+
+class MLXEngine(TransformersEngine):
+    """An MLX folder: the tokenizer side is the folder's tokenizer.json (as for a
+    transformers folder, and byte-identical to the source's when inspect passes), the
+    model is mlx_lm.load's, run by mlx. Its floating parameters (norms, and the quantized
+    layers' scales and biases) are cast to float32, which keeps every weight's value exactly
+    (bf16 -> f32 is exact) and computes in float32 like the source's transformers pass: the
+    measure is the quantization's, and mlx's CPU kernels run bfloat16 about 7x slower."""
+
+    name = "mlx"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder, dtype="float32")
+        self.parameters = _mlx_parameters(folder) or self.parameters
+
+    def describe(self) -> str:
+        import mlx.core as mx
+
+        return f"mlx (float32, {mx.default_device()})"
+
+    def load(self) -> None:
+        require("mlx_lm", "mlx")
+        import mlx.core as mx
+        from mlx_lm import load
+
+        self._model, _ = load(str(self.path))
+        self._model.set_dtype(mx.float32)
+
+    def logits(self, ids: list[int]):
+        import mlx.core as mx
+        import numpy as np
+
+        assert self._model is not None, "load() first"
+        out = self._model(mx.array([ids], dtype=mx.int32))[0].astype(mx.float32)
+        mx.eval(out)
+        return np.array(out, copy=True)
+
+
+def _mlx_parameters(folder: Path) -> int | None:
+    """The parameter count mlx-lm records in model.safetensors.index.json (packed 4-bit
+    weights would count 8 to a uint32 otherwise); None when it does not."""
+    index = folder / "model.safetensors.index.json"
+    try:
+        value = json.loads(index.read_text(encoding="utf-8"))["metadata"]["total_parameters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return int(value) if isinstance(value, int) else None
 
 
 def _byte_to_char(text: str) -> list[int]:

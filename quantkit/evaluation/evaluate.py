@@ -68,8 +68,8 @@ def evaluate(
 
 
 def infer_quant(artifact: Path) -> str | None:
-    """The quant type: manifest.json's target, a GGUF's general.file_type, a transformers
-    folder's dtype (unquantized only)."""
+    """The quant type: manifest.json's target, a GGUF's general.file_type, an MLX folder's
+    bits ("4bit", affine mode only), a transformers folder's dtype (unquantized only)."""
     folder = artifact if artifact.is_dir() else artifact.parent
     manifest = folder / "manifest.json"
     if manifest.is_file():
@@ -84,6 +84,10 @@ def infer_quant(artifact: Path) -> str | None:
     config = folder / "config.json"
     if config.is_file():
         data = json.loads(config.read_text(encoding="utf-8"))
+        mlx = data.get("quantization")
+        if isinstance(mlx, dict) and "bits" in mlx:  # mlx-lm's table: {group_size, bits}
+            affine = mlx.get("mode", "affine") == "affine"
+            return f"{mlx['bits']}bit" if affine else None
         if "quantization_config" not in data:
             dtype = str(data.get("dtype") or data.get("torch_dtype") or "")
             return {"bfloat16": "BF16", "float16": "FP16"}.get(dtype)

@@ -52,6 +52,14 @@ _GATES: tuple[
     (("Q3_K_S", "IQ3_XXS"), (0.18, 0.22, 0.80), (0.80, 1.00, 0.50)),
     (("Q2_K", "Q2_K_S", "IQ2_M", "IQ2_S"), (0.35, 0.45, 0.72), (1.50, 1.50, 0.40)),
     (("IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S"), (0.70, 0.90, 0.60), (3.00, 3.00, 0.30)),
+    # MLX (mlx-lm's affine quants, quantkit.formats.mlx_quants; BF16 is the first row): the
+    # gates of the GGUF type of the same bits, 8bit <- Q8_0, 6bit <- Q6_K, 4bit and the
+    # 4/6 recipe <- Q4_K_M, the 3-bit recipes <- Q3_K_M, 2/6 <- Q2_K.
+    (("8BIT",), (0.01, 0.01, 0.97), (0.03, 0.02, 0.93)),
+    (("6BIT",), (0.02, 0.02, 0.95), (0.05, 0.04, 0.91)),
+    (("4BIT", "MIXED_4_6"), (0.05, 0.06, 0.90), (0.12, 0.15, 0.82)),
+    (("MIXED_3_4", "MIXED_3_6"), (0.12, 0.15, 0.84), (0.60, 0.80, 0.55)),
+    (("MIXED_2_6",), (0.35, 0.45, 0.72), (1.50, 1.50, 0.40)),
 )
 
 

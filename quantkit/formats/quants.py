@@ -17,6 +17,7 @@ class ArtifactFormat(StrEnum):
     SAFETENSORS = "safetensors"  # plain BF16/FP16
     FP8 = "fp8"
     GPTQ = "gptq"
+    MLX = "mlx"  # Apple's MLX folders (mlx-lm, LM Studio's MLX engine): formats/mlx_quants.py
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ SAFETENSORS_SCHEMES: dict[str, SafetensorsScheme] = index_by_name(_SCHEMES, "saf
 SAFETENSORS_QUANTS: dict[str, tuple[str, ...]] = {
     fmt.value: tuple(s.name for s in _SCHEMES if s.format is fmt)
     for fmt in ArtifactFormat
-    if fmt is not ArtifactFormat.GGUF
+    if fmt not in (ArtifactFormat.GGUF, ArtifactFormat.MLX)  # their own tables
 }
 
 

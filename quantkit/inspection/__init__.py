@@ -1,13 +1,14 @@
 """`quantkit inspect`: prove that an artifact's tokens and chat templates survived.
 
 `inspect(artifact, against=None)` takes a GGUF file (or any shard of a split set, or a
-folder holding one GGUF) or a safetensors folder (BF16/FP16, FP8, GPTQ), from quantkit or
-any other tool. With `against` (the source model folder or Hub id) every check compares
-with the source; without it the artifact is checked for internal consistency and the
-Hermes conventions. docs/verification.md explains each check.
+folder holding one GGUF), a safetensors folder (BF16/FP16, FP8, GPTQ) or an MLX folder
+(mlx-lm's, checked in mlx-lm), from quantkit or any other tool. With `against` (the source
+model folder or Hub id) every check compares with the source; without it the artifact is
+checked for internal consistency and the Hermes conventions.
+docs/verification.md explains each check.
 
 `quantkit convert` runs the same checks against its source through
-quantkit.inspection.convert_checks (check_gguf, check_safetensors).
+quantkit.inspection.convert_checks (check_gguf, check_safetensors, check_mlx).
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def inspect(
             from .generation import gguf_generation_check
 
             checks.append(gguf_generation_check(files[0], reference))
+    elif kind == "mlx":
+        require("mlx_lm", "mlx")
+        from .mlx_checks import mlx_checks, mlx_generation_check
+
+        checks = mlx_checks(files[0], reference)
+        if generate:
+            checks.append(mlx_generation_check(files[0], max_new_tokens=32))
     else:
         require("transformers", "torch")
         from .safetensors_checks import safetensors_checks
@@ -66,7 +74,8 @@ def inspect(
 
 
 def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
-    """("gguf", shard paths) or ("safetensors", [folder]); ArtifactError for anything else.
+    """("gguf", shard paths), ("safetensors", [folder]) or ("mlx", [folder]); ArtifactError
+    for anything else.
     Found by quantkit.artifact.locate (the same rules as `quantkit eval`), then checked far
     enough that the checks have something to read."""
     found = locate_artifact(path)
@@ -76,7 +85,7 @@ def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
                 f"{found.path} has no tokenizer.json: there are no tokens or templates to check.",
                 hint="Copy the source's tokenizer files into the artifact folder.",
             )
-        return "safetensors", [found.path]
+        return found.kind, [found.path]
     files = gguf_files(found.path)
     for f in files:
         check_gguf_magic(f)

@@ -22,8 +22,12 @@ def check_converted(
     artifact: Path, source: SourceModel, *, policy: TokenTypePolicy | None = None
 ) -> list[Check]:
     """The checks for what a backend made: a GGUF file in llama.cpp (`policy`: the token
-    types it was written with), a folder in transformers."""
+    types it was written with), an MLX folder in mlx-lm, another folder in transformers."""
+    from ..artifact.locate import is_mlx_folder
+
     if artifact.is_dir():
+        if is_mlx_folder(artifact):
+            return check_mlx(artifact, source)
         return check_safetensors(artifact, source)
     return check_gguf(artifact, source, policy=policy)
 
@@ -78,6 +82,29 @@ def check_safetensors(
         checks += safetensors_checks(folder, reference_from_source(source))
         if generate:
             checks.append(generation_check(folder, max_new_tokens=max_new_tokens))
+    except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
+        checks.append(crashed_check(exc))
+    return checks
+
+
+def check_mlx(
+    folder: Path, source: SourceModel, *, generate: bool = True, max_new_tokens: int = 32
+) -> list[Check]:
+    """The full inspection of an MLX folder against its source in mlx-lm (added tokens, turn
+    end among mlx-lm's eos ids, BOS/PAD, templates, the rendering battery, tokenization,
+    the streaming detokenizer), then a greedy reply through mlx-lm. Never raises for the
+    artifact: a crash inside the checks becomes a failed fatal check."""
+    require("mlx_lm", "mlx")
+    from .mlx_checks import mlx_checks, mlx_generation_check
+    from .reference import reference_from_source
+
+    if source.tokenizer is None:
+        return [Check("special tokens single ids", True, "source has no tokenizer", False)]
+    checks: list[Check] = []
+    try:
+        checks += mlx_checks(folder, reference_from_source(source))
+        if generate:
+            checks.append(mlx_generation_check(folder, max_new_tokens=max_new_tokens))
     except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
         checks.append(crashed_check(exc))
     return checks

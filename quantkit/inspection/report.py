@@ -11,7 +11,7 @@ from .check import Check
 @dataclass(frozen=True)
 class InspectReport:
     artifact: str
-    kind: str  # "gguf" or "safetensors"
+    kind: str  # "gguf", "safetensors" or "mlx"
     files: tuple[str, ...]
     against: str | None
     checks: tuple[Check, ...]

@@ -266,3 +266,74 @@ class LlamaCppSide(Side):
 
     def piece(self, token_id: int) -> str:
         return self.text(int(token_id))
+
+
+class MlxSide(Side):
+    """An MLX folder's tokenizer as mlx-lm loads it: mlx_lm.utils.load_tokenizer's
+    TokenizerWrapper with the eos ids mlx_lm.load gives it (config.json's, overridden by
+    generation_config.json's, plus the tokenizer's eos), rendering through the wrapper's
+    apply_chat_template as mlx_lm.generate, mlx_lm.chat and mlx_lm.server do (which also
+    passes enable_thinking when the vocabulary has <think>)."""
+
+    def __init__(self, folder: Path) -> None:
+        from mlx_lm.utils import load_config, load_tokenizer
+
+        self.label = "mlx-lm"
+        eos = load_config(folder).get("eos_token_id")
+        self.wrapper = load_tokenizer(folder, eos_token_ids=eos)
+        self.tokenizer = self.wrapper._tokenizer
+        value = self.tokenizer.chat_template
+        if isinstance(value, dict):
+            self.templates = dict(value)
+        else:
+            self.templates = {"default": value} if value else {}
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """Where mlx-lm's generate, chat and server stop."""
+        return {int(i) for i in self.wrapper.eos_token_ids}
+
+    def render(self, name: str, conv: Conversation) -> str:
+        template = self.templates[name]
+        # By name, as the runtime stores it (a lone template is the tokenizer's own).
+        chosen = name if isinstance(self.tokenizer.chat_template, dict) else None
+        try:
+            return foreign_render(
+                template,
+                lambda: self.wrapper.apply_chat_template(
+                    copy.deepcopy(conv.messages),
+                    tools=copy.deepcopy(conv.tools),
+                    chat_template=chosen,
+                    tokenize=False,
+                    add_generation_prompt=conv.add_generation_prompt,
+                    **conv.variables,
+                ),
+                conv.messages,
+                tools=conv.tools,
+                add_generation_prompt=conv.add_generation_prompt,
+                **{**_special_texts(self.tokenizer), **conv.variables},
+            )
+        except Exception as exc:  # noqa: BLE001 - the failure is the evidence
+            raise _failure(exc) from exc
+
+    def encode(self, text: str, *, add_special: bool = False) -> list[int]:
+        return list(self.wrapper.encode(text, add_special_tokens=add_special))
+
+    def piece(self, token_id: int) -> str:
+        return str(self.tokenizer.convert_ids_to_tokens(int(token_id)))
+
+    def token_id(self, attr: str) -> int | None:
+        value = getattr(self.tokenizer, f"{attr}_token_id", None)
+        return int(value) if isinstance(value, int) else None
+
+    def stream(self, ids: list[int]) -> list[str]:
+        """The text mlx-lm's streaming detokenizer prints for each id fed one by one (as
+        stream_generate does), then what finalize() flushes, as the last segment."""
+        detokenizer = self.wrapper.detokenizer
+        segments = []
+        for token in ids:
+            detokenizer.add_token(int(token))
+            segments.append(detokenizer.last_segment)
+        detokenizer.finalize()
+        segments.append(detokenizer.last_segment)
+        return segments

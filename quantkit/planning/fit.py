@@ -7,7 +7,7 @@ everything in one pool. vLLM (safetensors/fp8/gptq): every GPU holds its shard o
 weights, the activation peak, CUDA graphs and non-torch memory inside
 gpu_memory_utilization x memory; what is left must hold the KV cache of one full-length
 sequence. vLLM does not split layers between GPU and CPU here, so its verdicts are
-"full" or "none".
+"full" or "none". mlx-lm (mlx): one pool of unified memory, "full" or "none" too.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class Fit:
 def evaluate(spec: ModelSpec, profile: HardwareProfile, context: int) -> Fit:
     if profile.runtime in LLAMA_CPP_RUNTIMES:
         return fit_llama_cpp(spec, profile, context)
+    if profile.runtime == "mlx-lm":
+        return fit_mlx(spec, profile, context)
     return fit_vllm(spec, profile, context)
 
 
@@ -171,6 +173,34 @@ def _fit_one_pool(
 
 def _per_device(nbytes: int, devices: int) -> int:
     return -(-nbytes // devices)
+
+
+# --- mlx-lm ---------------------------------------------------------------------------------
+def fit_mlx(spec: ModelSpec, profile: HardwareProfile, context: int) -> Fit:
+    """mlx-lm on Apple silicon: weights, KV cache (model dtype) and one prefill step's
+    activations share the unified memory the GPU may wire; no layer split, so the verdict
+    is "full" or "none"."""
+    g = spec.geometry
+    weights = mem.artifact_weights_bytes(spec, profile.format, profile.quant)
+    kv = mem.kv_cache_bytes(g, context, profile.kv_cache_type)
+    overhead = mem.mlx_activation_bytes(g) + mem.MLX_RUNTIME_BYTES
+    need = weights + kv + overhead
+    budget = profile.usable_bytes
+    fits = need <= budget
+    on_gpu = profile.kind == "unified"
+    return Fit(
+        "full" if fits else "none",
+        context,
+        None,
+        weights if on_gpu else 0,
+        0 if on_gpu else weights,
+        kv if on_gpu else 0,
+        0 if on_gpu else kv,
+        overhead if on_gpu else 0,
+        0 if on_gpu else overhead,
+        need,
+        budget,
+    )
 
 
 # --- vLLM -----------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..formats.gguf_types import GGUFTensor, QuantContext, gguf_name, hf_role, tensor_type
+from ..formats.mlx_quants import DEFAULT_GROUP_SIZE as MLX_GROUP_SIZE
+from ..formats.mlx_quants import mlx_bytes
 from ..formats.schemes import safetensors_bytes
 from ..source.model import ModelGeometry
 from .model_spec import ModelSpec
@@ -89,9 +91,18 @@ def safetensors_weights_bytes(
     return safetensors_bytes(spec.tensors, quant, group_size, quantize_lm_head=quantize_lm_head)
 
 
+def mlx_weights_bytes(spec: ModelSpec, quant: str, group_size: int = MLX_GROUP_SIZE) -> int:
+    """Bytes of an MLX folder's weights (formats.mlx_quants' count, the one the disk
+    preflight uses): mlx-lm's affine quantization keeps a scale and a bias per group of
+    `group_size` in the model dtype, so 4bit costs 4 + 32/64 = 4.5 bits per weight."""
+    return mlx_bytes(spec.tensors, quant, group_size, tied=spec.geometry.tie_word_embeddings)
+
+
 def artifact_weights_bytes(spec: ModelSpec, fmt: str, quant: str) -> int:
     if fmt == "gguf":
         return gguf_file_bytes(spec, quant)
+    if fmt == "mlx":
+        return mlx_weights_bytes(spec, quant)
     return safetensors_weights_bytes(spec, quant)
 
 
@@ -192,6 +203,20 @@ def llama_cpp_compute_bytes(
 def llama_cpp_output_bytes(g: ModelGeometry, n_seq: int = 1) -> int:
     """The logits buffer llama.cpp keeps for results: n_vocab f32 per output sequence."""
     return g.vocab_size * 4 * n_seq
+
+
+# --- mlx-lm runtime ---------------------------------------------------------------------------
+MLX_RUNTIME_BYTES = 512 * MIB  # Metal context, the Python process and mlx's buffer cache
+MLX_PREFILL_STEP = 2048  # mlx_lm.server's default --prefill-step-size
+
+
+def mlx_activation_bytes(g: ModelGeometry) -> int:
+    """Peak activations of one prefill step (MLX_PREFILL_STEP tokens in the model dtype):
+    the residual stream, q/k/v and attention output, the gate/up outputs of the FFN
+    (attention itself is fused, mx.fast.scaled_dot_product_attention), and the f32 logits
+    of the last position."""
+    per_token = 6 * g.hidden_size + 3 * g.intermediate_size
+    return MLX_PREFILL_STEP * per_token * 2 + g.vocab_size * 4
 
 
 # --- vLLM runtime ----------------------------------------------------------------------------

@@ -222,6 +222,8 @@ def _command(spec: ModelSpec, profile: HardwareProfile, result: fitting.Fit):
         return cmd.ollama_command(spec.name), modelfile
     if profile.runtime == "llama.cpp":
         return cmd.llama_server_command(artifact, profile, result.context, result.gpu_layers), None
+    if profile.runtime == "mlx-lm":
+        return cmd.mlx_lm_server_command(artifact), None
     return cmd.vllm_command(artifact, profile, result.context), None
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ProfileError
+from ..formats.mlx_quants import MLX_QUANT_NAMES, MLX_QUANTS
 from ..formats.quants import GGUF_QUANTS, ArtifactFormat, gguf_quant
 from ..formats.schemes import NOT_MADE, SAFETENSORS_QUANTS
 from .fp8 import fp8_support_for
 
 FORMATS = tuple(f.value for f in ArtifactFormat)
-RUNTIMES = ("llama.cpp", "ollama", "vllm", "transformers")
+RUNTIMES = ("llama.cpp", "ollama", "vllm", "transformers", "mlx-lm")
 DEVICE_KINDS = ("gpu", "unified", "cpu")
 FP8_SUPPORT = ("native", "weight-only", "none")
 KV_CACHE_TYPES = ("f16", "q8_0", "fp8")
@@ -33,17 +34,25 @@ KV_TYPES_BY_RUNTIME = {
     "ollama": ("f16", "q8_0"),
     "vllm": ("f16", "fp8"),
     "transformers": ("f16",),
+    "mlx-lm": ("f16",),  # mlx-lm keeps the KV cache in the model dtype
 }
 # Which quant names each artifact format accepts (GGUF: every llama.cpp type we know;
 # the others: formats.schemes' table, the same one the backend refuses by).
-QUANTS_BY_FORMAT: dict[str, tuple[str, ...]] = {"gguf": tuple(GGUF_QUANTS), **SAFETENSORS_QUANTS}
+QUANTS_BY_FORMAT: dict[str, tuple[str, ...]] = {
+    "gguf": tuple(GGUF_QUANTS),
+    "mlx": MLX_QUANT_NAMES,  # formats.mlx_quants' table, in mlx-lm's spelling
+    **SAFETENSORS_QUANTS,
+}
 # Runtimes that can load each format.
 RUNTIMES_BY_FORMAT: dict[str, tuple[str, ...]] = {
     "gguf": ("llama.cpp", "ollama"),
     "safetensors": ("vllm", "transformers"),
     "fp8": ("vllm", "transformers"),
     "gptq": ("vllm", "transformers"),
+    "mlx": ("mlx-lm",),
 }
+# mlx-lm runs on Apple silicon (Metal, unified memory); mlx's CPU build runs it elsewhere.
+MLX_DEVICE_KINDS = ("unified", "cpu")
 
 
 @dataclass(frozen=True)
@@ -218,6 +227,8 @@ def profile_from_dict(data: dict[str, Any], *, source: Path | None = None) -> Ha
 
     fmt = _choice(top["format"], FORMATS, where, "format")
     quant = top["quant"].upper()
+    if fmt == "mlx":  # mlx-lm spells its quants 4bit, mixed_4_6: matched case-insensitively
+        quant = {q.lower(): q for q in MLX_QUANTS}.get(quant.lower(), quant)
     if quant not in QUANTS_BY_FORMAT[fmt]:
         raise ProfileError(
             f"{where}: quant {top['quant']!r} is not a {fmt} quant.",
@@ -235,7 +246,13 @@ def profile_from_dict(data: dict[str, Any], *, source: Path | None = None) -> Ha
     kv_type = _choice(top["kv_cache_type"], KV_TYPES_BY_RUNTIME[runtime], where, "kv_cache_type")
     imatrix = _imatrix_setting(top["imatrix"], fmt, quant, where)
     kind = _choice(hw["kind"], DEVICE_KINDS, where, "hardware.kind")
-    if runtime not in ("llama.cpp", "ollama") and kind != "gpu":
+    if runtime == "mlx-lm" and kind not in MLX_DEVICE_KINDS:
+        raise ProfileError(
+            f"{where}: runtime 'mlx-lm' runs on Apple silicon (unified memory), not a {kind} "
+            "device.",
+            hint="Use hardware.kind = 'unified' for a Mac.",
+        )
+    if runtime not in ("llama.cpp", "ollama", "mlx-lm") and kind != "gpu":
         raise ProfileError(
             f"{where}: runtime {runtime!r} needs NVIDIA GPUs, not a {kind} device.",
             hint="Use format gguf with runtime llama.cpp for CPU and Apple silicon.",

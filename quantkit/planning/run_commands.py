@@ -1,5 +1,5 @@
-"""The command that runs a planned artifact: llama-server, an Ollama Modelfile, or vllm serve
-(with Ray across nodes). Pure string building; the planner decides the numbers."""
+"""The command that runs a planned artifact: llama-server, an Ollama Modelfile, vllm serve
+(with Ray across nodes) or mlx_lm.server. Pure string building; the planner decides the numbers."""
 
 from __future__ import annotations
 
@@ -59,3 +59,10 @@ def vllm_command(artifact: str, profile: HardwareProfile, context: int) -> str:
         workers = "ray start --address=<node-1-ip>:6379  # on every other node"
         return f"{head}\n{workers}\n{command}  # on node 1"
     return command
+
+
+def mlx_lm_server_command(artifact: str) -> str:
+    """mlx_lm.server serves the folder's own chat template (tokenizer_config.json /
+    chat_template.jinja); it has no context flag: the KV cache grows with the conversation.
+    LM Studio opens the same folder (its MLX engine)."""
+    return shlex.join(["mlx_lm.server", "--model", f"./{artifact}"])

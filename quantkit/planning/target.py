@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import QuantkitError
+from ..formats.mlx_quants import MLX_QUANT_NAMES, mlx_quant
 from ..formats.quants import ArtifactFormat, gguf_quant
 from ..formats.schemes import SAFETENSORS_QUANTS
 
@@ -17,9 +18,13 @@ class Target:
     profile: str | None = None
 
 
-# Without --quant: Q4_K_M for GGUF, else the first scheme the scheme table lists per format
-# (BF16, FP8_DYNAMIC, W4A16).
-_DEFAULT_QUANT = {"gguf": "Q4_K_M", **{f: quants[0] for f, quants in SAFETENSORS_QUANTS.items()}}
+# Without --quant: Q4_K_M for GGUF, 4bit for MLX (the first row of its table), else the
+# first scheme the scheme table lists per format (BF16, FP8_DYNAMIC, W4A16).
+_DEFAULT_QUANT = {
+    "gguf": "Q4_K_M",
+    "mlx": MLX_QUANT_NAMES[0],
+    **{f: quants[0] for f, quants in SAFETENSORS_QUANTS.items()},
+}
 
 
 def resolve_target(profile: str | None, fmt: str | None, quant: str | None):
@@ -37,8 +42,12 @@ def resolve_target(profile: str | None, fmt: str | None, quant: str | None):
         quant = quant or hardware.quant
     fmt = (fmt or "").lower()
     if fmt not in {f.value for f in ArtifactFormat}:
-        raise QuantkitError(f"Unknown format {fmt!r}.", hint="Use gguf, safetensors, fp8 or gptq.")
+        raise QuantkitError(
+            f"Unknown format {fmt!r}.", hint="Use gguf, safetensors, fp8, gptq or mlx."
+        )
     quant = quant or _DEFAULT_QUANT[fmt]
     if fmt == ArtifactFormat.GGUF.value:
         quant = gguf_quant(quant).name
+    if fmt == ArtifactFormat.MLX.value:  # mlx-lm's own spelling: 4bit, mixed_4_6, BF16
+        return Target(fmt, mlx_quant(quant).name, hardware.name if hardware else None), hardware
     return Target(fmt, quant.upper(), hardware.name if hardware else None), hardware

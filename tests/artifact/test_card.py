@@ -392,3 +392,29 @@ def test_an_imatrix_calibrated_artifact(demo_artifact: Path) -> None:
     assert "| `demo.imatrix.gguf` | gguf imatrix |" in text
     assert "shards |" not in text and "split format" not in text
     assert f"FROM ./{artifact['name']}" in result.modelfile.read_text()
+
+
+def test_card_for_an_mlx_artifact(demo_artifact: Path, tmp_path: Path) -> None:
+    """MLX Hub conventions: library_name mlx, the mlx tag, quantized from the base model,
+    and mlx-lm usage that applies the chat template (generate and the server)."""
+    folder = tmp_path / "mlx"
+    folder.mkdir()
+    source = Path(_manifest(demo_artifact)["source"]["requested"])
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, folder / name)
+    (folder / "model.safetensors").write_bytes(b"\0" * 1000)
+    manifest = _manifest(demo_artifact)
+    manifest["target"] = {"format": "mlx", "quant": "4bit", "profile": None}
+    manifest["files"] = [{"name": "model.safetensors", "bytes": 1000, "sha256": "0" * 64}]
+    manifest["source"].update(repo_id="NousResearch/Hermes-3-Llama-3.1-8B")
+    _write_manifest(folder, manifest)
+    result = write_model_card(folder, "alice/demo-4bit-mlx")
+    meta = parse_front_matter(result.readme.read_text())
+    assert result.modelfile is None
+    assert meta["library_name"] == "mlx" and {"mlx", "4-bit", "quantkit"} <= set(meta["tags"])
+    assert meta["base_model"] == "NousResearch/Hermes-3-Llama-3.1-8B"
+    assert meta["base_model_relation"] == "quantized"
+    text = result.readme.read_text()
+    assert 'load("alice/demo-4bit-mlx")' in text and "tokenizer.apply_chat_template(" in text
+    assert "mlx_lm.server --model alice/demo-4bit-mlx" in text and "vllm serve" not in text
+    assert "`<think>` (id" in text

@@ -224,8 +224,8 @@ def test_default_gates_match_the_issue_targets_and_cover_every_quant() -> None:
     from quantkit.formats.quants import GGUF_QUANTS
     from quantkit.planning.profiles import QUANTS_BY_FORMAT
 
-    every = set(GGUF_QUANTS) | {q for quants in QUANTS_BY_FORMAT.values() for q in quants}
-    assert every == set(DEFAULT_GATES)  # a gate for every quant made, none for others
+    every = set(GGUF_QUANTS) | {q.upper() for quants in QUANTS_BY_FORMAT.values() for q in quants}
+    assert every == set(DEFAULT_GATES)  # a gate for every quant made (names as _known spells them)
     for eight_bit in ("Q8_0", "FP8_DYNAMIC", "FP8"):
         gate = default_gate(eight_bit, 8_000_000_000)
         assert (gate.max_ppl_increase, gate.max_kld) == (0.01, 0.01)

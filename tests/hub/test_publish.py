@@ -249,3 +249,32 @@ def test_cli_upload_json_and_errors(hub, demo_artifact):
     refused = _cli("upload", str(demo_artifact), "--repo", REPO, env=env)
     assert refused.returncode == HubAuthError.exit_code
     assert "No Hugging Face token" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_an_mlx_folder_is_published_with_its_mlx_card(hub, tmp_path) -> None:
+    """Nothing format-specific in publish: an MLX folder's weights, config, tokenizer and
+    template files arrive byte for byte, with the MLX card."""
+    pytest.importorskip("mlx_lm")
+    import shutil
+
+    from support.mlx import build_mlx_demo
+
+    from quantkit.artifact.card_facts import parse_front_matter
+    from quantkit.demo.build import ensure_demo_model
+
+    cache = Path(os.environ.get("QUANTKIT_TEST_CACHE", Path(__file__).parents[2] / ".cache"
+                                / "test-fixtures"))  # fmt: skip
+    built = build_mlx_demo(cache, ensure_demo_model(cache / "demo"))
+    folder = tmp_path / "mlx"
+    shutil.copytree(built, folder)
+    repo = "alice/demo-4bit-mlx"
+    result = publish(folder, repo)
+    assert result.verified
+    names = ["model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
+             "model.safetensors.index.json", "manifest.json", "README.md"]  # fmt: skip
+    stored = hub.files(repo)
+    for name in names:
+        assert hub.file_bytes(repo, name) == (folder / name).read_bytes(), name
+    assert "additional_chat_templates/tool_use.jinja" in stored
+    meta = parse_front_matter((folder / "README.md").read_text())
+    assert meta["library_name"] == "mlx" and "mlx" in meta["tags"]

@@ -1,0 +1,58 @@
+"""The demo model as an MLX 4-bit folder, built once per machine into the fixture cache:
+through quantkit.convert where the MLX backend is registered, else with mlx-lm's own
+converter (the same mlx_lm.convert call the backend makes)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def build_mlx_demo(cache: Path, demo_model: Path) -> Path:
+    pytest.importorskip("mlx_lm")
+    target = cache / "demo-mlx-4bit"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    partial = cache / "demo-mlx-4bit.building"
+    shutil.rmtree(partial, ignore_errors=True)
+    from quantkit.backends import registered_formats
+
+    if "mlx" in registered_formats():
+        import quantkit
+        from quantkit.evaluation.options import EvalOptions
+
+        quantkit.convert(str(demo_model), format="mlx", quant="4bit", out=str(partial),
+                         evaluation=EvalOptions(enabled=False))  # fmt: skip
+    else:
+        from mlx_lm import convert
+
+        convert(hf_path=str(demo_model), mlx_path=str(partial), quantize=True, q_bits=4)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def mlx_demo(fixture_cache: Path, demo_model: Path) -> Path:
+    """The demo model quantized to MLX 4-bit (read it; copy it before changing anything)."""
+    return build_mlx_demo(fixture_cache, demo_model)
+
+
+@pytest.fixture()
+def mlx_copy(mlx_demo: Path, tmp_path: Path) -> Path:
+    """A private copy of the MLX demo folder, weights linked, other files copied."""
+    folder = tmp_path / "mlx"
+    shutil.copytree(mlx_demo, folder, copy_function=_link_or_copy)
+    return folder
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if src.endswith(".safetensors"):
+        try:
+            Path(dst).hardlink_to(src)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
