@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-    from .engines import Reference
+    from .reference_cache import Reference
 
 
 def _normalizer(rows: np.ndarray):

@@ -39,16 +39,15 @@ from .corpus import (
     first_difference,
     load_corpus,
 )
-from .engines import (
-    CACHE_VERSION,
-    Engine,
-    Reference,
-    _cache_key,
-    _load_reference,
-    _save_reference,
-    open_engine,
-)
+from .engines import Engine, open_engine
 from .kl import BLOCK, compress_rows, kl_divergence
+from .reference_cache import (
+    CACHE_VERSION,
+    Reference,
+    cache_key,
+    load_reference,
+    save_reference,
+)
 from .report import QualityReport, SpanStats, build_report
 
 __all__ = ["QualityReport", "SpanStats", "TokenizationMismatchError", "evaluate_artifact"]
@@ -95,8 +94,8 @@ def evaluate_artifact(
     stream = build_stream(text, src)
     _check_same_tokens(stream, build_stream(text, art), src, art)
     n_chunks = _chunk_count(len(stream.ids), n_ctx, max_chunks)
-    key = _cache_key(src, text.sha256, n_ctx, n_chunks, top_k)
-    ref = _load_reference(key) if use_cache else None
+    key = cache_key(src, text.sha256, n_ctx, n_chunks, top_k)
+    ref = load_reference(key) if use_cache else None
     cached = ref is not None
     if ref is not None and not np.array_equal(ref.stream, np.asarray(stream.ids, np.int32)):
         log.warning("cached reference %s was made on other tokens; recomputing", key)
@@ -105,7 +104,7 @@ def evaluate_artifact(
         ref = compute_reference(src, stream, n_ctx, n_chunks, top_k, progress=progress)
         ref.meta.update(key=key, source=str(src.path), corpus=text.name)
         if use_cache:
-            _save_reference(key, ref)
+            save_reference(key, ref)
     del src
     scores, forward_s = _score_artifact(art, stream, ref, n_ctx, n_chunks, progress)
     parameters = ref.meta.get("parameters")

@@ -20,7 +20,8 @@ from .corpus import SPAN_NAMES
 if TYPE_CHECKING:
     import numpy as np
 
-    from .engines import Engine, Reference
+    from .engines import Engine
+    from .reference_cache import Reference
 
 CONFIDENCE_MARGIN = 0.1  # P(top-1) - P(top-2) at which a position's top-1 counts
 

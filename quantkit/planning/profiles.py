@@ -20,12 +20,11 @@ from ..errors import ProfileError
 from ..formats.mlx_quants import MLX_QUANT_NAMES, MLX_QUANTS
 from ..formats.quants import GGUF_QUANTS, ArtifactFormat, gguf_quant
 from ..formats.schemes import NOT_MADE, SAFETENSORS_QUANTS
-from .fp8 import fp8_support_for
+from .fp8 import fp8_support
 
 FORMATS = tuple(f.value for f in ArtifactFormat)
 RUNTIMES = ("llama.cpp", "ollama", "vllm", "transformers", "mlx-lm")
 DEVICE_KINDS = ("gpu", "unified", "cpu")
-FP8_SUPPORT = ("native", "weight-only", "none")
 KV_CACHE_TYPES = ("f16", "q8_0", "fp8")
 IMATRIX_SETTINGS = ("auto", "none")  # the default of `convert --imatrix` for this profile
 # q8_0 is llama.cpp's cache type (-ctk/-ctv), fp8 is vLLM's (--kv-cache-dtype fp8).
@@ -258,7 +257,7 @@ def profile_from_dict(data: dict[str, Any], *, source: Path | None = None) -> Ha
             hint="Use format gguf with runtime llama.cpp for CPU and Apple silicon.",
         )
     cc = hw["compute_capability"]
-    fp8 = _fp8_support(cc, hw["fp8"], kind, where)
+    fp8 = fp8_support(cc, hw["fp8"], kind, where, _DOC_HINT)
     if fmt == "fp8" and fp8 == "none":
         raise ProfileError(
             f"{where}: format fp8 needs an NVIDIA GPU of compute capability 8.0 or newer.",
@@ -392,29 +391,3 @@ def _positive(value: int, where: str, key: str) -> int:
     if value < 1:
         raise ProfileError(f"{where}: hardware.{key} must be at least 1, got {value}.")
     return value
-
-
-def _fp8_support(cc: str | None, stated: str | None, kind: str, where: str) -> str:
-    if cc is not None:
-        try:
-            derived = fp8_support_for(cc)
-        except ValueError as exc:
-            raise ProfileError(
-                f"{where}: compute_capability {cc!r} is not of the form '8.9'."
-            ) from exc
-    else:
-        derived = "none"
-    if kind == "gpu" and cc is None:
-        raise ProfileError(
-            f"{where}: a gpu profile needs hardware.compute_capability (e.g. '8.9').",
-            hint=_DOC_HINT,
-        )
-    if stated is not None:
-        _choice(stated, FP8_SUPPORT, where, "hardware.fp8")
-        if stated != derived:
-            raise ProfileError(
-                f"{where}: hardware.fp8 = {stated!r} contradicts compute capability "
-                f"{cc or '(none)'}, which gives {derived!r}.",
-                hint="FP8 tensor cores need sm_89 or newer; sm_80/86 run FP8 weight-only.",
-            )
-    return derived

@@ -185,9 +185,9 @@ def test_tokenization_mismatch_is_refused_before_any_weights_load(
 
 
 def test_kl_estimate_and_bound_on_synthetic_distributions() -> None:
-    from quantkit.evaluation.engines import Reference
     from quantkit.evaluation.kl import compress_rows as _compress
     from quantkit.evaluation.kl import kl_divergence
+    from quantkit.evaluation.reference_cache import Reference
 
     rng = np.random.default_rng(1)
     vocab, n = 5000, 200
@@ -436,7 +436,8 @@ def test_top1_agreement_where_the_source_is_confident(reports) -> None:
 
 @pytest.mark.slow
 def test_reference_cache_is_small_keyed_and_reused(reports, demo_model, eval_cache) -> None:
-    from quantkit.evaluation.engines import _cache_key, open_engine, reference_path
+    from quantkit.evaluation.engines import open_engine
+    from quantkit.evaluation.reference_cache import cache_key, reference_path
 
     files = list((eval_cache / "reference-logits").glob("*.npz"))
     assert files and all(f.stat().st_size < 2_000_000 for f in files)
@@ -444,13 +445,13 @@ def test_reference_cache_is_small_keyed_and_reused(reports, demo_model, eval_cac
     assert sum(not reports[q].reference_cached for q in QUANTS) == 1  # computed once
     engine = open_engine(demo_model, n_ctx=N_CTX)
     corpus_sha = load_corpus().sha256
-    key = _cache_key(engine, corpus_sha, N_CTX, CHUNKS, 64)
+    key = cache_key(engine, corpus_sha, N_CTX, CHUNKS, 64)
     assert reference_path(key) in files
     others = {
-        _cache_key(engine, corpus_sha, 1024, CHUNKS, 64),
-        _cache_key(engine, corpus_sha, N_CTX, CHUNKS + 1, 64),
-        _cache_key(engine, "another corpus", N_CTX, CHUNKS, 64),
-        _cache_key(engine, corpus_sha, N_CTX, CHUNKS, 32),
+        cache_key(engine, corpus_sha, 1024, CHUNKS, 64),
+        cache_key(engine, corpus_sha, N_CTX, CHUNKS + 1, 64),
+        cache_key(engine, "another corpus", N_CTX, CHUNKS, 64),
+        cache_key(engine, corpus_sha, N_CTX, CHUNKS, 32),
     }
     assert key not in others and len(others) == 4
 
