@@ -13,7 +13,6 @@ from quantkit.evaluation.evaluate import evaluate, infer_quant
 from quantkit.evaluation.gates import default_gate
 
 pytest.importorskip("mlx_lm")
-pytest_plugins = ["support.mlx"]  # the mlx_demo fixture
 
 
 def test_open_engine_picks_mlx_for_mlx_folders(mlx_demo: Path, demo_model: Path) -> None:

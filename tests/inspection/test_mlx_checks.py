@@ -12,7 +12,6 @@ import pytest
 from quantkit.artifact.locate import is_mlx_folder, locate_artifact
 
 pytest.importorskip("mlx_lm")
-pytest_plugins = ["support.mlx"]  # the mlx_demo and mlx_copy fixtures
 
 
 def _by_name(report) -> dict:

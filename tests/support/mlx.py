@@ -1,6 +1,5 @@
-"""The demo model as an MLX 4-bit folder, built once per machine into the fixture cache:
-through quantkit.convert where the MLX backend is registered, else with mlx-lm's own
-converter (the same mlx_lm.convert call the backend makes)."""
+"""The demo model as an MLX 4-bit folder, built once per machine into the fixture cache
+through quantkit.convert (tests/conftest.py makes the fixtures available everywhere)."""
 
 from __future__ import annotations
 
@@ -17,18 +16,12 @@ def build_mlx_demo(cache: Path, demo_model: Path) -> Path:
         return target
     partial = cache / "demo-mlx-4bit.building"
     shutil.rmtree(partial, ignore_errors=True)
-    from quantkit.backends import registered_formats
+    import quantkit
+    from quantkit.evaluation.options import EvalOptions
 
-    if "mlx" in registered_formats():
-        import quantkit
-        from quantkit.evaluation.options import EvalOptions
-
-        quantkit.convert(str(demo_model), format="mlx", quant="4bit", out=str(partial),
-                         evaluation=EvalOptions(enabled=False))  # fmt: skip
-    else:
-        from mlx_lm import convert
-
-        convert(hf_path=str(demo_model), mlx_path=str(partial), quantize=True, q_bits=4)
+    # unchecked here: the inspection tests check it
+    quantkit.convert(str(demo_model), format="mlx", quant="4bit", out=str(partial),
+                     verify=False, evaluation=EvalOptions(enabled=False))  # fmt: skip
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
