@@ -69,28 +69,34 @@ class TransformersSide(Side):
         from transformers import AutoTokenizer
 
         self.label = label
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        value = self.tokenizer.chat_template
+        self._use(AutoTokenizer.from_pretrained(str(folder)))
+
+    def _use(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        value = tokenizer.chat_template
         if isinstance(value, dict):
             self.templates = dict(value)
         else:
             self.templates = {"default": value} if value else {}
 
+    def _apply(self, name: str, template: str, conv: Conversation) -> str:
+        # The template text itself, not its name: a lone string template would take
+        # "default" for template source.
+        return self.tokenizer.apply_chat_template(
+            copy.deepcopy(conv.messages),
+            tools=copy.deepcopy(conv.tools),
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=conv.add_generation_prompt,
+            **conv.variables,
+        )
+
     def render(self, name: str, conv: Conversation) -> str:
         template = self.templates[name]
         try:
-            # The template text itself, not its name: a lone string template would take
-            # "default" for template source.
             return foreign_render(
                 template,
-                lambda: self.tokenizer.apply_chat_template(
-                    copy.deepcopy(conv.messages),
-                    tools=copy.deepcopy(conv.tools),
-                    chat_template=template,
-                    tokenize=False,
-                    add_generation_prompt=conv.add_generation_prompt,
-                    **conv.variables,
-                ),
+                lambda: self._apply(name, template, conv),
                 conv.messages,
                 tools=conv.tools,
                 add_generation_prompt=conv.add_generation_prompt,
@@ -268,7 +274,7 @@ class LlamaCppSide(Side):
         return self.text(int(token_id))
 
 
-class MlxSide(Side):
+class MlxSide(TransformersSide):
     """An MLX folder's tokenizer as mlx-lm loads it: mlx_lm.utils.load_tokenizer's
     TokenizerWrapper with the eos ids mlx_lm.load gives it (config.json's, overridden by
     generation_config.json's, plus the tokenizer's eos), rendering through the wrapper's
@@ -281,50 +287,27 @@ class MlxSide(Side):
         self.label = "mlx-lm"
         eos = load_config(folder).get("eos_token_id")
         self.wrapper = load_tokenizer(folder, eos_token_ids=eos)
-        self.tokenizer = self.wrapper._tokenizer
-        value = self.tokenizer.chat_template
-        if isinstance(value, dict):
-            self.templates = dict(value)
-        else:
-            self.templates = {"default": value} if value else {}
+        self._use(self.wrapper._tokenizer)
 
     @property
     def eos_token_ids(self) -> set[int]:
         """Where mlx-lm's generate, chat and server stop."""
         return {int(i) for i in self.wrapper.eos_token_ids}
 
-    def render(self, name: str, conv: Conversation) -> str:
-        template = self.templates[name]
+    def _apply(self, name: str, template: str, conv: Conversation) -> str:
         # By name, as the runtime stores it (a lone template is the tokenizer's own).
         chosen = name if isinstance(self.tokenizer.chat_template, dict) else None
-        try:
-            return foreign_render(
-                template,
-                lambda: self.wrapper.apply_chat_template(
-                    copy.deepcopy(conv.messages),
-                    tools=copy.deepcopy(conv.tools),
-                    chat_template=chosen,
-                    tokenize=False,
-                    add_generation_prompt=conv.add_generation_prompt,
-                    **conv.variables,
-                ),
-                conv.messages,
-                tools=conv.tools,
-                add_generation_prompt=conv.add_generation_prompt,
-                **{**_special_texts(self.tokenizer), **conv.variables},
-            )
-        except Exception as exc:  # noqa: BLE001 - the failure is the evidence
-            raise _failure(exc) from exc
+        return self.wrapper.apply_chat_template(
+            copy.deepcopy(conv.messages),
+            tools=copy.deepcopy(conv.tools),
+            chat_template=chosen,
+            tokenize=False,
+            add_generation_prompt=conv.add_generation_prompt,
+            **conv.variables,
+        )
 
     def encode(self, text: str, *, add_special: bool = False) -> list[int]:
         return list(self.wrapper.encode(text, add_special_tokens=add_special))
-
-    def piece(self, token_id: int) -> str:
-        return str(self.tokenizer.convert_ids_to_tokens(int(token_id)))
-
-    def token_id(self, attr: str) -> int | None:
-        value = getattr(self.tokenizer, f"{attr}_token_id", None)
-        return int(value) if isinstance(value, int) else None
 
     def stream(self, ids: list[int]) -> list[str]:
         """The text mlx-lm's streaming detokenizer prints for each id fed one by one (as
