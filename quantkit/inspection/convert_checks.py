@@ -14,8 +14,11 @@ from .check import Check, crashed_check
 from .generation import generation_check, gguf_generation_check
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..formats.tokens import TokenTypePolicy
     from ..source.model import SourceModel
+    from .reference import Reference
 
 
 def check_converted(
@@ -42,49 +45,32 @@ def check_gguf(
     """The full inspection of a GGUF against its source (tokens, token types, turn end,
     BOS/PAD, templates, the rendering battery, tokenization, rope; quantkit.inspection),
     then a short greedy reply with the weights loaded. `policy` is the token-type policy
-    the GGUF was written with (convert's --token-type overrides).
-
-    Never raises for the artifact: whatever goes wrong inside the checks becomes a failed
-    fatal check, so convert quarantines the artifact instead of deleting it."""
+    the GGUF was written with (convert's --token-type overrides)."""
     require("llama_cpp", "gguf")
     from .gguf_checks import gguf_checks
     from .gguf_meta import gguf_files
-    from .reference import reference_from_source
 
-    if source.tokenizer is None:
-        return [Check("special tokens single ids", True, "source has no tokenizer", False)]
-    checks: list[Check] = []
-    try:
-        reference = reference_from_source(source)
-        checks += gguf_checks(gguf_files(Path(path)), reference, policy=policy)
-        checks.append(gguf_generation_check(Path(path), reference, max_new_tokens))
-    except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
-        checks.append(crashed_check(exc))
-    return checks
+    path = Path(path)
+    return _battery_then_reply(
+        source,
+        lambda reference: gguf_checks(gguf_files(path), reference, policy=policy),
+        lambda reference: gguf_generation_check(path, reference, max_new_tokens),
+    )
 
 
 def check_safetensors(
     folder: Path, source: SourceModel, *, generate: bool = True, max_new_tokens: int = 32
 ) -> list[Check]:
-    """The full inspection of a safetensors folder against its source (quantkit.inspection:
-    added tokens, eos, BOS/PAD, templates, the rendering battery, tokenization), then a
-    greedy reply on CPU. Never raises for the artifact: whatever goes wrong inside the
-    checks becomes a failed fatal check, so convert quarantines the folder instead of
-    deleting it."""
+    """The full inspection of a safetensors folder against its source (added tokens, eos,
+    BOS/PAD, templates, the rendering battery, tokenization), then a greedy reply on CPU."""
     require("transformers", "compress")
-    from .reference import reference_from_source
     from .safetensors_checks import safetensors_checks
 
-    if source.tokenizer is None:
-        return [Check("special tokens single ids", True, "source has no tokenizer", False)]
-    checks: list[Check] = []
-    try:
-        checks += safetensors_checks(folder, reference_from_source(source))
-        if generate:
-            checks.append(generation_check(folder, max_new_tokens=max_new_tokens))
-    except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
-        checks.append(crashed_check(exc))
-    return checks
+    return _battery_then_reply(
+        source,
+        lambda reference: safetensors_checks(folder, reference),
+        (lambda _: generation_check(folder, max_new_tokens=max_new_tokens)) if generate else None,
+    )
 
 
 def check_mlx(
@@ -92,19 +78,37 @@ def check_mlx(
 ) -> list[Check]:
     """The full inspection of an MLX folder against its source in mlx-lm (added tokens, turn
     end among mlx-lm's eos ids, BOS/PAD, templates, the rendering battery, tokenization,
-    the streaming detokenizer), then a greedy reply through mlx-lm. Never raises for the
-    artifact: a crash inside the checks becomes a failed fatal check."""
+    the streaming detokenizer), then a greedy reply through mlx-lm."""
     require("mlx_lm", "mlx")
     from .mlx_checks import mlx_checks, mlx_generation_check
+
+    return _battery_then_reply(
+        source,
+        lambda reference: mlx_checks(folder, reference),
+        (lambda _: mlx_generation_check(folder, max_new_tokens=max_new_tokens))
+        if generate
+        else None,
+    )
+
+
+def _battery_then_reply(
+    source: SourceModel,
+    battery: Callable[[Reference], list[Check]],
+    reply: Callable[[Reference], Check] | None,
+) -> list[Check]:
+    """The battery against the source, then the reply. Never raises for the artifact:
+    whatever goes wrong inside the checks becomes a failed fatal check, so convert
+    quarantines the artifact instead of deleting it."""
     from .reference import reference_from_source
 
     if source.tokenizer is None:
         return [Check("special tokens single ids", True, "source has no tokenizer", False)]
     checks: list[Check] = []
     try:
-        checks += mlx_checks(folder, reference_from_source(source))
-        if generate:
-            checks.append(mlx_generation_check(folder, max_new_tokens=max_new_tokens))
+        reference = reference_from_source(source)
+        checks += battery(reference)
+        if reply is not None:
+            checks.append(reply(reference))
     except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt and SystemExit still stop
         checks.append(crashed_check(exc))
     return checks
