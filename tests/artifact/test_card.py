@@ -161,17 +161,26 @@ def test_a_hand_written_readme_is_kept(demo_artifact: Path) -> None:
     assert result.readme is None and (demo_artifact / "README.md").read_text() == "# mine\n"
 
 
-def test_card_for_a_safetensors_artifact(demo_artifact: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "fp8"
+def _folder_artifact(
+    demo_artifact: Path, folder: Path, fmt: str, quant: str, **source: str
+) -> Path:
+    """A folder artifact (tokenizer files, a stand-in weights file, a manifest saying
+    `fmt`/`quant`) made from the demo artifact's manifest, for cards of folder formats."""
     folder.mkdir()
-    source = Path(_manifest(demo_artifact)["source"]["requested"])
+    requested = Path(_manifest(demo_artifact)["source"]["requested"])
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(source / name, folder / name)
+        shutil.copy(requested / name, folder / name)
     (folder / "model.safetensors").write_bytes(b"\0" * 1000)
     manifest = _manifest(demo_artifact)
-    manifest["target"] = {"format": "fp8", "quant": "FP8_DYNAMIC", "profile": None}
+    manifest["target"] = {"format": fmt, "quant": quant, "profile": None}
     manifest["files"] = [{"name": "model.safetensors", "bytes": 1000, "sha256": "0" * 64}]
+    manifest["source"].update(source)
     _write_manifest(folder, manifest)
+    return folder
+
+
+def test_card_for_a_safetensors_artifact(demo_artifact: Path, tmp_path: Path) -> None:
+    folder = _folder_artifact(demo_artifact, tmp_path / "fp8", "fp8", "FP8_DYNAMIC")
     result = write_model_card(folder, "alice/demo-FP8")
     meta = parse_front_matter(result.readme.read_text())
     assert result.modelfile is None and not (folder / "Modelfile").exists()
@@ -397,17 +406,9 @@ def test_an_imatrix_calibrated_artifact(demo_artifact: Path) -> None:
 def test_card_for_an_mlx_artifact(demo_artifact: Path, tmp_path: Path) -> None:
     """MLX Hub conventions: library_name mlx, the mlx tag, quantized from the base model,
     and mlx-lm usage that applies the chat template (generate and the server)."""
-    folder = tmp_path / "mlx"
-    folder.mkdir()
-    source = Path(_manifest(demo_artifact)["source"]["requested"])
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(source / name, folder / name)
-    (folder / "model.safetensors").write_bytes(b"\0" * 1000)
-    manifest = _manifest(demo_artifact)
-    manifest["target"] = {"format": "mlx", "quant": "4bit", "profile": None}
-    manifest["files"] = [{"name": "model.safetensors", "bytes": 1000, "sha256": "0" * 64}]
-    manifest["source"].update(repo_id="NousResearch/Hermes-3-Llama-3.1-8B")
-    _write_manifest(folder, manifest)
+    folder = _folder_artifact(
+        demo_artifact, tmp_path / "mlx", "mlx", "4bit", repo_id="NousResearch/Hermes-3-Llama-3.1-8B"
+    )
     result = write_model_card(folder, "alice/demo-4bit-mlx")
     meta = parse_front_matter(result.readme.read_text())
     assert result.modelfile is None
