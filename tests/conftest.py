@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from quantkit.runtime.llama_server import build_folder as llama_server_build
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The llama-server scripts/setup.sh built into the user's cache (~/.cache/quantkit), found
+# before QUANTKIT_CACHE is pointed at the test cache below.
+_built_server = llama_server_build() / "bin" / "llama-server"
+if _built_server.is_file():
+    os.environ.setdefault("QUANTKIT_LLAMA_SERVER", str(_built_server))
 # Reference logits and other quantkit caches go into the test cache, not ~/.cache.
 os.environ.setdefault(
     "QUANTKIT_CACHE", str(REPO_ROOT / ".cache" / "test-fixtures" / "quantkit-cache")

@@ -286,6 +286,7 @@ def checks_section(checks: list[dict[str, Any]]) -> str:
     rows = ["| check | result | evidence |", "|---|---|---|"]
     for c in checks:
         result = "pass" if c.get("passed") else ("FAIL" if c.get("fatal") else "warning")
+        result = "skipped" if c.get("skipped") else result
         evidence = str(c.get("evidence", "")).replace("|", "\\|").replace("\n", " ")
         rows.append(f"| {c.get('name', '?')} | {result} | {evidence} |")
     passed = sum(1 for c in checks if c.get("passed"))

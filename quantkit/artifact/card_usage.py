@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..formats.chat_template import LLAMA_SERVER_NO_REASONING, LLAMA_SERVER_REASONING_PARSED
 from .card_facts import TokenFacts, is_weights
+
+# The name of quantkit.inspection.server_checks.REASONING_ROUND_TRIP (artifact sits below
+# inspection: the card reads the check from the manifest by its name).
+_REASONING_CHECK = "reasoning round trip"
 
 
 def usage_section(
@@ -31,6 +36,7 @@ def usage_section(
             f"llama-server -hf {repo}:{quant} --jinja\n"
             f"# or, after `hf download {repo} --local-dir .`\n{local}\n```",
             "`--jinja` applies the chat template stored in the GGUF (tool calls included).",
+            *_server_reasoning(manifest),
             "### Ollama",
         ]
         if len(ggufs) > 1:
@@ -96,3 +102,16 @@ def mlx_usage(repo: str, base_model: str | None) -> list[str]:
         f"`quantkit convert {base_model or 'SOURCE'} --format gguf --quant Q4_K_M --out DIR`; "
         "for vLLM, a safetensors folder (`--format safetensors`, `fp8` or `gptq`).",
     ]
+
+
+def _server_reasoning(manifest: dict[str, Any]) -> list[str]:
+    """What the reasoning round trip through llama-server found, in the user's words."""
+    check = next((c for c in manifest.get("checks", []) if c.get("name") == _REASONING_CHECK), None)
+    if check is None or check.get("skipped") or not check.get("passed"):
+        return []
+    if LLAMA_SERVER_REASONING_PARSED in check.get("evidence", ""):
+        return [
+            "llama-server returns the thought in `reasoning_content` (`--reasoning-format "
+            "deepseek`, its default; checked when this was made)."
+        ]
+    return [LLAMA_SERVER_NO_REASONING + " (Checked in llama-server when this was made.)"]

@@ -63,6 +63,7 @@ def _register_commands() -> None:
         "eval_cmd",
         "inspect_cmd",
         "upload_cmd",
+        "doctor_cmd",
     ):
         try:
             module = __import__(f"{__name__}.{module_name}", fromlist=["register"])

@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 
 from . import console
-from .options import JsonFlag, ProfileOption, QuietFlag, RevisionOption
+from .options import (
+    JsonFlag,
+    LlamaServerOption,
+    ProfileOption,
+    QuietFlag,
+    RevisionOption,
+    ServerCheckFlag,
+)
 
 EXAMPLES = """
 Examples:
@@ -57,6 +64,8 @@ def convert_command(
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Check the artifact in its runtime.")
     ] = True,
+    server_check: ServerCheckFlag = True,
+    llama_server: LlamaServerOption = None,
     keep_intermediate: Annotated[
         bool, typer.Option("--keep-intermediate", help="Keep the BF16 GGUF next to the result.")
     ] = False,
@@ -152,6 +161,7 @@ def convert_command(
     from ..backends.safetensors.options import GPTQOptions, SafetensorsOptions
     from ..calibration.options import CalibrationOptions
     from ..evaluation.options import EvalOptions
+    from ..inspection.options import ServerOptions
     from ..pipeline import convert
 
     console.configure(json_mode=json_out, quiet=quiet)
@@ -191,6 +201,7 @@ def convert_command(
                 enabled=evaluate, gate=gate, corpus=eval_corpus, n_ctx=eval_ctx
             ),
             verify=verify,
+            server=ServerOptions(enabled=server_check, binary=llama_server),
             force=force,
             dry_run=dry_run,
             push_to=push_to,

@@ -24,6 +24,22 @@ AgainstOption = Annotated[
     ),
 ]
 
+LlamaServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--llama-server",
+        help="Your own llama-server build (else QUANTKIT_LLAMA_SERVER, quantkit's build, PATH).",
+    ),
+]
+ServerCheckFlag = Annotated[
+    bool,
+    typer.Option(
+        "--server-check/--no-server-check",
+        help="GGUF: the tool-call and reasoning round trip through llama-server (loads the "
+        "weights).",
+    ),
+]
+
 
 def _flags_without_metavar(params: list) -> list:
     """A flag takes no value, but typer's rich help prints its type (`--dry-run <bool>`,

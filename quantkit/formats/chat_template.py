@@ -161,3 +161,24 @@ def _compile(template: str):
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(template)
+
+
+# llama-server finds a template's reasoning markers by rendering it with `enable_thinking`
+# on and off (its differential analysis, common/chat-diff-analyzer.cpp); a template without
+# that switch (Hermes 3's ChatML, Hermes 4's Llama-3 template, whose switch is `thinking`)
+# gets none, and the server then leaves the thought in the content under every
+# --reasoning-format. quantkit's `reasoning round trip` check measures it on the artifact.
+LLAMA_SERVER_THINKING_SWITCH = "enable_thinking"
+# How the check's evidence says the server did split the thought out (the model card reads it).
+LLAMA_SERVER_REASONING_PARSED = "the thought comes back in reasoning_content"
+LLAMA_SERVER_NO_REASONING = (
+    "llama-server parses no reasoning for this chat template (no enable_thinking switch): "
+    "the thought stays in the content under every --reasoning-format. Read <think>...</think> "
+    "from the content (pass --reasoning-format none to say so), and turn thinking on with the "
+    "model's reasoning system prompt or, for Hermes 4, --chat-template-kwargs "
+    "'{\"thinking\": true}'."
+)
+
+
+def llama_server_parses_reasoning(templates: dict[str, str]) -> bool:
+    return any(LLAMA_SERVER_THINKING_SWITCH in t for t in templates.values())

@@ -19,9 +19,10 @@ from ..artifact.locate import locate_artifact
 from ..errors import ArtifactError
 from .check import Check
 from .gguf_meta import check_complete, check_gguf_magic, check_is_model, gguf_files
+from .options import ServerOptions
 from .report import InspectReport
 
-__all__ = ["ArtifactError", "Check", "InspectReport", "inspect"]
+__all__ = ["ArtifactError", "Check", "InspectReport", "ServerOptions", "inspect"]
 
 
 def inspect(
@@ -30,10 +31,13 @@ def inspect(
     *,
     generate: bool = False,
     revision: str | None = None,
+    server: ServerOptions | None = None,
 ) -> InspectReport:
     """Run every survival check on `artifact`; `generate` adds a short greedy reply in the
-    runtime (loads the weights: slow for big models). The report passes only when every
-    check passes."""
+    runtime (loads the weights: slow for big models). For a GGUF, `server` adds the round
+    trip through llama.cpp's `llama-server` (quantkit.inspection.server_checks; loads the
+    weights too) unless `server.enabled` is off. The report
+    passes only when every check that ran passes."""
     from ..errors import require
     from .reference import load_reference
 
@@ -48,6 +52,9 @@ def inspect(
             from .generation import gguf_generation_check
 
             checks.append(gguf_generation_check(files[0], reference))
+        server = server or ServerOptions()
+        if server.enabled:
+            checks += round_trip_checks(files[0], server.binary)
     elif kind == "mlx":
         require("mlx_lm", "mlx")
         from .mlx_checks import mlx_checks, mlx_generation_check
@@ -92,3 +99,13 @@ def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
     check_is_model(files[0])
     check_complete(files)
     return "gguf", files
+
+
+def round_trip_checks(gguf: Path, llama_server: str | Path | None = None) -> list[Check]:
+    """The llama-server round trip on a GGUF (its first shard), or the same checks skipped
+    with the reason when no llama-server can be found."""
+    from ..runtime.llama_server import find_llama_server
+    from .gguf_meta import read_gguf_meta
+    from .server_checks import server_checks
+
+    return server_checks(gguf, read_gguf_meta(gguf), find_llama_server(llama_server))

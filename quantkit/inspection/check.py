@@ -13,9 +13,16 @@ class Check:
     passed: bool
     evidence: str
     fatal: bool = True  # a failed non-fatal check is reported but does not fail the convert
+    # A check that could not run (its runtime is missing): never passed, never failed; the
+    # evidence says why and what would let it run.
+    skipped: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def skipped_check(name: str, reason: str) -> Check:
+    return Check(name, False, f"skipped: {reason}", fatal=False, skipped=True)
 
 
 LOADS = "artifact loads and can be checked"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import require
 from .check import Check, crashed_check
 from .generation import generation_check, gguf_generation_check
+from .options import ServerOptions
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,7 +23,11 @@ if TYPE_CHECKING:
 
 
 def check_converted(
-    artifact: Path, source: SourceModel, *, policy: TokenTypePolicy | None = None
+    artifact: Path,
+    source: SourceModel,
+    *,
+    policy: TokenTypePolicy | None = None,
+    server: ServerOptions | None = None,
 ) -> list[Check]:
     """The checks for what a backend made: a GGUF file in llama.cpp (`policy`: the token
     types it was written with), an MLX folder in mlx-lm, another folder in transformers."""
@@ -32,7 +37,7 @@ def check_converted(
         if is_mlx_folder(artifact):
             return check_mlx(artifact, source)
         return check_safetensors(artifact, source)
-    return check_gguf(artifact, source, policy=policy)
+    return check_gguf(artifact, source, policy=policy, server=server)
 
 
 def check_gguf(
@@ -41,21 +46,31 @@ def check_gguf(
     *,
     max_new_tokens: int = 48,
     policy: TokenTypePolicy | None = None,
+    server: ServerOptions | None = None,
 ) -> list[Check]:
     """The full inspection of a GGUF against its source (tokens, token types, turn end,
     BOS/PAD, templates, the rendering battery, tokenization, rope; quantkit.inspection),
-    then a short greedy reply with the weights loaded. `policy` is the token-type policy
-    the GGUF was written with (convert's --token-type overrides)."""
+    then a short greedy reply with the weights loaded, then (`server`) the round trip
+    through llama-server (unless `server.enabled` is off). `policy` is the token-type
+    policy the GGUF was written with (convert's --token-type overrides)."""
     require("llama_cpp", "gguf")
+    from . import round_trip_checks
     from .gguf_checks import gguf_checks
     from .gguf_meta import gguf_files
 
     path = Path(path)
-    return _battery_then_reply(
+    checks = _battery_then_reply(
         source,
         lambda reference: gguf_checks(gguf_files(path), reference, policy=policy),
         lambda reference: gguf_generation_check(path, reference, max_new_tokens),
     )
+    server = server or ServerOptions()
+    if server.enabled and source.tokenizer is not None:
+        try:
+            checks += round_trip_checks(path, server.binary)
+        except Exception as exc:  # noqa: BLE001 - a crash is a failed check, not a lost artifact
+            checks.append(crashed_check(exc))
+    return checks
 
 
 def check_safetensors(

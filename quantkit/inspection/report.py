@@ -25,13 +25,19 @@ class InspectReport:
 
     @property
     def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
+        return [c for c in self.checks if not c.passed and not c.skipped]
+
+    @property
+    def skipped(self) -> list[Check]:
+        return [c for c in self.checks if c.skipped]
 
     def summary(self) -> str:
+        ran = len(self.checks) - len(self.skipped)
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
         if self.passed:
-            return f"all {len(self.checks)} checks passed"
+            return f"all {ran} checks passed{skipped}"
         names = ", ".join(c.name for c in self.failed)
-        return f"{len(self.failed)} of {len(self.checks)} checks failed: {names}"
+        return f"{len(self.failed)} of {ran} checks failed: {names}{skipped}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

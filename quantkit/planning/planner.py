@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PlanError
+from ..formats.chat_template import LLAMA_SERVER_NO_REASONING, llama_server_parses_reasoning
 from ..source.model import SourceModel
 from . import fit as fitting
 from . import memory as mem
@@ -78,12 +79,15 @@ def make_plan(
     weights = mem.artifact_weights_bytes(spec, profile.format, profile.quant)
     max_ctx = 0 if result.fit == "none" else fitting.max_context(spec, profile, result.fit)
     notes = list(_notes(spec, profile, result, ctx, context))
+    thought_in_content = profile.runtime == "llama.cpp" and not _server_parses_reasoning(source)
+    if thought_in_content:
+        notes.append(LLAMA_SERVER_NO_REASONING)
     recommended = smaller = None
     if result.fit != "full":
         recommended = recommend_profile(spec, others, ctx, exclude=profile.name)
         if suggest_smaller:
             smaller = smaller_models(spec, profile, ctx)
-    command, modelfile = _command(spec, profile, result)
+    command, modelfile = _command(spec, profile, result, thought_in_content)
     return Plan(
         model=spec.name,
         profile=profile.name,
@@ -213,7 +217,9 @@ def load_spec(model: str, *, revision: str | None = None) -> ModelSpec:
     )
 
 
-def _command(spec: ModelSpec, profile: HardwareProfile, result: fitting.Fit):
+def _command(
+    spec: ModelSpec, profile: HardwareProfile, result: fitting.Fit, thought_in_content: bool
+):
     if result.fit == "none":
         return None, None
     artifact = cmd.artifact_name(spec.name, profile)
@@ -221,10 +227,22 @@ def _command(spec: ModelSpec, profile: HardwareProfile, result: fitting.Fit):
         modelfile = cmd.ollama_modelfile(artifact, result.context, result.gpu_layers)
         return cmd.ollama_command(spec.name), modelfile
     if profile.runtime == "llama.cpp":
-        return cmd.llama_server_command(artifact, profile, result.context, result.gpu_layers), None
+        command = cmd.llama_server_command(
+            artifact, profile, result.context, result.gpu_layers, thought_in_content
+        )
+        return command, None
     if profile.runtime == "mlx-lm":
         return cmd.mlx_lm_server_command(artifact), None
     return cmd.vllm_command(artifact, profile, result.context), None
+
+
+def _server_parses_reasoning(source: SourceModel | ModelSpec) -> bool:
+    """True where llama-server will split the thought out, or where the templates are not
+    known (a plan from config.json alone)."""
+    bundle = source.tokenizer if isinstance(source, SourceModel) else None
+    if bundle is None or not bundle.chat_templates:
+        return True
+    return llama_server_parses_reasoning(bundle.chat_templates)
 
 
 def _notes(

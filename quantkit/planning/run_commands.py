@@ -15,8 +15,15 @@ def artifact_name(model_name: str, profile: HardwareProfile) -> str:
 
 
 def llama_server_command(
-    artifact: str, profile: HardwareProfile, context: int, gpu_layers: int | None
+    artifact: str,
+    profile: HardwareProfile,
+    context: int,
+    gpu_layers: int | None,
+    thought_in_content: bool = False,
 ) -> str:
+    """`thought_in_content`: the server parses no reasoning for the model's template
+    (formats.chat_template.LLAMA_SERVER_NO_REASONING), so the command says where the
+    thought goes: `--reasoning-format none`, the content."""
     args = ["llama-server", "-m", artifact, "-c", str(context)]
     args += ["-ngl", str(gpu_layers or 0)]
     if profile.devices_per_node > 1 and (gpu_layers or 0) > 0:
@@ -24,6 +31,8 @@ def llama_server_command(
     if profile.kv_cache_type == "q8_0":
         args += ["-ctk", "q8_0", "-ctv", "q8_0"]  # quantized V needs flash attention
     args += ["-fa", "on", "--jinja"]  # --jinja: the GGUF's own chat template, tool calls
+    if thought_in_content:
+        args += ["--reasoning-format", "none"]
     return shlex.join(args)
 
 

@@ -145,7 +145,10 @@ def test_llama_cpp_converter_hides_special_tags_and_is_caught(
     CONTROL: llama-server would then strip <tool_call> from replies. That is the bug."""
     path = reference_converter.convert(llama31_model_special_tags, tmp_path / "r.gguf", "q8_0")
     report = quantkit.inspect(path, llama31_model_special_tags)
-    assert set(failed(report)) == {"token types follow the policy"}
+    # ... and llama-server hides them: the round trips fail too (server_checks).
+    assert set(failed(report)) == {
+        "token types follow the policy", "tool-call round trip", "reasoning round trip"
+    }
     evidence = failed(report)["token types follow the policy"]
     assert "'<tool_call>'" in evidence and "is CONTROL, the policy says USER_DEFINED" in evidence
 
@@ -159,7 +162,7 @@ def test_think_retyped_control_is_caught(
 ) -> None:
     bad = edited_copy(demo_q8, tmp_path / "b.gguf", lambda f: set_token_type(f, "<think>", CONTROL))
     report = quantkit.inspect(bad, demo_model if against else None)
-    assert set(failed(report)) == {"token types follow the policy"}
+    assert set(failed(report)) == {"token types follow the policy", "reasoning round trip"}
     evidence = failed(report)["token types follow the policy"]
     assert "'<think>' (id 49158) is CONTROL, the policy says USER_DEFINED" in evidence
     assert "parsers never see it" in evidence

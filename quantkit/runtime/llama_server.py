@@ -1,0 +1,350 @@
+"""llama.cpp's own `llama-server`: found, built from the pinned source, run on loopback.
+
+The server is what users run a GGUF in (`llama-server --jinja -m model.gguf`), and its chat
+template engine, tool-call parser and reasoning parser are its own C++ code, not
+llama-cpp-python's: the round-trip checks (quantkit.inspection.server_checks) need the real
+binary. Which one, first found wins:
+
+1. `--llama-server PATH` (or QUANTKIT_LLAMA_SERVER): the user's own build;
+2. quantkit's cached build, made from the llama.cpp vendored in the llama-cpp-python sdist
+   that quantkit pins (the same llama.cpp quantkit quantizes with), by `build_llama_server`
+   (`quantkit doctor --build-llama-server`; scripts/setup.sh does it once per machine);
+3. `llama-server` on PATH.
+
+`LlamaServer` starts it bound to 127.0.0.1 on a free port, waits for /health and always
+stops it (also on an error or Ctrl-C: the `with` block's exit kills it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..disk.atomic import building_folder
+from ..disk.cache import cache_dir
+from ..errors import QuantkitError
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "QUANTKIT_LLAMA_SERVER"
+BINARY = "llama-server"
+_VENDOR = "vendor/llama.cpp/"
+# A static, portable build: one self-contained binary (no libllama/libggml beside it) that
+# runs on any x86-64 machine of its kind, like the cached llama-cpp-python wheel.
+CMAKE_OPTIONS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_OPENSSL=OFF",  # loopback only; no TLS library to find
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # the web UI would be downloaded: not reachable, not needed
+)
+
+
+class LlamaServerError(QuantkitError):
+    """llama-server could not be found, built or started."""
+
+    exit_code = 9  # like a missing dependency
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    path: Path
+    origin: str  # "--llama-server", "QUANTKIT_LLAMA_SERVER", "quantkit's build", "PATH"
+
+    def version(self) -> str:
+        """What `llama-server --version` says (llama.cpp's build number and commit)."""
+        try:
+            proc = subprocess.run(
+                [str(self.path), "--version"], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"unknown ({exc})"
+        lines = (proc.stdout + proc.stderr).splitlines()
+        found = [ln.strip() for ln in lines if ln.startswith("version:")]
+        return found[0].removeprefix("version:").strip() if found else "unknown"
+
+
+def pinned_version() -> str:
+    """The installed llama-cpp-python's version: the sdist the server is built from."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError as exc:
+        raise LlamaServerError(
+            "llama-cpp-python is not installed, so there is no pinned llama.cpp to build.",
+            hint="pip install 'quantkit[gguf]'",
+        ) from exc
+
+
+def build_folder(version: str | None = None) -> Path:
+    return cache_dir("llama-server", f"llama-cpp-python-{version or pinned_version()}")
+
+
+def find_llama_server(explicit: str | Path | None = None) -> ServerBinary | None:
+    """The server to run (see the module docstring for the order), or None. An explicit
+    path that is not an executable file is an error, not a fall-through."""
+    for origin, given in (("--llama-server", explicit), (ENV_VAR, os.environ.get(ENV_VAR))):
+        if given:
+            path = Path(given).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise LlamaServerError(f"{origin} {path}: not an executable file.")
+            return ServerBinary(path, origin)
+    try:
+        cached = build_folder() / "bin" / BINARY
+    except LlamaServerError:
+        cached = None
+    if cached is not None and cached.is_file():
+        return ServerBinary(cached, "quantkit's build")
+    on_path = shutil.which(BINARY)
+    return ServerBinary(Path(on_path), "PATH") if on_path else None
+
+
+def not_found_reason() -> str:
+    return (
+        f"no llama-server: none given (--llama-server, {ENV_VAR}), none built by quantkit, "
+        f"none on PATH; build one with `quantkit doctor --build-llama-server` (about "
+        f"5 minutes on 2 cores, once)"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Building it from the pinned sdist
+
+
+def build_llama_server(*, jobs: int | None = None, version: str | None = None) -> ServerBinary:
+    """Download the llama-cpp-python sdist, build `llama-server` from its vendored llama.cpp
+    with CMake, and keep the binary in the cache. Returns at once if it is already there.
+    The build happens in a temporary folder; only a finished binary reaches the cache."""
+    version = version or pinned_version()
+    target = build_folder(version)
+    binary = target / "bin" / BINARY
+    if binary.is_file():
+        return ServerBinary(binary, "quantkit's build")
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise LlamaServerError(
+                f"cannot build llama-server: `{tool}` is not installed.",
+                hint="Install cmake and a C++ compiler, or pass --llama-server PATH.",
+            )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        source = _unpacked_source(Path(tmp), version)
+        built = _cmake_build(source, Path(tmp) / "build", jobs or os.cpu_count() or 2)
+        with building_folder(target) as work:
+            (work / "bin").mkdir()
+            shutil.copy2(built, work / "bin" / BINARY)
+            info = {"llama-cpp-python": version, "cmake_options": list(CMAKE_OPTIONS)}
+            (work / "build.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return ServerBinary(binary, "quantkit's build")
+
+
+def _unpacked_source(tmp: Path, version: str) -> Path:
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+        "--disable-pip-version-check", f"llama-cpp-python=={version}", "-d", str(tmp),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    sdists = sorted(tmp.glob("llama_cpp_python-*.tar.gz"))
+    if proc.returncode != 0 or not sdists:
+        raise LlamaServerError(
+            f"pip could not download the llama-cpp-python=={version} sdist: "
+            + " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        )
+    dest = tmp / "src"
+    with tarfile.open(sdists[0], "r:gz") as tar:
+        members = [m for m in tar.getmembers() if _VENDOR in m.name and ".." not in m.name]
+        tar.extractall(dest, members=members, filter="data")
+    found = sorted(dest.glob(f"*/{_VENDOR}CMakeLists.txt"))
+    if not found:
+        raise LlamaServerError(f"the llama-cpp-python=={version} sdist has no {_VENDOR}.")
+    return found[0].parent
+
+
+def _cmake_build(source: Path, build: Path, jobs: int) -> Path:
+    logfile = build.parent / "build.log"
+    with logfile.open("w") as out:
+        for cmd in (
+            ["cmake", "-S", str(source), "-B", str(build), *CMAKE_OPTIONS],
+            ["cmake", "--build", str(build), "--target", BINARY, "-j", str(jobs)],
+        ):
+            log.info("running %s", " ".join(cmd))
+            if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                tail = logfile.read_text(errors="replace").splitlines()[-15:]
+                raise LlamaServerError(
+                    "building llama-server failed:\n" + "\n".join(tail),
+                    hint="Pass --llama-server PATH to use a build of your own.",
+                )
+    built = build / "bin" / BINARY
+    if not built.is_file():
+        raise LlamaServerError(f"the build finished but {built} is missing.")
+    return built
+
+
+# ---------------------------------------------------------------------------------------
+# Running it
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LlamaServer:
+    """`llama-server` on one GGUF, bound to 127.0.0.1, for the length of a `with` block.
+
+    Its log (at debug verbosity: the chat template analysis is logged there) goes to a file
+    read by `log_text()`. The process runs in its own session, so a Ctrl-C at the terminal
+    reaches quantkit alone, and the block's exit stops the server in every case.
+    """
+
+    def __init__(
+        self,
+        binary: ServerBinary,
+        model: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        context: int = 2048,
+        threads: int | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.binary = binary
+        self.model = Path(model)
+        self.extra_args = extra_args
+        self.context = context
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self.startup_timeout = startup_timeout
+        self.port = 0
+        self._proc: subprocess.Popen | None = None
+        self._logdir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary.path), "-m", str(self.model), "--host", "127.0.0.1",
+            "--port", str(self.port), "--jinja", "-c", str(self.context), "-np", "1",
+            "-t", str(self.threads), "--no-webui", "--no-warmup", "-lv", "5",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def __enter__(self) -> LlamaServer:
+        self._logdir = tempfile.TemporaryDirectory(prefix="quantkit-llama-server-")
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._logdir is not None:
+            self._logdir.cleanup()
+            self._logdir = None
+
+    def _start(self) -> None:
+        self.port = free_port()
+        assert self._logdir is not None
+        with self.logfile.open("wb") as out:
+            self._proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise LlamaServerError(
+                    f"llama-server exited with code {self._proc.returncode} while loading "
+                    f"{self.model.name}: {self.log_tail()}"
+                )
+            if self._healthy():
+                return
+            time.sleep(0.2)
+        raise LlamaServerError(
+            f"llama-server did not become healthy within {self.startup_timeout:.0f} s: "
+            f"{self.log_tail()}"
+        )
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    @property
+    def logfile(self) -> Path:
+        assert self._logdir is not None
+        return Path(self._logdir.name) / "llama-server.log"
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text(encoding="utf-8", errors="replace")
+        except (OSError, AssertionError):
+            return ""
+
+    def log_tail(self, lines: int = 6) -> str:
+        tail = [ln for ln in self.log_text().splitlines() if ln.strip()][-lines:]
+        return " | ".join(tail) or "(no output)"
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            except ProcessLookupError:
+                pass
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    def get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + path, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    def post(self, path: str, body: dict[str, Any], timeout: float = 300) -> tuple[int, Any]:
+        """(status, parsed JSON body); an HTTP error status is returned, not raised, since
+        the server's refusals are evidence."""
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, raw.decode(errors="replace")
