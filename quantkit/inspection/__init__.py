@@ -14,6 +14,7 @@ quantkit.inspection.convert_checks (check_gguf, check_safetensors, check_mlx).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..artifact.locate import locate_artifact
 from ..errors import ArtifactError
@@ -21,6 +22,9 @@ from .check import Check
 from .gguf_meta import check_complete, check_gguf_magic, check_is_model, gguf_files
 from .options import ServerOptions
 from .report import InspectReport
+
+if TYPE_CHECKING:
+    from ..formats.tokens import TokenTypePolicy
 
 __all__ = ["ArtifactError", "Check", "InspectReport", "ServerOptions", "inspect"]
 
@@ -101,11 +105,14 @@ def resolve_artifact(path: Path) -> tuple[str, list[Path]]:
     return "gguf", files
 
 
-def round_trip_checks(gguf: Path, llama_server: str | Path | None = None) -> list[Check]:
+def round_trip_checks(
+    gguf: Path, llama_server: str | Path | None = None, policy: TokenTypePolicy | None = None
+) -> list[Check]:
     """The llama-server round trip on a GGUF (its first shard), or the same checks skipped
-    with the reason when no llama-server can be found."""
+    with the reason when no llama-server can be found. `policy`: the token types the GGUF
+    was written with (convert's --token-type)."""
     from ..runtime.llama_server import find_llama_server
     from .gguf_meta import read_gguf_meta
     from .server_checks import server_checks
 
-    return server_checks(gguf, read_gguf_meta(gguf), find_llama_server(llama_server))
+    return server_checks(gguf, read_gguf_meta(gguf), find_llama_server(llama_server), policy)

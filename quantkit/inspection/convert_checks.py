@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import require
-from .check import Check, crashed_check
+from .check import LOADS, Check, crashed_check
 from .generation import generation_check, gguf_generation_check
 from .options import ServerOptions
 
@@ -65,9 +65,10 @@ def check_gguf(
         lambda reference: gguf_generation_check(path, reference, max_new_tokens),
     )
     server = server or ServerOptions()
-    if server.enabled and source.tokenizer is not None:
+    crashed = any(c.name == LOADS and not c.passed for c in checks)
+    if server.enabled and source.tokenizer is not None and not crashed:
         try:
-            checks += round_trip_checks(path, server.binary)
+            checks += round_trip_checks(path, server.binary, policy)
         except Exception as exc:  # noqa: BLE001 - a crash is a failed check, not a lost artifact
             checks.append(crashed_check(exc))
     return checks

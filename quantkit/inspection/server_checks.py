@@ -37,10 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from ..formats.chat_template import LLAMA_SERVER_REASONING_PARSED, TemplateError, turn_end_token
-from ..runtime.llama_server import LlamaServer, LlamaServerError, ServerBinary
+from ..formats.tokens import TokenType, TokenTypePolicy
+from ..runtime.llama_server import (
+    LlamaServer,
+    LlamaServerError,
+    ServerBinary,
+    startup_timeout_for,
+)
 from .battery import DEEP_THINKING, SEARCH_TOOL, WEATHER_TOOL
 from .check import Check, skipped_check
-from .gguf_meta import GGUFMeta
+from .gguf_meta import GGUFMeta, gguf_files
 
 SERVER_TEMPLATE = "llama-server uses the artifact's template"
 TOOL_ROUND_TRIP = "tool-call round trip"
@@ -70,21 +76,29 @@ class Exchange:
         return "; ".join(self.lines)
 
 
-def server_checks(gguf: Path, meta: GGUFMeta, binary: ServerBinary | None) -> list[Check]:
+def server_checks(
+    gguf: Path,
+    meta: GGUFMeta,
+    binary: ServerBinary | None,
+    policy: TokenTypePolicy | None = None,
+) -> list[Check]:
     """The three round-trip checks on one GGUF (the first shard of a split set). Skipped,
     with the reason, when there is no llama-server; a server that cannot start fails the
-    template check and skips the others."""
+    template check and skips the others. `policy`: the token types the GGUF was written
+    with; a tag the user typed CONTROL on purpose (`--token-type`) must be hidden."""
+    hidden = _hidden_on_purpose(policy or TokenTypePolicy())
     if binary is None:
         from ..runtime.llama_server import not_found_reason
 
         return [skipped_check(name, not_found_reason()) for name in NAMES]
-    server = LlamaServer(binary, gguf)
+    size = sum(f.stat().st_size for f in gguf_files(gguf))
+    server = LlamaServer(binary, gguf, startup_timeout=startup_timeout_for(size))
     try:
         with server:
             return [
                 template_check(server, meta),
-                tool_round_trip(server, meta),
-                reasoning_round_trip(server, meta),
+                tool_round_trip(server, meta, hidden),
+                reasoning_round_trip(server, meta, hidden),
             ]
     except LlamaServerError as exc:
         reason = f"llama-server ({binary.origin}) did not start on this file: {exc}"
@@ -146,7 +160,9 @@ def _turn_end(meta: GGUFMeta) -> str | None:
 # --- tool calls --------------------------------------------------------------------------
 
 
-def tool_round_trip(server: LlamaServer, meta: GGUFMeta) -> Check:
+def tool_round_trip(
+    server: LlamaServer, meta: GGUFMeta, hidden: frozenset[str] = frozenset()
+) -> Check:
     ids = _token_ids(meta)
     if "<tool_call>" not in ids:
         return Check(TOOL_ROUND_TRIP, False, "the vocabulary has no <tool_call> token")
@@ -159,7 +175,7 @@ def tool_round_trip(server: LlamaServer, meta: GGUFMeta) -> Check:
         problems.insert(0, "llama-server's template analysis finds no <tool_call> format "
                         f"({_describe(analysis)}): tools are not parsed")  # fmt: skip
     problems += _tool_response_problems(server, seen)
-    problems += _printed_problems(server, "<tool_call>", ids, seen, tools=True)
+    problems += _printed_problems(server, "<tool_call>", ids, seen, tools=True, hidden=hidden)
     how = (
         f"call made by prefilling {CALL_PREFILL!r} and biasing the turn end, </tool_call> "
         "and '\"' so the model closes the call under the server's grammar"
@@ -190,7 +206,7 @@ def _call_problems(
     }
     status, reply = server.post("/v1/chat/completions", body)
     choice = _choice(reply)
-    seen.add("chat with tools", choice or reply)
+    seen.add("chat with tools", _without_call_ids(choice) if choice else reply)
     if status != 200 or choice is None:
         return [f"the server refused the request with tools (HTTP {status})"]
     calls = choice["message"].get("tool_calls") or []
@@ -237,12 +253,14 @@ def _tool_response_problems(server: LlamaServer, seen: Exchange) -> list[str]:
 # --- reasoning ---------------------------------------------------------------------------
 
 
-def reasoning_round_trip(server: LlamaServer, meta: GGUFMeta) -> Check:
+def reasoning_round_trip(
+    server: LlamaServer, meta: GGUFMeta, hidden: frozenset[str] = frozenset()
+) -> Check:
     ids = _token_ids(meta)
     if "<think>" not in ids:
         return skipped_check(REASONING_ROUND_TRIP, "the vocabulary has no <think> token")
     seen = Exchange()
-    problems = _printed_problems(server, "<think>", ids, seen, tools=False)
+    problems = _printed_problems(server, "<think>", ids, seen, tools=False, hidden=hidden)
     analysis = last_analysis(server.log_text())
     sees_markers = "<think>" in analysis.get("reasoning_start", "")
     deepseek = _thought(server, ids, "deepseek", seen)
@@ -300,10 +318,17 @@ def _think_body(ids: dict[str, int], fmt: str, *, max_tokens: int) -> dict[str, 
 
 
 def _printed_problems(
-    server: LlamaServer, tag: str, ids: dict[str, int], seen: Exchange, *, tools: bool
+    server: LlamaServer,
+    tag: str,
+    ids: dict[str, int],
+    seen: Exchange,
+    *,
+    tools: bool,
+    hidden: frozenset[str],
 ) -> list[str]:
     """The tag, once the model emits it in plain chat (no `tools` in the request), must be
-    printed: clients that parse tool calls or thoughts from the text depend on it."""
+    printed: clients that parse tool calls or thoughts from the text depend on it. Unless
+    the user typed it CONTROL on purpose (`hidden`): then it must not be."""
     if tools:
         body = {"messages": [_USER_TOOLS], "max_tokens": 1, "temperature": 0,
                 "logit_bias": [[ids[tag], 100]], "reasoning_format": "none"}  # fmt: skip
@@ -315,10 +340,17 @@ def _printed_problems(
     seen.add(f"{tag} emitted, reasoning_format none", repr(content))
     if status != 200 or choice is None:
         return [f"the server refused a plain chat request (HTTP {status})"]
+    if tag in hidden:
+        seen.add(f"{tag} typed CONTROL by --token-type", "expected hidden")
+        return [] if not content.startswith(tag) else [f"{tag} was printed, not hidden"]
     if not content.startswith(tag):
         return [f"the model emitted {tag} (id {ids[tag]}) but the server printed {content!r}: "
                 "the token is typed CONTROL, hidden from the text"]  # fmt: skip
     return []
+
+
+def _hidden_on_purpose(policy: TokenTypePolicy) -> frozenset[str]:
+    return frozenset(t for t, kind in policy.overrides.items() if kind == TokenType.CONTROL)
 
 
 def last_analysis(log: str) -> dict[str, str]:
@@ -351,6 +383,17 @@ def _token_ids(meta: GGUFMeta) -> dict[str, int]:
 def server_tokenize(server: LlamaServer, text: str) -> list[int]:
     status, reply = server.post("/tokenize", {"content": text, "parse_special": True})
     return reply.get("tokens", []) if status == 200 and isinstance(reply, dict) else []
+
+
+def _without_call_ids(choice: dict[str, Any]) -> dict[str, Any]:
+    """The choice without the server's random call ids, so the evidence of two runs on the
+    same file is the same."""
+    message = dict(choice.get("message", {}))
+    if message.get("tool_calls"):
+        message["tool_calls"] = [
+            {k: v for k, v in call.items() if k != "id"} for call in message["tool_calls"]
+        ]
+    return {**choice, "message": message}
 
 
 def _choice(reply: Any) -> dict[str, Any] | None:

@@ -204,6 +204,13 @@ def _cmake_build(source: Path, build: Path, jobs: int) -> Path:
 # Running it
 
 
+def startup_timeout_for(model_bytes: int) -> float:
+    """30 s for the server's own start (its chat template analysis renders each template
+    a few dozen times: a template that never finishes is caught here), plus the weights
+    read at 100 MB/s (all shards of a split set)."""
+    return 30.0 + model_bytes / 100e6
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -226,14 +233,14 @@ class LlamaServer:
         extra_args: tuple[str, ...] = (),
         context: int = 2048,
         threads: int | None = None,
-        startup_timeout: float = 120.0,
+        startup_timeout: float | None = None,
     ) -> None:
         self.binary = binary
         self.model = Path(model)
         self.extra_args = extra_args
         self.context = context
         self.threads = threads or min(4, os.cpu_count() or 1)
-        self.startup_timeout = startup_timeout
+        self.startup_timeout = startup_timeout or startup_timeout_for(self.model.stat().st_size)
         self.port = 0
         self._proc: subprocess.Popen | None = None
         self._logdir: tempfile.TemporaryDirectory | None = None

@@ -94,7 +94,7 @@ def test_a_failed_build_is_one_error_line_and_exit_9(no_server: Path) -> None:
     """No cmake on PATH: the build stops before downloading anything."""
     proc = run_cli("doctor", "--build-llama-server")
     assert proc.returncode == 9, proc.stdout + proc.stderr
-    assert "about 25 minutes on 2 cores" in proc.stdout
+    assert "about 5 minutes on 2 cores" in proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot build llama-server"), lines
     assert "Traceback" not in proc.stderr
@@ -104,7 +104,7 @@ def test_build_when_already_built_reports_it(no_server: Path) -> None:
     cached = fake_server(build_folder() / "bin" / "llama-server")  # QUANTKIT_CACHE is tmp
     proc = run_cli("doctor", "--build-llama-server", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert "about 25 minutes" in proc.stderr  # the human text goes to stderr with --json
+    assert "about 5 minutes" in proc.stderr  # the human text goes to stderr with --json
     server = next(r for r in json.loads(proc.stdout)["runtimes"] if r["name"] == "llama-server")
     assert server["available"] and server["version"] == "1234 (abc)"
     assert server["detail"].startswith(f"{cached} (quantkit's build)")

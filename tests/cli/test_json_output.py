@@ -58,6 +58,7 @@ RUNS: dict[str, Callable[[Callable[[str], Path]], list[object]]] = {
     "upload ARTIFACT --repo OWNER/NAME --json": lambda fx: [
         "upload", fx("demo_artifact"), "--repo", "alice/demo-GGUF", "--dry-run",
     ],
+    "doctor --json": lambda fx: ["doctor"],
 }  # fmt: skip
 SLOW = {"eval ARTIFACT --against SOURCE --json"}  # a real measurement, a few seconds
 

@@ -56,6 +56,7 @@ def test_check_gguf_runs_the_inspect_battery_then_generation(
     """What convert calls: the full battery against the source, the generation check last
     and not fatal; a --token-type override passes with the policy it was written with."""
     from quantkit.formats.tokens import TokenTypePolicy
+    from quantkit.inspection import server_checks
     from quantkit.inspection.convert_checks import check_gguf
 
     source = load_source(demo_model)
@@ -66,7 +67,10 @@ def test_check_gguf_runs_the_inspect_battery_then_generation(
         "token types follow the policy",
         "turn end is end-of-generation",
     ]
-    assert checks[-1].name == "greedy generation stops" and not checks[-1].fatal
+    by_name = {c.name: c for c in checks}
+    assert not by_name["greedy generation stops"].fatal
+    # ... then the round trip through llama-server (server_checks), last.
+    assert [c.name for c in checks][-3:] == list(server_checks.NAMES)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     policy = TokenTypePolicy().with_overrides({"<think>": "control"})
     overridden = export_gguf(source, tmp_path / "o.gguf", out_type="Q8_0", token_policy=policy).path

@@ -377,8 +377,8 @@ def test_generate_adds_a_greedy_reply_in_llama_cpp(demo_q8: Path) -> None:
     """The trained demo model answers and stops at its turn end, with the GGUF's own
     template and no source."""
     report = quantkit.inspect(demo_q8, generate=True)
-    last = report.checks[-1]
-    assert last.name == "greedy generation stops" and not last.fatal
+    last = checks(report)["greedy generation stops"]
+    assert not last.fatal
     assert last.passed and "stopped at id 2" in last.evidence and "Paris" in last.evidence
 
 
@@ -449,15 +449,15 @@ def test_generate_reports_failures_as_checks(demo_q8: Path, tmp_path: Path) -> N
         demo_q8, tmp_path / "n.gguf", drop_tensors=frozenset({"output_norm.weight"})
     )
     report = quantkit.inspect(no_norm, generate=True)
-    last = report.checks[-1]
-    assert last.name == "greedy generation stops" and not last.passed
+    last = checks(report)["greedy generation stops"]
+    assert not last.passed
     assert "llama.cpp cannot load the weights" in last.evidence and not report.passed
     evil = "{{ cycler.__init__.__globals__.os.getcwd() }}{{ messages[0].content }}<|im_end|>"
     escaping = rewritten_copy(
         demo_q8, tmp_path / "e.gguf", set_strings={"tokenizer.chat_template": evil}
     )
-    last = quantkit.inspect(escaping, generate=True).checks[-1]
-    assert last.name == "greedy generation stops" and not last.passed
+    last = checks(quantkit.inspect(escaping, generate=True))["greedy generation stops"]
+    assert not last.passed
     assert "cannot render the question" in last.evidence
 
 
@@ -549,7 +549,8 @@ def test_looping_templates_fail_the_gguf_checks_within_seconds(
     bad = _looping_gguf(demo_q8, tmp_path / "looping.gguf")
     for against in (("--against", source), ()):
         start = time.monotonic()
-        proc = run_cli("inspect", bad, *against, "--json", timeout=240)
+        # llama-server's own handling of it: test_server_checks.py
+        proc = run_cli("inspect", bad, *against, "--json", "--no-server-check", timeout=240)
         elapsed = time.monotonic() - start
         assert proc.returncode == 11, proc.stderr
         evidence = {c["name"]: c["evidence"] for c in json.loads(proc.stdout)["checks"]

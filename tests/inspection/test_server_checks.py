@@ -252,3 +252,24 @@ def test_last_analysis_reads_the_last_block() -> None:
         "per_call_start": "'<tool_call>",
     }
     assert last_analysis("no analysis here") == {}
+
+
+def test_a_template_that_never_finishes_fails_within_the_startup_budget(
+    demo_q8: Path, tmp_path: Path
+) -> None:
+    """llama-server renders every template a few dozen times at start (its analysis): on a
+    template that never finishes it never becomes healthy. The check fails within the
+    startup budget (30 s plus the weights at 100 MB/s) and says so."""
+    import time
+
+    from support.looping_templates import LOOPS
+
+    gguf = rewritten_copy(
+        demo_q8, tmp_path / "l.gguf", set_strings={"tokenizer.chat_template": LOOPS}
+    )
+    start = time.monotonic()
+    checks = round_trip(gguf)
+    assert time.monotonic() - start < 60
+    template = checks[SERVER_TEMPLATE]
+    assert not template.passed and "did not become healthy within 31 s" in template.evidence
+    assert checks[TOOL_ROUND_TRIP].skipped

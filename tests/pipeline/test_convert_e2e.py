@@ -170,7 +170,7 @@ def test_manifest_hashes_versions_and_tensor_types(demo_q4) -> None:
 
 def test_checks_ran_and_passed(demo_q4) -> None:
     names = {c["name"]: c for c in demo_q4.checks}
-    assert set(names) == {  # the quantkit inspect battery, generation, the quality gate
+    assert set(names) == {  # the inspect battery, generation, llama-server, the quality gate
         "special tokens single ids",
         "token types follow the policy",
         "turn end is end-of-generation",
@@ -180,6 +180,9 @@ def test_checks_ran_and_passed(demo_q4) -> None:
         "tokenization parity",
         "rope_freqs",
         "greedy generation stops",
+        "llama-server uses the artifact's template",
+        "tool-call round trip",
+        "reasoning round trip",
         "quality gate",
     }
     # A trained model: every check passes, including the non-fatal generation check.
