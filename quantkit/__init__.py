@@ -9,7 +9,8 @@ Public API: the library's own functions, imported on first use (PEP 562) so that
     upload(artifact_dir, repo_id, ...)            -> PublishResult  (quantkit.hub.publish)
     load_source(model)                            -> SourceModel    (quantkit.source.model)
 and the option objects `convert` takes: CalibrationOptions, GGUFOptions, GPTQOptions,
-SafetensorsOptions, MLXOptions, EvalOptions, ServerOptions.
+SafetensorsOptions, MLXOptions, EvalOptions, VerifyOptions (with ServerOptions, which
+`inspect` takes too).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _PUBLIC = {
     "MLXOptions": ("quantkit.backends.mlx.options", "MLXOptions"),
     "EvalOptions": ("quantkit.evaluation.options", "EvalOptions"),
     "ServerOptions": ("quantkit.inspection.options", "ServerOptions"),
+    "VerifyOptions": ("quantkit.inspection.options", "VerifyOptions"),
 }
 
 __all__ = ["QuantkitError", "__version__", *_PUBLIC]

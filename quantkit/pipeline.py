@@ -38,7 +38,7 @@ from .source.structure import check_structure
 if TYPE_CHECKING:
     from .evaluation.gates import GateResult
     from .inspection.check import Check
-    from .inspection.options import ServerOptions
+    from .inspection.options import ServerOptions, VerifyOptions
     from .planning.profiles import HardwareProfile
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,7 @@ def convert(
     safetensors: SafetensorsOptions | None = None,
     mlx: MLXOptions | None = None,
     evaluation: EvalOptions | None = None,
-    verify: bool = True,
-    server: ServerOptions | None = None,
+    verify: bool | VerifyOptions = True,
     force: bool = False,
     dry_run: bool = False,
     push_to: str | None = None,
@@ -102,13 +101,17 @@ def convert(
 
     `profile` picks format and quant for a piece of hardware (and the plan must fit unless
     `force`); or name them with `format` and `quant`. Each stage's knobs come as its own
-    option object; None means that stage's defaults."""
+    option object; None means that stage's defaults. `verify`: the checks in the artifact's
+    runtime (True, False, or VerifyOptions with the llama-server round trip's knobs)."""
+    from .inspection.options import VerifyOptions
+
     out_dir = Path(out).expanduser()
     evaluation = evaluation or EvalOptions()
+    checks_wanted = verify if isinstance(verify, VerifyOptions) else VerifyOptions(enabled=verify)
     target, hardware = resolve_target(profile, format, quant)
     backend = backend_for(target, hardware, BuildOptions(
         calibration or CalibrationOptions(), gguf or GGUFOptions(), gptq or GPTQOptions(),
-        safetensors or SafetensorsOptions(), force=force, verify=verify,
+        safetensors or SafetensorsOptions(), force=force, verify=checks_wanted.enabled,
         mlx=mlx or MLXOptions(),
     ))  # fmt: skip
     check_output_path(out_dir, model)
@@ -129,7 +132,11 @@ def convert(
     with _disk_full_is_a_disk_error(out_dir), building_folder(out_dir, replace=False) as work:
         built = backend.build(source, work, _interruptible(progress))
         raise_if_interrupted()
-        checks = [c.to_dict() for c in artifact_checks(built, source, server)] if verify else []
+        checks = (
+            [c.to_dict() for c in artifact_checks(built, source, checks_wanted.server)]
+            if checks_wanted.enabled
+            else []
+        )
         raise_if_interrupted()
         manifest = build_manifest(
             source=source_record(source, str(model)),

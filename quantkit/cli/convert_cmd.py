@@ -161,7 +161,7 @@ def convert_command(
     from ..backends.safetensors.options import GPTQOptions, SafetensorsOptions
     from ..calibration.options import CalibrationOptions
     from ..evaluation.options import EvalOptions
-    from ..inspection.options import ServerOptions
+    from ..inspection.options import ServerOptions, VerifyOptions
     from ..pipeline import convert
 
     console.configure(json_mode=json_out, quiet=quiet)
@@ -200,8 +200,9 @@ def convert_command(
             evaluation=EvalOptions(
                 enabled=evaluate, gate=gate, corpus=eval_corpus, n_ctx=eval_ctx
             ),
-            verify=verify,
-            server=ServerOptions(enabled=server_check, binary=llama_server),
+            verify=VerifyOptions(
+                enabled=verify, server=ServerOptions(enabled=server_check, binary=llama_server)
+            ),
             force=force,
             dry_run=dry_run,
             push_to=push_to,

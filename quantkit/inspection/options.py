@@ -1,9 +1,10 @@
-"""`ServerOptions`: the round trip through llama.cpp's `llama-server` on GGUF artifacts
-(quantkit.inspection.server_checks), as `quantkit inspect` and `quantkit convert` take it."""
+"""The checks' knobs: `ServerOptions`, the round trip through llama.cpp's `llama-server` on
+GGUF artifacts (quantkit.inspection.server_checks), as `quantkit inspect` takes it, and
+`VerifyOptions`, the checks `quantkit convert` runs (`convert(verify=...)`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -13,3 +14,9 @@ class ServerOptions:
     # The user's own build; None: QUANTKIT_LLAMA_SERVER, quantkit's build, then PATH
     # (quantkit.runtime.llama_server.find_llama_server).
     binary: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    enabled: bool = True  # --verify/--no-verify: the checks in the artifact's runtime
+    server: ServerOptions = field(default_factory=ServerOptions)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ from ..runtime.llama_server import (
     LlamaServer,
     LlamaServerError,
     ServerBinary,
+    not_found_reason,
+    request_timeout_for,
     startup_timeout_for,
 )
 from .battery import DEEP_THINKING, SEARCH_TOOL, WEATHER_TOOL
@@ -88,24 +91,34 @@ def server_checks(
     with; a tag the user typed CONTROL on purpose (`--token-type`) must be hidden."""
     hidden = _hidden_on_purpose(policy or TokenTypePolicy())
     if binary is None:
-        from ..runtime.llama_server import not_found_reason
-
         return [skipped_check(name, not_found_reason()) for name in NAMES]
     size = sum(f.stat().st_size for f in gguf_files(gguf))
-    server = LlamaServer(binary, gguf, startup_timeout=startup_timeout_for(size))
+    server = LlamaServer(
+        binary, gguf, startup_timeout=startup_timeout_for(size),
+        request_timeout=request_timeout_for(size),
+    )  # fmt: skip
+    runs = (
+        (SERVER_TEMPLATE, lambda: template_check(server, meta)),
+        (TOOL_ROUND_TRIP, lambda: tool_round_trip(server, meta, hidden)),
+        (REASONING_ROUND_TRIP, lambda: reasoning_round_trip(server, meta, hidden)),
+    )
     try:
         with server:
-            return [
-                template_check(server, meta),
-                tool_round_trip(server, meta, hidden),
-                reasoning_round_trip(server, meta, hidden),
-            ]
+            return [_answered(name, run) for name, run in runs]
     except LlamaServerError as exc:
         reason = f"llama-server ({binary.origin}) did not start on this file: {exc}"
         return [
             Check(SERVER_TEMPLATE, False, _clip(reason, 900)),
             *(skipped_check(name, "llama-server did not start") for name in NAMES[1:]),
         ]
+
+
+def _answered(name: str, run: Callable[[], Check]) -> Check:
+    """The check, or a failed one when the server stopped answering (hung or crashed)."""
+    try:
+        return run()
+    except LlamaServerError as exc:
+        return Check(name, False, str(exc))
 
 
 # --- the template the server uses ---------------------------------------------------------
@@ -169,9 +182,7 @@ def tool_round_trip(
     seen = Exchange()
     problems = _call_problems(server, meta, ids, seen)
     analysis = last_analysis(server.log_text())
-    if analysis.get("tool_mode", "NONE") == "NONE" or "<tool_call>" not in analysis.get(
-        "per_call_start", ""
-    ):
+    if not _finds_tool_calls(analysis):
         problems.insert(0, "llama-server's template analysis finds no <tool_call> format "
                         f"({_describe(analysis)}): tools are not parsed")  # fmt: skip
     problems += _tool_response_problems(server, seen)
@@ -225,6 +236,14 @@ def _call_problems(
         except ValueError:
             problems.append(f"arguments do not parse as JSON: {fn.get('arguments')!r}")
     return problems
+
+
+def _finds_tool_calls(analysis: dict[str, str]) -> bool:
+    return (
+        analysis.get("tool_mode", "NONE") != "NONE"
+        and analysis.get("supports_tools") == "true"
+        and "<tool_call>" in analysis.get("per_call_start", "")
+    )
 
 
 def _tool_response_problems(server: LlamaServer, seen: Exchange) -> list[str]:

@@ -29,6 +29,8 @@ class ModelSpec:
     tensors: tuple[TensorInfo, ...] = field(repr=False)
     inventory: str  # "safetensors" | "hub-metadata" | "config"
     vocab_entries: int = 0  # tokenizer entries, for the GGUF metadata estimate
+    # name -> template where the tokenizer files were read; empty when not known
+    chat_templates: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def parameter_count(self) -> int:
@@ -46,6 +48,7 @@ def spec_from_source(source: SourceModel) -> ModelSpec:
         tensors=weight_tensors(source.tensors),
         inventory="safetensors",
         vocab_entries=source.geometry.vocab_size,
+        chat_templates=dict(source.tokenizer.chat_templates) if source.tokenizer else {},
     )
 
 

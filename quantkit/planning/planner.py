@@ -79,7 +79,7 @@ def make_plan(
     weights = mem.artifact_weights_bytes(spec, profile.format, profile.quant)
     max_ctx = 0 if result.fit == "none" else fitting.max_context(spec, profile, result.fit)
     notes = list(_notes(spec, profile, result, ctx, context))
-    thought_in_content = profile.runtime == "llama.cpp" and not _server_parses_reasoning(source)
+    thought_in_content = profile.runtime == "llama.cpp" and not _server_parses_reasoning(spec)
     if thought_in_content:
         notes.append(LLAMA_SERVER_NO_REASONING)
     recommended = smaller = None
@@ -236,13 +236,10 @@ def _command(
     return cmd.vllm_command(artifact, profile, result.context), None
 
 
-def _server_parses_reasoning(source: SourceModel | ModelSpec) -> bool:
+def _server_parses_reasoning(spec: ModelSpec) -> bool:
     """True where llama-server will split the thought out, or where the templates are not
-    known (a plan from config.json alone)."""
-    bundle = source.tokenizer if isinstance(source, SourceModel) else None
-    if bundle is None or not bundle.chat_templates:
-        return True
-    return llama_server_parses_reasoning(bundle.chat_templates)
+    known (a plan from config.json or Hub metadata alone)."""
+    return not spec.chat_templates or llama_server_parses_reasoning(spec.chat_templates)
 
 
 def _notes(

@@ -204,11 +204,17 @@ def _cmake_build(source: Path, build: Path, jobs: int) -> Path:
 # Running it
 
 
+def request_timeout_for(model_bytes: int) -> float:
+    """A chat request of a few hundred prompt tokens: 60 s, plus 100 s per GB of weights
+    (an upper bound for prompt processing on two CPU cores), so a hung server is noticed."""
+    return 60.0 + model_bytes / 10e6
+
+
 def startup_timeout_for(model_bytes: int) -> float:
-    """30 s for the server's own start (its chat template analysis renders each template
-    a few dozen times: a template that never finishes is caught here), plus the weights
-    read at 100 MB/s (all shards of a split set)."""
-    return 30.0 + model_bytes / 100e6
+    """15 s for the server's own start (about 1 s on the demo model; its chat template
+    analysis renders each template a few dozen times, so a template that never finishes is
+    caught here), plus the weights read at 100 MB/s (all shards of a split set)."""
+    return 15.0 + model_bytes / 100e6
 
 
 def free_port() -> int:
@@ -234,13 +240,19 @@ class LlamaServer:
         context: int = 2048,
         threads: int | None = None,
         startup_timeout: float | None = None,
+        request_timeout: float | None = None,
     ) -> None:
         self.binary = binary
         self.model = Path(model)
         self.extra_args = extra_args
         self.context = context
         self.threads = threads or min(4, os.cpu_count() or 1)
-        self.startup_timeout = startup_timeout or startup_timeout_for(self.model.stat().st_size)
+        if startup_timeout is None or request_timeout is None:
+            size = self.model.stat().st_size
+            startup_timeout = startup_timeout or startup_timeout_for(size)
+            request_timeout = request_timeout or request_timeout_for(size)
+        self.startup_timeout = startup_timeout
+        self.request_timeout = request_timeout
         self.port = 0
         self._proc: subprocess.Popen | None = None
         self._logdir: tempfile.TemporaryDirectory | None = None
@@ -335,23 +347,35 @@ class LlamaServer:
     # -- HTTP ------------------------------------------------------------------------
 
     def get(self, path: str) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + path, timeout=60) as resp:
-            return json.loads(resp.read())
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=self.request_timeout) as resp:
+                return json.loads(resp.read())
+        except (TimeoutError, urllib.error.URLError) as exc:
+            raise LlamaServerError(f"llama-server did not answer {path}: {exc}") from exc
 
-    def post(self, path: str, body: dict[str, Any], timeout: float = 300) -> tuple[int, Any]:
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         """(status, parsed JSON body); an HTTP error status is returned, not raised, since
-        the server's refusals are evidence."""
+        the server's refusals are evidence. No answer within `request_timeout` raises
+        LlamaServerError."""
         request = urllib.request.Request(
             self.url + path,
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=self.request_timeout) as resp:
                 return resp.status, json.loads(resp.read())
+        except TimeoutError as exc:
+            raise LlamaServerError(
+                f"llama-server did not answer {path} within {self.request_timeout:.0f} s"
+            ) from exc
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
                 return exc.code, json.loads(raw)
             except ValueError:
                 return exc.code, raw.decode(errors="replace")
+        except urllib.error.URLError as exc:  # refused or reset: the server is gone
+            raise LlamaServerError(
+                f"llama-server stopped answering ({exc.reason}): {self.log_tail()}"
+            ) from exc

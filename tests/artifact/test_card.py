@@ -155,6 +155,28 @@ def test_checks_tokens_and_usage(demo_artifact: Path) -> None:
     assert "vllm serve ./" in text and "--tool-call-parser hermes" in text
 
 
+def test_the_card_says_where_llama_server_puts_the_thought(demo_artifact: Path) -> None:
+    """From the reasoning round trip the convert recorded: the demo's template has no
+    enable_thinking switch, so the card tells users the thought stays in the content and
+    what to pass; where the server did split it out, the card says reasoning_content."""
+    from quantkit.formats.chat_template import LLAMA_SERVER_NO_REASONING
+
+    manifest = _manifest(demo_artifact)
+    reasoning = next(c for c in manifest["checks"] if c["name"] == "reasoning round trip")
+    assert reasoning["passed"] and "finds no reasoning markers" in reasoning["evidence"]
+    text = write_model_card(demo_artifact, REPO).readme.read_text()
+    assert LLAMA_SERVER_NO_REASONING in text and "--reasoning-format none" in text
+    reasoning["evidence"] = "the thought comes back in reasoning_content under deepseek"
+    _write_manifest(demo_artifact, manifest)
+    text = write_model_card(demo_artifact, REPO).readme.read_text()
+    assert "llama-server returns the thought in `reasoning_content`" in text
+    assert LLAMA_SERVER_NO_REASONING not in text
+    reasoning["skipped"], reasoning["passed"] = True, False  # not measured: nothing said
+    _write_manifest(demo_artifact, manifest)
+    text = write_model_card(demo_artifact, REPO).readme.read_text()
+    assert "reasoning_content" not in text and LLAMA_SERVER_NO_REASONING not in text
+
+
 def test_a_hand_written_readme_is_kept(demo_artifact: Path) -> None:
     (demo_artifact / "README.md").write_text("# mine\n")
     result = write_model_card(demo_artifact, REPO)

@@ -69,7 +69,7 @@ def test_pipeline_drives_a_registered_backend(
     monkeypatch.setattr(_RecordingBackend, "calls", [])
     monkeypatch.setattr(
         "quantkit.inspection.convert_checks.check_converted",
-        lambda artifact, source, policy=None: [],
+        lambda artifact, source, policy=None, server=None: [],
     )
     monkeypatch.setattr("quantkit.pipeline._write_card", lambda work: None)
     out = tmp_path / "toy"

@@ -123,7 +123,7 @@ def test_convert_json_writes_the_artifact_and_reports_it(demo_model: Path, tmp_p
     assert record["sha256"] == hashlib.sha256(gguf_path.read_bytes()).hexdigest()
     assert record["tensor_types"]["Q4_K"] > 0
     names = [c["name"] for c in payload["checks"]]
-    assert names == [  # the quantkit inspect battery against the source, then generation
+    assert names == [  # the inspect battery against the source, generation, llama-server
         "special tokens single ids",
         "token types follow the policy",
         "turn end is end-of-generation",
@@ -133,6 +133,9 @@ def test_convert_json_writes_the_artifact_and_reports_it(demo_model: Path, tmp_p
         "tokenization parity",
         "rope_freqs",
         "greedy generation stops",
+        "llama-server uses the artifact's template",
+        "tool-call round trip",
+        "reasoning round trip",
     ]
     assert all(c["passed"] for c in payload["checks"]), payload["checks"]
     assert payload["plan"]["profile"] == "rtx4090-4bit"

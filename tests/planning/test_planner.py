@@ -186,6 +186,30 @@ def test_real_inventory_from_a_local_folder(demo_model):
     assert any("not a multiple of 256" in n for n in plans[0].notes)
 
 
+def test_llama_server_command_says_where_the_thought_goes(demo_model, tmp_path):
+    """The demo's templates have no enable_thinking switch: llama-server parses no
+    reasoning for them, so the run command says --reasoning-format none and a note says
+    what to pass. A template with the switch gets neither; vLLM plans neither."""
+    import shutil
+
+    from quantkit.formats.chat_template import LLAMA_SERVER_NO_REASONING
+
+    plan = plan_model(str(demo_model), "rtx4090-4bit")[0]
+    assert plan.command.endswith("--jinja --reasoning-format none")
+    assert LLAMA_SERVER_NO_REASONING in plan.notes
+    switched = tmp_path / "switched"
+    shutil.copytree(demo_model, switched, ignore=shutil.ignore_patterns("*.safetensors"))
+    for f in (demo_model).glob("*.safetensors"):
+        (switched / f.name).symlink_to(f)
+    jinja = switched / "chat_template.jinja"
+    jinja.write_text("{%- set t = enable_thinking | default(true) %}" + jinja.read_text())
+    plan = plan_model(str(switched), "rtx4090-4bit")[0]
+    assert plan.command.endswith("--jinja") and LLAMA_SERVER_NO_REASONING not in plan.notes
+    vllm = plan_model(str(demo_model), "a100-fp8")[0]
+    assert "--reasoning-format" not in (vllm.command or "")
+    assert LLAMA_SERVER_NO_REASONING not in vllm.notes
+
+
 def _app() -> typer.Typer:
     from quantkit.cli import plan_cmd, profiles_cmd
 

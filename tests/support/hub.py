@@ -19,7 +19,7 @@ from quantkit.evaluation.options import EvalOptions
 
 NO_EVAL = EvalOptions(enabled=False)  # these tests check other things than quality
 
-DEMO_ARTIFACT_DIR = "demo-artifact-Q4_K_M-v1"
+DEMO_ARTIFACT_DIR = "demo-artifact-Q4_K_M-v2"  # v2: with the llama-server round trip
 WRITE_TOKEN = "hf_test_write_0123456789abcdef"
 READ_TOKEN = "hf_test_read_0123456789abcdef"
 UNKNOWN_TOKEN = "hf_test_unknown_0123456789abcdef"
