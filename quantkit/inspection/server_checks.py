@@ -61,8 +61,9 @@ TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
 CALL_PREFILL = "<tool_call>\n"
 _USER_TOOLS = {"role": "user", "content": "What is the weather in Zürich?"}
 _THINKING_ON = {"thinking": True, "enable_thinking": True}  # Hermes 4's and Qwen3's switches
-_ANALYSIS_KEYS = ("reasoning_mode", "reasoning_start", "tool_mode", "supports_tools",
-                  "per_call_start")  # fmt: skip
+_REASONING_KEYS = ("reasoning_mode", "reasoning_start")
+_TOOL_KEYS = ("tool_mode", "supports_tools", "per_call_start")
+_ANALYSIS_KEYS = _REASONING_KEYS + _TOOL_KEYS
 
 
 @dataclass
@@ -184,16 +185,16 @@ def tool_round_trip(
     analysis = last_analysis(server.log_text())
     if not _finds_tool_calls(analysis):
         problems.insert(0, "llama-server's template analysis finds no <tool_call> format "
-                        f"({_describe(analysis)}): tools are not parsed")  # fmt: skip
+                        f"({_describe(analysis, _TOOL_KEYS)}): tools are not parsed")  # fmt: skip
     problems += _tool_response_problems(server, seen)
     problems += _printed_problems(server, "<tool_call>", ids, seen, tools=True, hidden=hidden)
     how = (
-        f"call made by prefilling {CALL_PREFILL!r} and biasing the turn end, </tool_call> "
-        "and '\"' so the model closes the call under the server's grammar"
+        f"the call made by prefilling {CALL_PREFILL!r} and biasing the turn end, "
+        "</tool_call> and '\"' so the model closes it under the server's grammar"
     )
     if problems:
         return Check(TOOL_ROUND_TRIP, False, f"{'; '.join(problems)}. Sent/received: {seen}")
-    return Check(TOOL_ROUND_TRIP, True, f"{_describe(analysis)}; {how}. {seen}")
+    return Check(TOOL_ROUND_TRIP, True, f"{_describe(analysis, _TOOL_KEYS)}; {seen} ({how})")
 
 
 def _call_problems(
@@ -217,7 +218,7 @@ def _call_problems(
     }
     status, reply = server.post("/v1/chat/completions", body)
     choice = _choice(reply)
-    seen.add("chat with tools", _without_call_ids(choice) if choice else reply)
+    seen.add("chat with tools", _summary(choice) if choice else reply)
     if status != 200 or choice is None:
         return [f"the server refused the request with tools (HTTP {status})"]
     calls = choice["message"].get("tool_calls") or []
@@ -257,8 +258,7 @@ def _tool_response_problems(server: LlamaServer, seen: Exchange) -> list[str]:
     ]
     status, rendered = server.post("/apply-template", {"messages": messages, "tools": TOOLS})
     prompt = rendered.get("prompt", "") if isinstance(rendered, dict) else ""
-    seen.add("apply-template with a tool turn", f"HTTP {status}, tool result rendered: "
-             f"{result in prompt}")  # fmt: skip
+    seen.add("a role: tool turn", f"rendered: {result in prompt} (HTTP {status})")
     if status != 200 or result not in prompt:
         return [f"the tool response turn was not rendered (HTTP {status})"]
     body = {"messages": messages, "tools": TOOLS, "max_tokens": 1, "temperature": 0}
@@ -290,7 +290,7 @@ def reasoning_round_trip(
         if "<think>" in content or not reasoning:
             problems.append("the server's analysis finds the <think> markers but the thought "
                             "was not moved to reasoning_content")  # fmt: skip
-    how = "thought opened by a +100 bias on <think>, thinking switched on (thinking, " \
+    how = "<think> made by a +100 bias on its token, thinking switched on (thinking, " \
         "enable_thinking) with Hermes 4's reasoning system prompt"  # fmt: skip
     if problems:
         return Check(REASONING_ROUND_TRIP, False, f"{'; '.join(problems)}. Sent/received: {seen}")
@@ -300,11 +300,11 @@ def reasoning_round_trip(
     else:
         verdict = (
             f"llama-server's template analysis finds no reasoning markers "
-            f"({_describe(analysis)}; it probes enable_thinking): the thought stays in the "
-            "content under every --reasoning-format, printed; clients split <think> "
-            "themselves (docs/verification.md)"
+            f"({_describe(analysis, _REASONING_KEYS)}; it probes enable_thinking): the thought "
+            "stays in the content under every --reasoning-format, printed; clients split "
+            "<think> themselves (docs/verification.md)"
         )
-    return Check(REASONING_ROUND_TRIP, True, f"{verdict}; {how}. {seen}")
+    return Check(REASONING_ROUND_TRIP, True, f"{verdict}; {seen} ({how})")
 
 
 def _thought(
@@ -312,7 +312,7 @@ def _thought(
 ) -> tuple[str, str] | None:
     status, reply = server.post("/v1/chat/completions", _think_body(ids, fmt, max_tokens=4))
     choice = _choice(reply)
-    seen.add(f"reasoning_format {fmt}", (choice or {}).get("message", reply))
+    seen.add(f"reasoning_format {fmt}", _summary(choice) if choice else reply)
     if status != 200 or choice is None:
         return None
     message = choice["message"]
@@ -356,7 +356,7 @@ def _printed_problems(
     status, reply = server.post("/v1/chat/completions", body)
     choice = _choice(reply)
     content = (choice or {}).get("message", {}).get("content") or ""
-    seen.add(f"{tag} emitted, reasoning_format none", repr(content))
+    seen.add(f"{tag} emitted in plain chat", repr(content))
     if status != 200 or choice is None:
         return [f"the server refused a plain chat request (HTTP {status})"]
     if tag in hidden:
@@ -388,10 +388,14 @@ def last_analysis(log: str) -> dict[str, str]:
     return out
 
 
-def _describe(analysis: dict[str, str]) -> str:
+def _describe(analysis: dict[str, str], keys: tuple[str, ...]) -> str:
     if not analysis:
         return "no template analysis logged"
-    return ", ".join(f"{k} {analysis[k]}" for k in _ANALYSIS_KEYS if k in analysis)
+    # The log quotes the marker values and a marker's newline ends the line: '<tool_call>
+    values = {k: analysis[k] for k in keys if k in analysis}
+    return ", ".join(
+        f"{k} {v.strip(chr(39))!r}" if v.startswith("'") else f"{k} {v}" for k, v in values.items()
+    )
 
 
 def _token_ids(meta: GGUFMeta) -> dict[str, int]:
@@ -404,15 +408,19 @@ def server_tokenize(server: LlamaServer, text: str) -> list[int]:
     return reply.get("tokens", []) if status == 200 and isinstance(reply, dict) else []
 
 
-def _without_call_ids(choice: dict[str, Any]) -> dict[str, Any]:
-    """The choice without the server's random call ids, so the evidence of two runs on the
-    same file is the same."""
-    message = dict(choice.get("message", {}))
-    if message.get("tool_calls"):
-        message["tool_calls"] = [
-            {k: v for k, v in call.items() if k != "id"} for call in message["tool_calls"]
-        ]
-    return {**choice, "message": message}
+def _summary(choice: dict[str, Any]) -> str:
+    """One reply in a line: finish_reason, the calls (without the server's random ids, so
+    two runs on one file give the same evidence), the content and the thought."""
+    message = choice.get("message", {})
+    parts = [f"finish_reason {choice.get('finish_reason')}"]
+    calls = message.get("tool_calls") or []
+    if calls:
+        named = [f"{c['function'].get('name')}({c['function'].get('arguments')})" for c in calls]
+        parts.append("tool_calls " + ", ".join(named))
+    for key in ("content", "reasoning_content"):
+        if message.get(key):
+            parts.append(f"{key} {_clip(message[key], 80)!r}")
+    return ", ".join(parts)
 
 
 def _choice(reply: Any) -> dict[str, Any] | None:

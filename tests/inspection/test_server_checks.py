@@ -64,7 +64,7 @@ def test_demo_round_trip_passes(demo_q8: Path) -> None:
     assert "eos_token '<|im_end|>'" in checks[SERVER_TEMPLATE].evidence
     tool = checks[TOOL_ROUND_TRIP].evidence
     assert "tool_mode JSON_NATIVE" in tool and "per_call_start '<tool_call>" in tool
-    assert '"finish_reason": "tool_calls"' in tool and "tool result rendered: True" in tool
+    assert "finish_reason tool_calls, tool_calls " in tool and "rendered: True" in tool
     assert "prefilling" in tool  # how the call was made is said
     # The demo's template has no thinking switch: the server cannot see reasoning markers,
     # and the check says so rather than pretending the thought is parsed.
@@ -88,7 +88,7 @@ def test_random_weight_fixtures_round_trip_passes(
     checks = round_trip(gguf)
     assert_all_pass(checks)
     assert f"eos_token '{turn_end}'" in checks[SERVER_TEMPLATE].evidence
-    assert '"finish_reason": "tool_calls"' in checks[TOOL_ROUND_TRIP].evidence
+    assert "finish_reason tool_calls" in checks[TOOL_ROUND_TRIP].evidence
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_vendored_qwen3_template_moves_the_thought_to_reasoning_content(
     assert_all_pass(checks)
     reasoning = checks[REASONING_ROUND_TRIP].evidence
     assert "comes back in reasoning_content" in reasoning
-    assert '"reasoning_content": "<think>' in reasoning
+    assert "reasoning_content '<think>" in reasoning
 
 
 # --- broken copies -----------------------------------------------------------------------
