@@ -14,9 +14,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The llama-server scripts/setup.sh built into the user's cache (~/.cache/quantkit), found
 # before QUANTKIT_CACHE is pointed at the test cache below.
-_built_server = llama_server_build() / "bin" / "llama-server"
-if _built_server.is_file():
-    os.environ.setdefault("QUANTKIT_LLAMA_SERVER", str(_built_server))
+# llama-quantize and llama-imatrix are built beside it (tests/backends/gguf/imatrix/
+# test_interop.py compares quantkit with them).
+_built_bin = llama_server_build() / "bin"
+if (_built_bin / "llama-server").is_file():
+    os.environ.setdefault("QUANTKIT_LLAMA_SERVER", str(_built_bin / "llama-server"))
+    os.environ.setdefault("QUANTKIT_LLAMA_BIN", str(_built_bin))
 # Reference logits and other quantkit caches go into the test cache, not ~/.cache.
 os.environ.setdefault(
     "QUANTKIT_CACHE", str(REPO_ROOT / ".cache" / "test-fixtures" / "quantkit-cache")

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "QUANTKIT_LLAMA_SERVER"
 BINARY = "llama-server"
+# Built beside it from the same objects (about a minute more): llama.cpp's own quantizer,
+# importance-matrix tool and perplexity tool, the references quantkit's interop tests and
+# benchmarks compare against.
+TOOLS = (BINARY, "llama-quantize", "llama-imatrix", "llama-perplexity")
 _VENDOR = "vendor/llama.cpp/"
 # A static, portable build: one self-contained binary (no libllama/libggml beside it) that
 # runs on any x86-64 machine of its kind, like the cached llama-cpp-python wheel.
@@ -132,13 +136,14 @@ def not_found_reason() -> str:
 
 
 def build_llama_server(*, jobs: int | None = None, version: str | None = None) -> ServerBinary:
-    """Download the llama-cpp-python sdist, build `llama-server` from its vendored llama.cpp
-    with CMake, and keep the binary in the cache. Returns at once if it is already there.
-    The build happens in a temporary folder; only a finished binary reaches the cache."""
+    """Download the llama-cpp-python sdist, build `llama-server` (and the other TOOLS) from
+    its vendored llama.cpp with CMake, and keep the binaries in the cache. Returns at once if
+    they are all there. The build happens in a temporary folder; only finished binaries
+    reach the cache."""
     version = version or pinned_version()
     target = build_folder(version)
     binary = target / "bin" / BINARY
-    if binary.is_file():
+    if all((target / "bin" / tool).is_file() for tool in TOOLS):
         return ServerBinary(binary, "quantkit's build")
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
@@ -152,7 +157,8 @@ def build_llama_server(*, jobs: int | None = None, version: str | None = None) -
         built = _cmake_build(source, Path(tmp) / "build", jobs or os.cpu_count() or 2)
         with building_folder(target) as work:
             (work / "bin").mkdir()
-            shutil.copy2(built, work / "bin" / BINARY)
+            for tool in built:
+                shutil.copy2(tool, work / "bin" / tool.name)
             info = {"llama-cpp-python": version, "cmake_options": list(CMAKE_OPTIONS)}
             (work / "build.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return ServerBinary(binary, "quantkit's build")
@@ -180,12 +186,12 @@ def _unpacked_source(tmp: Path, version: str) -> Path:
     return found[0].parent
 
 
-def _cmake_build(source: Path, build: Path, jobs: int) -> Path:
+def _cmake_build(source: Path, build: Path, jobs: int) -> list[Path]:
     logfile = build.parent / "build.log"
     with logfile.open("w") as out:
         for cmd in (
             ["cmake", "-S", str(source), "-B", str(build), *CMAKE_OPTIONS],
-            ["cmake", "--build", str(build), "--target", BINARY, "-j", str(jobs)],
+            ["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(jobs)],
         ):
             log.info("running %s", " ".join(cmd))
             if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
@@ -194,9 +200,10 @@ def _cmake_build(source: Path, build: Path, jobs: int) -> Path:
                     "building llama-server failed:\n" + "\n".join(tail),
                     hint="Pass --llama-server PATH to use a build of your own.",
                 )
-    built = build / "bin" / BINARY
-    if not built.is_file():
-        raise LlamaServerError(f"the build finished but {built} is missing.")
+    built = [build / "bin" / tool for tool in TOOLS]
+    missing = [str(path) for path in built if not path.is_file()]
+    if missing:
+        raise LlamaServerError(f"the build finished but {', '.join(missing)} is missing.")
     return built
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support.cli_runner import run_cli
 
-from quantkit.runtime.llama_server import ENV_VAR, build_folder
+from quantkit.runtime.llama_server import ENV_VAR, TOOLS, build_folder
 
 HEAVY = ("torch", "transformers", "llama_cpp", "gguf", "llmcompressor", "mlx", "mlx_lm")
 
@@ -102,6 +102,8 @@ def test_a_failed_build_is_one_error_line_and_exit_9(no_server: Path) -> None:
 
 def test_build_when_already_built_reports_it(no_server: Path) -> None:
     cached = fake_server(build_folder() / "bin" / "llama-server")  # QUANTKIT_CACHE is tmp
+    for tool in TOOLS[1:]:  # the tools built beside it: all there, so nothing is built
+        fake_server(build_folder() / "bin" / tool)
     proc = run_cli("doctor", "--build-llama-server", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "about 5 minutes" in proc.stderr  # the human text goes to stderr with --json

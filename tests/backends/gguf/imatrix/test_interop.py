@@ -1,10 +1,11 @@
-"""Interop with llama.cpp's own `llama-imatrix` and `llama-quantize`, when they are at hand.
+"""Interop with llama.cpp's own `llama-imatrix` and `llama-quantize`.
 
-The suite does not build them (about 15 minutes on 2 cores; docs/formats.md says how);
-set QUANTKIT_LLAMA_BIN to the folder holding both, built from the llama.cpp that
-llama-cpp-python vendors, and these tests run: llama-imatrix reads a quantkit imatrix and
-writes it back byte for byte, and llama-quantize given that file makes the same GGUF as
-quantkit's own call of llama_model_quantize."""
+scripts/setup.sh builds them beside llama-server from the llama.cpp that llama-cpp-python
+vendors (quantkit.runtime.llama_server.TOOLS, kept in ~/.cache/quantkit) and tests/conftest
+points QUANTKIT_LLAMA_BIN at them: llama-imatrix reads a quantkit imatrix and writes it
+back byte for byte, and llama-quantize given that file makes the same GGUF as quantkit's
+own call of llama_model_quantize. Without them (a machine where the build failed) these
+two tests are skipped with that reason."""
 
 from __future__ import annotations
 
