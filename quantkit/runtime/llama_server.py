@@ -8,7 +8,8 @@ binary. Which one, first found wins:
 1. `--llama-server PATH` (or QUANTKIT_LLAMA_SERVER): the user's own build;
 2. quantkit's cached build, made from the llama.cpp vendored in the llama-cpp-python sdist
    that quantkit pins (the same llama.cpp quantkit quantizes with), by `build_llama_server`
-   (`quantkit doctor --build-llama-server`; scripts/setup.sh does it once per machine);
+   (`quantkit doctor --build-llama-server`; scripts/setup.sh does it once per machine),
+   with llama.cpp's quantize, imatrix and perplexity tools beside it (TOOLS);
 3. `llama-server` on PATH.
 
 `LlamaServer` starts it bound to 127.0.0.1 on a free port, waits for /health and always
