@@ -329,3 +329,20 @@ def _wait_for_child(parent: int, name: str, timeout: float) -> int | None:
                 return int(stat.parent.name)
         time.sleep(0.05)
     return None
+
+
+def test_a_vocabulary_without_the_hermes_tags_skips_the_round_trips(
+    demo_q8: Path, tmp_path: Path
+) -> None:
+    """Another tool's GGUF of a model without Hermes tags: nothing to call or think with,
+    so those two round trips are skipped with the reason, not failed; the template one runs."""
+    from support.gguf_corrupt import rename_token
+
+    def rename(fields) -> None:
+        rename_token(fields, "<tool_call>", "<tool_cell>")
+        rename_token(fields, "<think>", "<thunk>")
+
+    checks = round_trip(edited_copy(demo_q8, tmp_path / "n.gguf", rename))
+    assert checks[SERVER_TEMPLATE].passed
+    for name in (TOOL_ROUND_TRIP, REASONING_ROUND_TRIP):
+        assert checks[name].skipped and "no <" in checks[name].evidence
