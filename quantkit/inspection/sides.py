@@ -177,6 +177,7 @@ class LlamaCppSide(Side):
     formatter fed the templates and BOS/EOS texts exactly as `Llama()` feeds them."""
 
     def __init__(self, path: Path) -> None:
+        from jinja2 import TemplateError as JinjaError
         from llama_cpp import Llama
 
         from ..runtime.llama_cpp import silence_llama_cpp
@@ -185,6 +186,14 @@ class LlamaCppSide(Side):
         self.label = "llama.cpp"
         try:
             self.llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except JinjaError as exc:  # Llama() compiles every stored chat template
+            from ..errors import ArtifactError
+
+            raise ArtifactError(
+                f"A chat template in {path} is not valid Jinja ({exc}): llama-cpp-python, "
+                "transformers and llama-server cannot use it.",
+                hint="Fix the source's chat template and convert again.",
+            ) from exc
         except (ValueError, RuntimeError) as exc:
             from ..errors import ArtifactError
 

@@ -587,3 +587,18 @@ def test_convert_quarantines_a_model_whose_template_loops(demo_model: Path, tmp_
     bad = {c["name"]: c["evidence"] for c in manifest["checks"] if not c["passed"]}
     assert "did not finish rendering within" in bad["chat templates render identically"]
     assert elapsed < 200, elapsed
+
+
+def test_a_template_that_is_not_jinja_is_one_error_line(demo_q8: Path, tmp_path: Path) -> None:
+    """llama-cpp-python's Llama() compiles every stored template, even vocab-only: a
+    template with a syntax error is an ArtifactError (exit 3, one line), not a traceback."""
+    from support.cli_runner import run_cli
+
+    bad = rewritten_copy(
+        demo_q8, tmp_path / "s.gguf", set_strings={TOOL_USE_KEY: "{% for m in messages %}{{ m }"}
+    )
+    with pytest.raises(ArtifactError, match="not valid Jinja"):
+        quantkit.inspect(bad)
+    proc = run_cli("inspect", bad)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and "not valid Jinja" in proc.stderr
