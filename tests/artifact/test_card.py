@@ -174,7 +174,8 @@ def test_the_card_says_where_llama_server_puts_the_thought(demo_artifact: Path) 
     reasoning["skipped"], reasoning["passed"] = True, False  # not measured: nothing said
     _write_manifest(demo_artifact, manifest)
     text = write_model_card(demo_artifact, REPO).readme.read_text()
-    assert "reasoning_content" not in text and LLAMA_SERVER_NO_REASONING not in text
+    assert "llama-server returns the thought" not in text
+    assert LLAMA_SERVER_NO_REASONING not in text
 
 
 def test_a_hand_written_readme_is_kept(demo_artifact: Path) -> None:
