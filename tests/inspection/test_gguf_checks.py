@@ -20,10 +20,14 @@ import quantkit
 from quantkit.backends.gguf.export import export_gguf
 from quantkit.backends.gguf.options import GGUFOptions
 from quantkit.evaluation.options import EvalOptions
-from quantkit.inspection import ArtifactError
+from quantkit.inspection import ArtifactError, ServerOptions
 from quantkit.source.model import load_source
 
 NO_EVAL = EvalOptions(enabled=False)  # these tests check other things than quality
+# These tests are about the token, template and rope checks; the llama-server round trip on
+# the same kinds of broken copies is tests/inspection/test_server_checks.py's (two tests
+# here keep it, where a broken tag must fail both).
+NO_SERVER = ServerOptions(enabled=False)
 
 CONTROL, USER_DEFINED = 3, 4
 TOOL_USE_KEY = "tokenizer.chat_template.tool_use"
@@ -41,6 +45,10 @@ def llama31_q8(llama31_model: Path, tmp_path_factory) -> Path:
     return export_gguf(load_source(llama31_model), out, out_type="Q8_0").path
 
 
+def inspect_checks(artifact, against=None, **kwargs):
+    return quantkit.inspect(artifact, against, server=NO_SERVER, **kwargs)
+
+
 def checks(report) -> dict[str, object]:
     return {c.name: c for c in report.checks}
 
@@ -54,7 +62,7 @@ def failed(report) -> dict[str, str]:
 
 @pytest.mark.parametrize("against", [True, False], ids=["against-source", "standalone"])
 def test_demo_q8_passes(demo_q8: Path, demo_model: Path, against: bool) -> None:
-    report = quantkit.inspect(demo_q8, demo_model if against else None)
+    report = inspect_checks(demo_q8, demo_model if against else None)
     assert report.passed, report.failed
     assert report.kind == "gguf" and report.files == (str(demo_q8),)
     by_name = checks(report)
@@ -80,21 +88,21 @@ def test_demo_q8_passes(demo_q8: Path, demo_model: Path, against: bool) -> None:
 
 def test_q4_k_m_artifact_folder_passes(demo_artifact_cached: Path, demo_model: Path) -> None:
     """A convert output folder (GGUF + manifest) is accepted as the artifact."""
-    report = quantkit.inspect(demo_artifact_cached, demo_model)
+    report = inspect_checks(demo_artifact_cached, demo_model)
     assert report.passed, report.failed
     assert report.files[0].endswith("-Q4_K_M.gguf")
 
 
 @pytest.mark.slow
 def test_llama31_rope_freqs_equal_the_source(llama31_q8: Path, llama31_model: Path) -> None:
-    report = quantkit.inspect(llama31_q8, llama31_model)
+    report = inspect_checks(llama31_q8, llama31_model)
     assert report.passed, report.failed
     rope = checks(report)["rope_freqs"]
     assert rope.passed and rope.fatal and "llama3 scaling (factor 8)" in rope.evidence
     assert "128009" in checks(report)["turn end is end-of-generation"].evidence
     markers = checks(report)["token types follow the policy"].evidence
     assert "<|eot_id|>" in markers and "<|start_header_id|>" in markers
-    standalone = quantkit.inspect(llama31_q8)
+    standalone = inspect_checks(llama31_q8)
     assert standalone.passed, standalone.failed
     assert "consistent with rope.dimension_count 64" in checks(standalone)["rope_freqs"].evidence
 
@@ -102,7 +110,7 @@ def test_llama31_rope_freqs_equal_the_source(llama31_q8: Path, llama31_model: Pa
 @pytest.mark.slow
 def test_qwen3_passes(qwen3_model: Path, tmp_path: Path) -> None:
     path = export_gguf(load_source(qwen3_model), tmp_path / "q.gguf", out_type="Q8_0").path
-    report = quantkit.inspect(path, qwen3_model)
+    report = inspect_checks(path, qwen3_model)
     assert report.passed, report.failed
     assert "rope_freqs" not in {c.name for c in report.checks if c.fatal}
     assert "<|im_end|>" in checks(report)["turn end is end-of-generation"].evidence
@@ -113,12 +121,12 @@ def test_split_set_passes_from_any_shard(demo_q8: Path, demo_model: Path, tmp_pa
 
     shards = split_gguf(demo_q8, 60 * 10**6, tmp_path)
     assert len(shards) == 3
-    report = quantkit.inspect(shards[1], demo_model)
+    report = inspect_checks(shards[1], demo_model)
     assert report.passed, report.failed
     assert report.files == tuple(str(s) for s in shards)
     shards[2].unlink()
     with pytest.raises(ArtifactError, match="incomplete.*00003-of-00003"):
-        quantkit.inspect(shards[0], demo_model)
+        inspect_checks(shards[0], demo_model)
 
 
 @pytest.mark.slow
@@ -130,7 +138,7 @@ def test_llama_cpp_converter_gguf_passes(
     """A third-party artifact: llama.cpp's own convert_hf_to_gguf.py output."""
     source = request.getfixturevalue(model)
     path = reference_converter.convert(source, tmp_path / "ref.gguf", "q8_0")
-    report = quantkit.inspect(path, source)
+    report = inspect_checks(path, source)
     assert report.passed, report.failed
     if model == "llama31_model":
         assert checks(report)["rope_freqs"].passed and checks(report)["rope_freqs"].fatal
@@ -172,7 +180,7 @@ def test_turn_marker_retyped_user_defined_is_caught(demo_q8: Path, tmp_path: Pat
     bad = edited_copy(
         demo_q8, tmp_path / "b.gguf", lambda f: set_token_type(f, "<|im_start|>", USER_DEFINED)
     )
-    evidence = failed(quantkit.inspect(bad))["token types follow the policy"]
+    evidence = failed(inspect_checks(bad))["token types follow the policy"]
     assert "'<|im_start|>' (id 1) is USER_DEFINED, the policy says CONTROL" in evidence
 
 
@@ -185,7 +193,7 @@ def test_token_override_is_respected_by_convert(demo_model: Path, tmp_path: Path
     )  # fmt: skip
     by_name = {c["name"]: c for c in result.checks}
     assert by_name["token types follow the policy"]["passed"], by_name
-    standalone = quantkit.inspect(result.out)  # the documented policy, without the override
+    standalone = inspect_checks(result.out)  # the documented policy, without the override
     assert "'<think>'" in failed(standalone)["token types follow the policy"]
 
 
@@ -193,13 +201,13 @@ def test_renamed_token_that_splits_is_caught(
     demo_q8: Path, demo_model: Path, tmp_path: Path
 ) -> None:
     bad = edited_copy(demo_q8, tmp_path / "b.gguf", lambda f: rename_token(f, "<think>", "<thonk>"))
-    problems = failed(quantkit.inspect(bad, demo_model))
+    problems = failed(inspect_checks(bad, demo_model))
     assert (
         "'<think>' (id 49158) is split into [44, 17400, 46]"
         in problems["special tokens single ids"]
     )
     assert "tokenization parity" in problems and "chat templates render identically" in problems
-    alone = failed(quantkit.inspect(bad))
+    alone = failed(inspect_checks(bad))
     assert (
         "'<think>' is missing from the vocabulary while its pair is there"
         in alone["token types follow the policy"]
@@ -212,7 +220,7 @@ def test_altered_template_is_caught(demo_q8: Path, demo_model: Path, tmp_path: P
         tmp_path / "b.gguf",
         lambda f: replace_in_string(f, TOOL_USE_KEY, "<tool_response>", "<tool_resp0nse>"),
     )
-    problems = failed(quantkit.inspect(bad, demo_model))
+    problems = failed(inspect_checks(bad, demo_model))
     assert (
         "template 'tool_use' differs from the source at character"
         in problems["chat templates byte-identical"]
@@ -222,7 +230,7 @@ def test_altered_template_is_caught(demo_q8: Path, demo_model: Path, tmp_path: P
 
 def test_removed_template_is_caught(demo_q8: Path, demo_model: Path, tmp_path: Path) -> None:
     bad = rewritten_copy(demo_q8, tmp_path / "b.gguf", drop_keys=frozenset({TOOL_USE_KEY}))
-    problems = failed(quantkit.inspect(bad, demo_model))
+    problems = failed(inspect_checks(bad, demo_model))
     assert (
         "template 'tool_use' of the source is missing" in problems["chat templates byte-identical"]
     )
@@ -235,7 +243,7 @@ def test_removed_template_is_caught(demo_q8: Path, demo_model: Path, tmp_path: P
         tmp_path / "c.gguf",
         drop_keys=frozenset({"tokenizer.chat_template", TOOL_USE_KEY, "tokenizer.chat_templates"}),
     )
-    alone = failed(quantkit.inspect(no_default))
+    alone = failed(inspect_checks(no_default))
     assert "no default chat template" in alone["chat templates present"]
 
 
@@ -245,7 +253,7 @@ def test_eos_at_end_of_text_is_caught(llama31_q8: Path, llama31_model: Path, tmp
         llama31_q8, tmp_path / "b.gguf", lambda f: set_int(f, "tokenizer.ggml.eos_token_id", 128001)
     )
     for against in (llama31_model, None):
-        evidence = failed(quantkit.inspect(bad, against))["turn end is end-of-generation"]
+        evidence = failed(inspect_checks(bad, against))["turn end is end-of-generation"]
         assert "EOS is '<|end_of_text|>' (id 128001), not the turn end '<|eot_id|>'" in evidence
 
 
@@ -254,11 +262,11 @@ def test_removed_rope_freqs_is_caught(llama31_q8: Path, llama31_model: Path, tmp
     bad = rewritten_copy(
         llama31_q8, tmp_path / "b.gguf", drop_tensors=frozenset({"rope_freqs.weight"})
     )
-    report = quantkit.inspect(bad, llama31_model)
+    report = inspect_checks(bad, llama31_model)
     assert set(failed(report)) == {"rope_freqs"}
     assert "has no rope_freqs tensor" in failed(report)["rope_freqs"]
     # Without a source: llama arch, 131072 context and rope base 500000 is Llama 3.1.
-    alone = quantkit.inspect(bad)
+    alone = inspect_checks(bad)
     assert set(failed(alone)) == {"rope_freqs"}
     evidence = failed(alone)["rope_freqs"]
     assert "looks like a Llama 3.1-style model (context_length 131072" in evidence
@@ -274,7 +282,7 @@ def test_malicious_template_is_reported_not_executed(demo_q8: Path, tmp_path: Pa
     bad = rewritten_copy(
         demo_q8, tmp_path / "b.gguf", set_strings={"tokenizer.chat_template": evil}
     )
-    report = quantkit.inspect(bad)
+    report = inspect_checks(bad)
     assert not report.passed
     evidence = checks(report)["chat templates render identically"].evidence
     assert "template 'default' tried to leave the Jinja sandbox" in evidence
@@ -286,23 +294,23 @@ def test_malicious_template_is_reported_not_executed(demo_q8: Path, tmp_path: Pa
 
 def test_bad_input_is_a_clear_error(demo_q8: Path, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="does not exist"):
-        quantkit.inspect(tmp_path / "missing.gguf")
+        inspect_checks(tmp_path / "missing.gguf")
     (tmp_path / "x.gguf").write_text("not a gguf")
     with pytest.raises(ArtifactError, match="not a GGUF file"):
-        quantkit.inspect(tmp_path / "x.gguf")
+        inspect_checks(tmp_path / "x.gguf")
     truncated = tmp_path / "t" / "t.gguf"
     truncated.parent.mkdir()
     truncated.write_bytes(demo_q8.read_bytes()[: 2 * 10**6])
     with pytest.raises(ArtifactError, match="corrupt|cannot load|truncated"):
-        quantkit.inspect(truncated)
+        inspect_checks(truncated)
     # Cut in the tensor data: the vocabulary alone would still load.
     truncated.write_bytes(demo_q8.read_bytes()[:-1000])
     with pytest.raises(ArtifactError, match="is truncated: .* its tensors need"):
-        quantkit.inspect(truncated)
+        inspect_checks(truncated)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ArtifactError, match="neither a GGUF file nor a safetensors"):
-        quantkit.inspect(empty)
+        inspect_checks(empty)
 
 
 @pytest.mark.slow
@@ -362,7 +370,7 @@ def test_against_a_hub_repo_id_needs_only_the_tokenizer_files(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    report = quantkit.inspect(demo_q8, "quantkit-test/demo-chat")
+    report = inspect_checks(demo_q8, "quantkit-test/demo-chat")
     assert report.passed, report.failed
     assert (
         "byte-identical to the source" in checks(report)["chat templates byte-identical"].evidence
@@ -370,13 +378,13 @@ def test_against_a_hub_repo_id_needs_only_the_tokenizer_files(
     from quantkit.errors import SourceModelError
 
     with pytest.raises(SourceModelError, match="Could not fetch the tokenizer files"):
-        quantkit.inspect(demo_q8, "quantkit-test/not-there")
+        inspect_checks(demo_q8, "quantkit-test/not-there")
 
 
 def test_generate_adds_a_greedy_reply_in_llama_cpp(demo_q8: Path) -> None:
     """The trained demo model answers and stops at its turn end, with the GGUF's own
     template and no source."""
-    report = quantkit.inspect(demo_q8, generate=True)
+    report = inspect_checks(demo_q8, generate=True)
     last = checks(report)["greedy generation stops"]
     assert not last.fatal
     assert last.passed and "stopped at id 2" in last.evidence and "Paris" in last.evidence
@@ -392,21 +400,21 @@ def test_source_side_is_remembered_per_tokenizer_files(
     from quantkit.inspection import source_cache
 
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
-    first = quantkit.inspect(demo_q8, demo_model)
+    first = inspect_checks(demo_q8, demo_model)
     assert len(list((tmp_path / "cache" / "inspect-source").glob("*.json"))) == 1
 
     def no_transformers(*args, **kwargs):
         raise AssertionError("transformers was asked although the cache has the answers")
 
     monkeypatch.setattr(source_cache, "TransformersSide", no_transformers)
-    second = quantkit.inspect(demo_q8, demo_model)
+    second = inspect_checks(demo_q8, demo_model)
     assert second.to_dict()["checks"] == first.to_dict()["checks"]
     changed = tmp_path / "src"
     shutil.copytree(demo_model, changed, ignore=shutil.ignore_patterns("*.safetensors"))
     jinja = changed / "chat_template.jinja"
     jinja.write_text(jinja.read_text() + " ", encoding="utf-8")
     with pytest.raises(AssertionError, match="cache has the answers"):
-        quantkit.inspect(demo_q8, changed)
+        inspect_checks(demo_q8, changed)
 
 
 # --- review findings: each one a case that passed or crashed before ----------------------
@@ -423,7 +431,7 @@ def test_turn_end_retyped_normal_is_caught(
     bad = edited_copy(
         demo_q8, tmp_path / "b.gguf", lambda f: set_token_type(f, "<|im_end|>", NORMAL)
     )
-    report = quantkit.inspect(bad, demo_model if against else None)
+    report = inspect_checks(bad, demo_model if against else None)
     assert not report.passed
     evidence = failed(report)["token types follow the policy"]
     assert "'<|im_end|>' (id 2) is NORMAL, the policy says CONTROL" in evidence
@@ -437,7 +445,7 @@ def test_template_without_a_turn_end_fails(demo_q8: Path, tmp_path: Path) -> Non
     bad = rewritten_copy(
         demo_q8, tmp_path / "b.gguf", set_strings={"tokenizer.chat_template": plain}
     )
-    check = checks(quantkit.inspect(bad))["turn end is end-of-generation"]
+    check = checks(inspect_checks(bad))["turn end is end-of-generation"]
     assert not check.passed and check.fatal
     assert "writes no special token after an assistant reply" in check.evidence
 
@@ -448,7 +456,7 @@ def test_generate_reports_failures_as_checks(demo_q8: Path, tmp_path: Path) -> N
     no_norm = rewritten_copy(
         demo_q8, tmp_path / "n.gguf", drop_tensors=frozenset({"output_norm.weight"})
     )
-    report = quantkit.inspect(no_norm, generate=True)
+    report = inspect_checks(no_norm, generate=True)
     last = checks(report)["greedy generation stops"]
     assert not last.passed
     assert "llama.cpp cannot load the weights" in last.evidence and not report.passed
@@ -456,7 +464,7 @@ def test_generate_reports_failures_as_checks(demo_q8: Path, tmp_path: Path) -> N
     escaping = rewritten_copy(
         demo_q8, tmp_path / "e.gguf", set_strings={"tokenizer.chat_template": evil}
     )
-    last = checks(quantkit.inspect(escaping, generate=True))["greedy generation stops"]
+    last = checks(inspect_checks(escaping, generate=True))["greedy generation stops"]
     assert not last.passed
     assert "cannot render the question" in last.evidence
 
@@ -490,7 +498,7 @@ def test_imatrix_gguf_is_named_not_called_corrupt(tmp_path: Path) -> None:
     writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(ArtifactError, match="is an importance matrix .*not a model") as info:
-        quantkit.inspect(path)
+        inspect_checks(path)
     assert "corrupt" not in str(info.value) and "truncated" not in str(info.value)
 
 
@@ -502,7 +510,7 @@ def test_rope_freqs_not_f32_is_a_failed_check(demo_q8: Path, tmp_path: Path) -> 
     bad = rewritten_copy(
         demo_q8, tmp_path / "b.gguf", add_tensors={"rope_freqs.weight": np.ones(32, np.float16)}
     )
-    report = quantkit.inspect(bad)
+    report = inspect_checks(bad)
     rope = failed(report)["rope_freqs"]
     assert "rope_freqs.weight is stored as F16 (ggml type 1), not F32" in rope
 
@@ -513,7 +521,7 @@ def test_inspection_leaves_no_file_open(demo_q8: Path, tmp_path: Path) -> None:
 
     path = tmp_path / "own.gguf"
     shutil.copyfile(demo_q8, path)
-    assert quantkit.inspect(path).passed
+    assert inspect_checks(path).passed
     fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
            if os.path.exists(f"/proc/self/fd/{fd}")]  # fmt: skip
     assert str(path) not in fds
@@ -577,7 +585,7 @@ def test_convert_quarantines_a_model_whose_template_loops(demo_model: Path, tmp_
     out = tmp_path / "out"
     start = time.monotonic()
     proc = run_cli("convert", source, "--format", "gguf", "--quant", "Q8_0", "--out", out,
-                   timeout=400)  # fmt: skip
+                   "--no-server-check", timeout=400)  # fmt: skip
     elapsed = time.monotonic() - start
     assert proc.returncode == 11, proc.stderr
     assert "chat templates render identically" in proc.stderr
@@ -598,7 +606,7 @@ def test_a_template_that_is_not_jinja_is_one_error_line(demo_q8: Path, tmp_path:
         demo_q8, tmp_path / "s.gguf", set_strings={TOOL_USE_KEY: "{% for m in messages %}{{ m }"}
     )
     with pytest.raises(ArtifactError, match="not valid Jinja"):
-        quantkit.inspect(bad)
+        inspect_checks(bad)
     proc = run_cli("inspect", bad)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and "not valid Jinja" in proc.stderr
