@@ -47,6 +47,7 @@ def demo_model(fixture_cache: Path) -> Path:
 # The shared fixtures live in tests/support/; importing them here puts them in every test
 # module's scope (pytest finds fixtures in conftest.py's namespace).
 from support.hub import demo_artifact, demo_artifact_cached, fake_hub, hub  # noqa: E402,F401
+from support.llama_server import no_server  # noqa: E402,F401
 from support.mlx import mlx_copy, mlx_demo  # noqa: E402,F401
 from support.models import (  # noqa: E402,F401
     llama31_model,

@@ -165,20 +165,28 @@ def build_llama_server(*, jobs: int | None = None, version: str | None = None) -
     return ServerBinary(binary, "quantkit's build")
 
 
-def _unpacked_source(tmp: Path, version: str) -> Path:
+def download_sdist(dest: Path, version: str) -> Path:
+    """The llama-cpp-python sdist (it vendors all of llama.cpp), downloaded by pip into
+    `dest`. pip builds its metadata with scikit-build-core in an isolated env: ~1 minute
+    the first time."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-        "--disable-pip-version-check", f"llama-cpp-python=={version}", "-d", str(tmp),
+        "--disable-pip-version-check", f"llama-cpp-python=={version}", "-d", str(dest),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    sdists = sorted(tmp.glob("llama_cpp_python-*.tar.gz"))
+    sdists = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
     if proc.returncode != 0 or not sdists:
         raise LlamaServerError(
             f"pip could not download the llama-cpp-python=={version} sdist: "
             + " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         )
+    return sdists[0]
+
+
+def _unpacked_source(tmp: Path, version: str) -> Path:
+    sdist = download_sdist(tmp, version)
     dest = tmp / "src"
-    with tarfile.open(sdists[0], "r:gz") as tar:
+    with tarfile.open(sdist, "r:gz") as tar:
         members = [m for m in tar.getmembers() if _VENDOR in m.name and ".." not in m.name]
         tar.extractall(dest, members=members, filter="data")
     found = sorted(dest.glob(f"*/{_VENDOR}CMakeLists.txt"))

@@ -5,7 +5,6 @@ missing, the user's own llama-server reported with its version, a failed
 from __future__ import annotations
 
 import json
-import stat
 import subprocess
 import sys
 from importlib import metadata
@@ -13,29 +12,15 @@ from pathlib import Path
 
 import pytest
 from support.cli_runner import run_cli
+from support.llama_server import fake_server
 
-from quantkit.runtime.llama_server import ENV_VAR, TOOLS, build_folder
+from quantkit.runtime.llama_server import TOOLS, build_folder
 
 HEAVY = ("torch", "transformers", "llama_cpp", "gguf", "llmcompressor", "mlx", "mlx_lm")
 
 
-@pytest.fixture
-def no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """run_cli passes os.environ on: no QUANTKIT_LLAMA_SERVER, an empty cache, a PATH with
-    no llama-server (and no cmake). Returns the PATH folder."""
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
-    on_path = tmp_path / "bin"
-    on_path.mkdir()
-    monkeypatch.setenv("PATH", str(on_path))
-    return on_path
 
 
-def fake_server(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\necho 'version: 1234 (abc)' >&2\necho 'built with cc' >&2\n")
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
 
 
 def test_json_lists_every_runtime_with_its_fields(no_server: Path) -> None:

@@ -5,11 +5,11 @@ not) as quantkit.runtime.llama_server finds it, and run for its version."""
 from __future__ import annotations
 
 import importlib.util
-import stat
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from support.llama_server import fake_server
 
 from quantkit.runtime import doctor
 from quantkit.runtime.llama_server import ENV_VAR, build_folder, not_found_reason
@@ -20,26 +20,8 @@ NAMES = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No llama-server anywhere: no QUANTKIT_LLAMA_SERVER, an empty cache, an empty PATH.
-    Returns the PATH folder, where a test may put one."""
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
-    on_path = tmp_path / "bin"
-    on_path.mkdir()
-    monkeypatch.setenv("PATH", str(on_path))
-    return on_path
 
 
-def fake_server(path: Path, *, output: str = "version: 1234 (abc)") -> Path:
-    """An executable that answers --version as llama-server does (on stderr)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"#!/bin/sh\necho 'load_backend: loaded CPU backend' >&2\necho '{output}' >&2\n"
-    )
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
 
 
 def by_name(found: list[doctor.Runtime]) -> dict[str, doctor.Runtime]:
