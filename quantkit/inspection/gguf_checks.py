@@ -40,11 +40,7 @@ def gguf_checks(
 ) -> list[Check]:
     meta = read_gguf_meta(files[0])
     with LlamaCppSide(files[0]) as runtime:
-        specials = {
-            text: i
-            for i, (text, kind) in enumerate(zip(meta.tokens, meta.token_types, strict=False))
-            if kind in _SPECIAL_TYPES
-        }
+        specials = special_tokens(meta)
         if reference is not None:
             ref: Side = CachedTransformersSide(reference.path, "transformers (source)")
             expected = [(t.content, t.id) for t in reference.bundle.added_tokens]
@@ -80,6 +76,28 @@ def _rope(files: list[Path], meta: GGUFMeta, reference: Reference | None) -> Che
             "and stops on this file; re-convert it",
         )  # fmt: skip
     return rope_check(meta, values, reference.config if reference else None)
+
+
+def special_tokens(meta: GGUFMeta) -> dict[str, int]:
+    """text -> id of every token the file types CONTROL or USER_DEFINED."""
+    return {
+        text: i
+        for i, (text, kind) in enumerate(zip(meta.tokens, meta.token_types, strict=False))
+        if kind in _SPECIAL_TYPES
+    }
+
+
+def stored_turn_end(meta: GGUFMeta) -> str | None:
+    """The token the file's own default template writes after an assistant reply (None
+    without a template, or when it writes none or fails to render)."""
+    template = meta.templates.get("default")
+    if template is None:
+        return None
+    candidates = marker_candidates(meta, special_tokens(meta))
+    try:
+        return turn_end_token(template, list(candidates), **_variables(meta))
+    except TemplateError:
+        return None
 
 
 def marker_candidates(meta: GGUFMeta, specials: dict[str, int]) -> dict[str, int]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..formats.chat_template import LLAMA_SERVER_REASONING_PARSED, TemplateError, turn_end_token
+from ..formats.chat_template import LLAMA_SERVER_REASONING_PARSED
 from ..formats.tokens import TokenType, TokenTypePolicy
 from ..runtime.llama_server import (
     LlamaServer,
@@ -49,6 +49,7 @@ from ..runtime.llama_server import (
 )
 from .battery import DEEP_THINKING, SEARCH_TOOL, WEATHER_TOOL
 from .check import Check, skipped_check
+from .gguf_checks import stored_turn_end
 from .gguf_meta import GGUFMeta, gguf_files
 
 SERVER_TEMPLATE = "llama-server uses the artifact's template"
@@ -136,7 +137,7 @@ def template_check(server: LlamaServer, meta: GGUFMeta) -> Check:
     if "tool_use" in meta.templates and props.get("chat_template_tool_use") is None:
         why = _log_lines(server, "tool use chat template") or ["no reason logged"]
         problems.append(f"the server dropped the tool_use template: {why[-1]}")
-    expected_end = _turn_end(meta)
+    expected_end = stored_turn_end(meta)
     eos = props.get("eos_token")
     if expected_end is not None and eos != expected_end:
         problems.append(
@@ -153,22 +154,6 @@ def template_check(server: LlamaServer, meta: GGUFMeta) -> Check:
 
 def _props_key(name: str) -> str:
     return "chat_template" if name == "default" else f"chat_template_{name}"
-
-
-def _turn_end(meta: GGUFMeta) -> str | None:
-    template = meta.templates.get("default")
-    if template is None:
-        return None
-    specials = [t for t, kind in zip(meta.tokens, meta.token_types, strict=False) if kind in (3, 4)]
-    variables = {}
-    for role in ("bos", "eos"):
-        token_id = meta.special_id(role)
-        if token_id is not None and 0 <= token_id < len(meta.tokens):
-            variables[f"{role}_token"] = meta.tokens[token_id]
-    try:
-        return turn_end_token(template, specials, **variables)
-    except TemplateError:
-        return None
 
 
 # --- tool calls --------------------------------------------------------------------------
@@ -201,7 +186,7 @@ def tool_round_trip(
 def _call_problems(
     server: LlamaServer, meta: GGUFMeta, ids: dict[str, int], seen: Exchange
 ) -> list[str]:
-    end = _turn_end(meta) or server.get("/props").get("eos_token") or ""
+    end = stored_turn_end(meta) or server.get("/props").get("eos_token") or ""
     bias = [[ids["</tool_call>"], 90]] if "</tool_call>" in ids else []
     # '"' above </tool_call>: inside a JSON string both fit, and the string must close.
     for text, value in ((end, 100), ('"', 100)):
