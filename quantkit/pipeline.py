@@ -108,6 +108,7 @@ def convert(
     out_dir = Path(out).expanduser()
     evaluation = evaluation or EvalOptions()
     checks_wanted = verify if isinstance(verify, VerifyOptions) else VerifyOptions(enabled=verify)
+    _check_llama_server(checks_wanted)  # a bad --llama-server is refused before any work
     target, hardware = resolve_target(profile, format, quant)
     backend = backend_for(target, hardware, BuildOptions(
         calibration or CalibrationOptions(), gguf or GGUFOptions(), gptq or GPTQOptions(),
@@ -202,6 +203,15 @@ def artifact_checks(
 
     checks = check_converted(built.artifact, source, policy=built.token_policy, server=server)
     return checks + built.checks
+
+
+def _check_llama_server(checks: VerifyOptions) -> None:
+    """The user's own llama-server (--llama-server) must be an executable file: found out
+    now, not after the artifact is built (LlamaServerError, exit 9)."""
+    if checks.enabled and checks.server.enabled and checks.server.binary:
+        from .runtime.llama_server import find_llama_server
+
+        find_llama_server(checks.server.binary)
 
 
 def _stop_on_failed_checks(checks: list[dict[str, Any]], work: Path, out_dir: Path) -> None:

@@ -34,12 +34,6 @@ TOOL_USE_KEY = "tokenizer.chat_template.tool_use"
 
 
 @pytest.fixture(scope="module")
-def demo_q8(demo_model: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo-q8") / "demo-Q8_0.gguf"
-    return export_gguf(load_source(demo_model), out, out_type="Q8_0").path
-
-
-@pytest.fixture(scope="module")
 def llama31_q8(llama31_model: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("llama31-q8") / "llama31-Q8_0.gguf"
     return export_gguf(load_source(llama31_model), out, out_type="Q8_0").path

@@ -32,12 +32,6 @@ SERVER_UNPARSABLE = "{% with greeting = 'hi' %}{{ greeting }}{% endwith %}"
 
 
 @pytest.fixture(scope="module")
-def demo_q8(demo_model: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("server-demo") / "demo-Q8_0.gguf"
-    return export_gguf(load_source(demo_model), out, out_type="Q8_0").path
-
-
-@pytest.fixture(scope="module")
 def templates(reference_converter) -> Path:
     """llama.cpp's vendored real-world templates (from the pinned llama-cpp-python sdist)."""
     return reference_converter.root / "models" / "templates"
@@ -346,3 +340,19 @@ def test_a_vocabulary_without_the_hermes_tags_skips_the_round_trips(
     assert checks[SERVER_TEMPLATE].passed
     for name in (TOOL_ROUND_TRIP, REASONING_ROUND_TRIP):
         assert checks[name].skipped and "no <" in checks[name].evidence
+
+
+def test_convert_refuses_a_bad_llama_server_before_any_work(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    """--llama-server naming something that is not an executable file is one error line
+    (exit 9) before anything is built, not a crashed check on a finished artifact."""
+    from support.cli_runner import run_cli
+
+    out = tmp_path / "out"
+    proc = run_cli("convert", demo_model, "--format", "gguf", "--quant", "Q8_0", "--out", out,
+                   "--llama-server", tmp_path / "no-such-server")  # fmt: skip
+    assert proc.returncode == 9, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not an executable file" in lines[0], proc.stderr
+    assert not any(tmp_path.glob("out*"))

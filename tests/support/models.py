@@ -62,3 +62,14 @@ def qwen3_model(fixture_cache: Path) -> Path:
 def reference_converter(fixture_cache: Path) -> Any:
     """llama.cpp's convert_hf_to_gguf.py (from the llama-cpp-python 0.3.36 sdist)."""
     return _or_skip(ensure_reference_converter, fixture_cache)
+
+
+@pytest.fixture(scope="session")
+def demo_q8(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model as a Q8_0 GGUF, made once per session (read-only: tests that break it
+    work on copies)."""
+    from quantkit.backends.gguf.export import export_gguf
+    from quantkit.source.model import load_source
+
+    out = tmp_path_factory.mktemp("demo-q8") / "demo-Q8_0.gguf"
+    return export_gguf(load_source(demo_model), out, out_type="Q8_0").path
