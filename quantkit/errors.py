@@ -166,3 +166,9 @@ def require(module: str, extra: str):
             f"{module} is not installed.",
             hint=f"Install it with: pip install 'quantkit[{extra}]'",
         ) from exc
+
+
+class RecipeError(QuantkitError):
+    """A `--quant auto` recipe cannot be read, or does not fit the model it is applied to."""
+
+    exit_code = 19

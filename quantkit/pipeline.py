@@ -30,6 +30,7 @@ from .disk.atomic import building_folder
 from .disk.atomic import quarantine as quarantine_folder
 from .errors import DiskSpaceError, QualityGateError, VerificationError
 from .evaluation.options import EvalOptions
+from .formats.quants import AUTO_QUANT
 from .planning.target import Target, resolve_target
 from .runtime.interrupts import raise_if_interrupted
 from .source.model import SourceModel, load_source
@@ -56,6 +57,7 @@ class ConvertResult:
     dry_run: bool = False
     published: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
+    recipe: dict[str, Any] | None = None  # --quant auto: the manifest's recipe section
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,7 @@ class ConvertResult:
             "dry_run": self.dry_run,
             "published": self.published,
             "quality": self.quality,
+            "recipe": self.recipe,
         }
 
 
@@ -109,11 +112,13 @@ def convert(
     evaluation = evaluation or EvalOptions()
     checks_wanted = verify if isinstance(verify, VerifyOptions) else VerifyOptions(enabled=verify)
     _check_llama_server(checks_wanted)  # a bad --llama-server is refused before any work
+    if quant is None and gguf is not None and gguf.recipe is not None:
+        quant = AUTO_QUANT.name  # a recipe is what --quant auto applies
     target, hardware = resolve_target(profile, format, quant)
     backend = backend_for(target, hardware, BuildOptions(
         calibration or CalibrationOptions(), gguf or GGUFOptions(), gptq or GPTQOptions(),
         safetensors or SafetensorsOptions(), force=force, verify=checks_wanted.enabled,
-        mlx=mlx or MLXOptions(),
+        mlx=mlx or MLXOptions(), context=context,
     ))  # fmt: skip
     check_output_path(out_dir, model)
     source = load_source(
@@ -151,7 +156,8 @@ def convert(
         _stop_on_failed_checks(checks, work, out_dir)
         quality = None
         if evaluation.enabled:
-            quality, gate_result = _measure(work, out_dir, source, target, hardware, evaluation)
+            gate_quant = built.gate_quant or target.quant
+            quality, gate_result = _measure(work, out_dir, source, gate_quant, hardware, evaluation)
             manifest["quality"] = quality
             manifest["quality_gate"] = gate_result.to_dict()
             checks.append(gate_result.to_check())
@@ -164,7 +170,7 @@ def convert(
     published = _publish(out_dir, push_to, source) if push_to else None
     return ConvertResult(
         out_dir, target, source, plan, built.files, checks, estimate, published=published,
-        quality=quality,
+        quality=quality, recipe=built.manifest.get("recipe"),
     )  # fmt: skip
 
 
@@ -239,12 +245,12 @@ def _measure(
     work: Path,
     out_dir: Path,
     source: SourceModel,
-    target: Target,
+    quant: str,
     hardware: HardwareProfile | None,
     options: EvalOptions,
 ) -> tuple[dict[str, Any], GateResult]:
     """Perplexity, KLD and top-1 agreement against the source, and the quality gate (the
-    profile's thresholds when there is one, else quantkit's per-type defaults)."""
+    profile's thresholds when there is one, else quantkit's defaults for `quant`)."""
     from .evaluation.evaluate import evaluate
 
     # float32 reference logits need 4 bytes per parameter of RAM; past ~2B parameters
@@ -252,7 +258,7 @@ def _measure(
     dtype = "float32" if source.parameter_count < 2e9 else "bfloat16"
     result = evaluate(
         work, source, corpus=options.corpus, n_ctx=options.n_ctx, dtype=dtype,
-        quant=target.quant, profile=hardware,
+        quant=quant, profile=hardware,
     )  # fmt: skip
     assert result.gate is not None  # the quant is given, so the gate is always checked
     quality = result.report.to_dict()

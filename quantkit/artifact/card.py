@@ -164,6 +164,7 @@ def render_card(
         f"Licence: {meta['license']}, inherited from the source.",
         files_section(files, source.get("parameters") or 0),
         imatrix_section(manifest.get("imatrix")),
+        recipe_section(manifest.get("recipe"), files),
         quality_section(manifest.get("quality")),
         checks_section(manifest.get("checks") or []),
         tokens_section(facts, target["format"]),
@@ -251,6 +252,49 @@ _QUALITY_ROWS = (
     ("kld_p99", "KL divergence from the source, 99th percentile", "{:.5f}"),
     ("top1_agreement", "Top-1 token agreement with the source", "{:.2%}"),
 )
+
+
+def recipe_section(recipe: dict[str, Any] | None, files: list[dict[str, Any]]) -> str:
+    """--quant auto: the budget, the types per tensor role, and llama-quantize's command."""
+    if not recipe:
+        return ""
+    budget = recipe.get("budget")
+    target = (
+        f"the budget of {_size(budget['bytes'])} ({budget['origin']}"
+        + (", what goes on the GPU" if budget.get("scope") == "gpu" else ", the whole file")
+        + ")"
+        if budget
+        else "the recipe it was given"
+    )
+    gains = recipe.get("gains") or {}
+    rows = [
+        f"| {role} | {', '.join(f'{t} x{n}' for t, n in types.items())} | "
+        + (f"{gains[role]:.3g}" if role in gains else "-")
+        + " |"
+        for role, types in (recipe.get("types_by_role") or {}).items()
+    ]
+    artifact = files[0]["name"] if files else "OUT.gguf"
+    bf16 = artifact.removesuffix(".gguf").rsplit("-", 1)[0] + "-BF16.gguf"
+    matrix = recipe.get("imatrix_file")
+    command = (
+        "llama-quantize " + (f"--imatrix {matrix} " if matrix else "")
+        + f"--tensor-type-file {recipe['tensor_type_file']} {bf16} {artifact} "
+        + recipe["file_type"]
+    )
+    return (
+        "## Types per tensor\n\n"
+        f"quantkit chose a llama.cpp type for every tensor (`--quant auto`) to keep the "
+        f"expected KL divergence from the source lowest within {target}. The file records "
+        f"the file type {recipe['file_type']}, the largest stock mix no bigger than it, whose "
+        "quality gate it is held to. The gain is the measured KL divergence per unit of "
+        "relative output error for the role (docs/quantization.md in quantkit).\n\n"
+        "| tensor role | types (tensors) | gain |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"`{recipe['file']}` holds the choice and its measurements (`quantkit convert "
+        f"--recipe` applies it to this or another model of the same shape). llama.cpp's own "
+        "quantizer makes the same file, byte for byte, from the BF16 GGUF (`quantkit "
+        "convert --format gguf --quant BF16`), run in this folder:\n\n"
+        f"```\n{command}\n```"
+    )
 
 
 def quality_section(quality: dict[str, Any] | None) -> str:

@@ -32,6 +32,7 @@ class BuildOptions:
     force: bool = False  # e.g. FP16 with weights outside its range
     verify: bool = True  # whether the backend's own checks (if any) are wanted
     mlx: MLXOptions = field(default_factory=MLXOptions)
+    context: int | None = None  # the context the plan sizes for (--quant auto's budget)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class BackendResult:
     checks: list[Check] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     token_policy: TokenTypePolicy | None = None  # GGUF: the token types it was written with
+    gate_quant: str | None = None  # the stock type whose quality gate applies (--quant auto)
 
 
 class Backend(Protocol):

@@ -10,8 +10,10 @@ import typer
 
 from . import console
 from .options import (
+    BpwOption,
     JsonFlag,
     LlamaServerOption,
+    MaxSizeOption,
     ProfileOption,
     QuietFlag,
     RevisionOption,
@@ -26,6 +28,12 @@ Examples:
   quantkit convert NousResearch/Hermes-3-Llama-3.1-8B --format gguf --quant Q8_0 --out ./q8
 
   quantkit convert ./Hermes-3-Llama-3.1-8B --format gguf --quant IQ3_M --imatrix auto --out ./iq3
+
+  quantkit convert ./Hermes-3-Llama-3.1-8B --profile rtx4090-4bit --quant auto --out ./auto
+
+  quantkit convert ./Hermes-3-Llama-3.1-8B --format gguf --quant auto --max-size 5GB --out ./5gb
+
+  quantkit convert ./Hermes-3-8B --recipe ./5gb/Hermes-3-8B-AUTO.recipe.json --out ./again
 
   quantkit convert ./Hermes-3-Llama-3.1-8B --format mlx --quant 4bit --out ./hermes3-8b-mlx
 
@@ -49,7 +57,8 @@ def convert_command(
         typer.Option(
             "--quant",
             "-q",
-            help="GGUF: Q4_K_M, Q8_0, BF16...; BF16/FP16, FP8_DYNAMIC/FP8, W4A16; MLX: 4bit, "
+            help="GGUF: Q4_K_M, Q8_0, BF16..., or auto (a type per tensor for a budget: "
+            "--profile, --max-size or --bpw); BF16/FP16, FP8_DYNAMIC/FP8, W4A16; MLX: 4bit, "
             "6bit, 8bit, BF16 or mlx-lm's mixed recipes mixed_2_6, mixed_3_4, mixed_3_6, "
             "mixed_4_6.",
         ),
@@ -146,6 +155,25 @@ def convert_command(
             "IQ2_*, IQ3_XXS, Q2_K_S); else the profile's setting, for types of 4 bits and lower.",
         ),
     ] = None,
+    max_size: MaxSizeOption = None,
+    bpw: BpwOption = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            help="Apply a .recipe.json a --quant auto convert wrote (implies --quant auto): "
+            "the same type per tensor, on this or another model of the same shape.",
+        ),
+    ] = None,
+    auto_probe_chunks: Annotated[
+        int,
+        typer.Option(
+            "--auto-probe-chunks", min=0,
+            help="--quant auto: evaluation chunks per tensor-role probe (one quantization "
+            "and short KL measurement per role); 0 skips the probes (every role weighs the "
+            "same).",
+        ),
+    ] = 4,
     push_to: Annotated[
         str | None,
         typer.Option(
@@ -189,6 +217,10 @@ def convert_command(
                 token_types=_parse_token_types(token_type or []),
                 pre_tokenizer=pre_tokenizer,
                 imatrix=imatrix,
+                max_size=max_size,
+                bpw=bpw,
+                recipe=recipe,
+                auto_probe_chunks=auto_probe_chunks,
             ),
             gptq=GPTQOptions(
                 group_size=group_size, actorder=actorder, dampening=dampening, layout=gptq_format
@@ -288,6 +320,14 @@ def _render(payload: dict[str, Any]) -> None:
             f"importance matrix: {escape(matrix['file'])} ({matrix['entries']} entries, "
             f"{matrix['chunk_count']} chunks of {matrix['chunk_size']} tokens; "
             f"{escape(matrix['origin'])})"
+        )
+    recipe = payload.get("recipe")
+    if recipe:
+        budget = recipe.get("budget") or {}
+        where = f", budget {budget['bytes'] / 1e9:.3f} GB from {budget['origin']}" if budget else ""
+        console.print_text(
+            f"recipe: {escape(recipe['file'])} ({recipe['file_type']}-sized{escape(where)}; "
+            + ", ".join(f"{k}:{v}" for k, v in recipe["types"].items()) + ")"
         )
     if payload["checks"]:
         rows = [(escape(c["name"]), _mark(c), escape(c["evidence"])) for c in payload["checks"]]

@@ -71,3 +71,21 @@ class App(typer.Typer):
     def command(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cls", FlagsCommand)
         return super().command(*args, **kwargs)
+
+
+# --quant auto's budget, shared by convert and plan
+MaxSizeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-size",
+        help="--quant auto: the largest the GGUF file may be, e.g. 20GB or 18.5GiB (default: "
+        "what the profile's devices hold at --context).",
+    ),
+]
+BpwOption = Annotated[
+    float | None,
+    typer.Option(
+        "--bpw", help="--quant auto: bits per weight over the whole file, e.g. 4.5 (like "
+        "llama-quantize's BPW).",
+    ),
+]

@@ -239,3 +239,36 @@ def _fallback(ggml_type: str, row: int) -> str:
         return ggml_type
     fallback = _FALLBACK.get(ggml_type, "F16")
     return fallback if row % GGML_TYPES[fallback][0] == 0 else "F16"
+
+
+# --- the types `--quant auto` chooses among (quantkit.backends.gguf.auto) -------------------
+# The types llama-quantize makes between ~2.3 and 8.5 bits per weight, less three groups:
+# IQ1_* and IQ2_XXS/IQ2_S (below IQ2_XS a chat model no longer holds a conversation), and
+# the legacy Q4_1 and Q5_1, which on real weights cost more bytes than Q4_K and Q5_K for no
+# less error (GAUSSIAN_RELATIVE_ERROR below) and on the demo model, whose weights come from a
+# Q4_1 file, reproduce them exactly: a choice made there would say nothing about real models.
+AUTO_TYPES: tuple[str, ...] = (
+    "IQ2_XS", "Q2_K", "IQ3_XXS", "IQ3_S", "Q3_K", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_K",
+    "Q5_0", "Q5_K", "Q6_K", "Q8_0",
+)  # fmt: skip
+
+# Relative squared error (sum (w - w')^2 / sum w^2) of each type on standard-normal rows of
+# 4096 with a flat importance matrix, measured with ggml's own kernels (a test re-measures it).
+# `quantkit plan --quant auto` reads no weights: this is its prior for every tensor.
+GAUSSIAN_RELATIVE_ERROR: dict[str, float] = {
+    "IQ2_XS": 0.0898, "Q2_K": 0.0718, "IQ3_XXS": 0.033, "IQ3_S": 0.0188, "Q3_K": 0.0209,
+    "IQ4_XS": 0.00571, "IQ4_NL": 0.00561, "Q4_0": 0.00666, "Q4_1": 0.00488, "Q4_K": 0.005,
+    "Q5_0": 0.00164, "Q5_1": 0.00114, "Q5_K": 0.00125, "Q6_K": 0.000299, "Q8_0": 2.87e-05,
+}  # fmt: skip
+
+
+def fits_rows(ggml_type: str, row: int) -> bool:
+    """A row of `row` elements splits into whole blocks of `ggml_type`: llama.cpp then keeps
+    the type as asked instead of falling back to another one."""
+    return row % GGML_TYPES[ggml_type][0] == 0
+
+
+def auto_candidates(shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The types `--quant auto` may give a tensor of `shape`, smallest first."""
+    fitting = [t for t in AUTO_TYPES if fits_rows(t, shape[-1])]
+    return tuple(sorted(fitting, key=lambda t: (bits_per_weight(t), t)))

@@ -82,13 +82,21 @@ def index_by_name(rows: tuple[Any, ...], what: str) -> dict[str, Any]:
 
 GGUF_QUANTS: dict[str, GGUFQuant] = index_by_name(_GGUF_QUANTS, "GGUF quant type")
 
+# `--quant auto`: a llama.cpp type per tensor, chosen for a byte budget
+# (quantkit.backends.gguf.auto). It has no file type of its own: the file records the stock
+# type its size matches (the recipe's `file_type`), so it is kept out of GGUF_QUANTS, whose
+# rows are llama.h's LLAMA_FTYPE_MOSTLY_* ids. It always uses an importance matrix.
+AUTO_QUANT = GGUFQuant("AUTO", -1, written_directly=False, needs_imatrix=True, bits=4)
+
 
 def gguf_quant(name: str) -> GGUFQuant:
     """Look a quant type up by name (case-insensitive); unknown names fail loudly."""
     from ..errors import QuantkitError
 
     key = name.upper()
+    if key == AUTO_QUANT.name:
+        return AUTO_QUANT
     if key not in GGUF_QUANTS:
-        known = ", ".join(GGUF_QUANTS)
+        known = ", ".join([*GGUF_QUANTS, "auto"])
         raise QuantkitError(f"Unknown GGUF quant type {name!r}.", hint=f"Choose one of: {known}.")
     return GGUF_QUANTS[key]

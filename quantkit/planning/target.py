@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import QuantkitError
 from ..formats.mlx_quants import MLX_QUANT_NAMES, mlx_quant
-from ..formats.quants import ArtifactFormat, gguf_quant
+from ..formats.quants import AUTO_QUANT, ArtifactFormat, gguf_quant
 from ..formats.schemes import SAFETENSORS_QUANTS
 
 
@@ -46,6 +46,11 @@ def resolve_target(profile: str | None, fmt: str | None, quant: str | None):
             f"Unknown format {fmt!r}.", hint="Use gguf, safetensors, fp8, gptq or mlx."
         )
     quant = quant or _DEFAULT_QUANT[fmt]
+    if quant.upper() == AUTO_QUANT.name and fmt != ArtifactFormat.GGUF.value:
+        raise QuantkitError(
+            f"--quant auto chooses a llama.cpp type per tensor: it makes GGUF files, not {fmt}.",
+            hint="Use --format gguf or a GGUF profile such as rtx4090-4bit.",
+        )
     if fmt == ArtifactFormat.GGUF.value:
         quant = gguf_quant(quant).name
     if fmt == ArtifactFormat.MLX.value:  # mlx-lm's own spelling: 4bit, mixed_4_6, BF16

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from ...artifact import naming
 from ...artifact.manifest import file_record
-from ...formats.quants import gguf_quant
+from ...formats.quants import AUTO_QUANT, gguf_quant
 from ...formats.tokens import TokenTypePolicy
 from ...source.model import SourceModel
 from ..base import BackendResult, BuildOptions
+from .auto.build import quantize_auto, recipe_section
+from .auto.request import AutoRequest, check_auto_flags, resolve_auto
 from .export import export_gguf
 from .imatrix.request import ImatrixRequest, apply_imatrix, prepare_imatrix, resolve_imatrix
 from .quantize import quantize_gguf
@@ -38,12 +40,19 @@ class GGUFBackend:
     def __init__(self, target: Target, hardware: HardwareProfile | None, options: BuildOptions):
         self.quant = target.quant
         self.options = options
+        self.hardware = hardware
+        check_auto_flags(target.quant, options, hardware)
         self._imatrix_setting, self._imatrix_origin = resolve_imatrix(
             options.gguf.imatrix, target.format, target.quant, hardware
         )
         self._imatrix: ImatrixRequest | None = None
+        self._auto: AutoRequest | None = None
 
     def prepare(self, source: SourceModel) -> None:
+        if self.quant == AUTO_QUANT.name:
+            from ...planning.model_spec import spec_from_source
+
+            self._auto = resolve_auto(spec_from_source(source), self.options, self.hardware)
         calib = self.options.calibration
         self._imatrix = prepare_imatrix(
             self._imatrix_setting, source, self.quant, origin=self._imatrix_origin,
@@ -58,6 +67,10 @@ class GGUFBackend:
         from ...planning.model_spec import spec_from_source
 
         spec = spec_from_source(source)
+        if self._auto is not None:
+            # Q8_0 is auto's largest type: a bound on the file and on each probe file (one
+            # at a time, deleted before the artifact is written)
+            return gguf_file_bytes(spec, "BF16") + gguf_file_bytes(spec, "Q8_0")
         final = gguf_file_bytes(spec, self.quant)
         if gguf_quant(self.quant).written_directly:
             return final
@@ -68,7 +81,7 @@ class GGUFBackend:
         return make_gguf(
             source, self.quant, work, keep_intermediate=gguf.keep_intermediate,
             token_types=dict(gguf.token_types), pre_tokenizer=gguf.pre_tokenizer,
-            imatrix=self._imatrix, progress=progress,
+            imatrix=self._imatrix, auto=self._auto, progress=progress,
         )  # fmt: skip
 
 
@@ -81,9 +94,11 @@ def make_gguf(
     token_types: dict[str, str] | None = None,
     pre_tokenizer: str | None = None,
     imatrix: ImatrixRequest | None = None,
+    auto: AutoRequest | None = None,
     progress=None,
 ) -> BackendResult:
-    """Write `<Model>-<QUANT>.gguf` (and the importance matrix it used) into `work`."""
+    """Write `<Model>-<QUANT>.gguf` (and the importance matrix it used) into `work`; for
+    --quant auto also the recipe (`auto`: its budget, or the recipe to apply)."""
     spec = gguf_quant(quant)
     policy = TokenTypePolicy().with_overrides(token_types or {})
     direct_type = spec.name if spec.written_directly else "BF16"
@@ -104,19 +119,28 @@ def make_gguf(
     final_path = direct_path
     extra_files: list[dict[str, Any]] = []
     imatrix_info = None
+    sections: dict[str, Any] = {}
+    gate_quant = None
     if not spec.written_directly:
         matrix, label = None, ""
+        stem = artifact_name(source, spec.name).removesuffix(f"-{spec.name}.gguf")
         if imatrix is not None:
-            stem = artifact_name(source, spec.name).removesuffix(f"-{spec.name}.gguf")
             matrix, label, extra_files, imatrix_info = apply_imatrix(
                 imatrix, direct_path, work, stem, progress
             )
-        if progress is not None:
-            progress(f"llama.cpp quantize to {spec.name}", 0, 1)
         final_path = work / artifact_name(source, spec.name)
-        quantize_gguf(direct_path, final_path, spec.name, imatrix=matrix, imatrix_file=label)
-        if progress is not None:
-            progress(f"llama.cpp quantize to {spec.name}", 1, 1)
+        if auto is not None:
+            recipe, recipe_files = quantize_auto(source, auto, direct_path, final_path, work,
+                                                 stem, matrix, label, progress)  # fmt: skip
+            extra_files += recipe_files
+            sections["recipe"] = recipe_section(recipe, recipe_files, label)
+            gate_quant = recipe.file_type
+        else:
+            if progress is not None:
+                progress(f"llama.cpp quantize to {spec.name}", 0, 1)
+            quantize_gguf(direct_path, final_path, spec.name, imatrix=matrix, imatrix_file=label)
+            if progress is not None:
+                progress(f"llama.cpp quantize to {spec.name}", 1, 1)
     files = [_gguf_record(final_path, spec.name, role="artifact"), *extra_files]
     if imatrix_info is not None:
         files[0]["imatrix"] = imatrix_info
@@ -125,8 +149,10 @@ def make_gguf(
             files.append(_gguf_record(direct_path, direct_type, role="intermediate"))
         else:
             direct_path.unlink()
-    sections = {"imatrix": imatrix_info} if imatrix_info else {}
-    return BackendResult(final_path, files, manifest=sections, token_policy=policy)
+    if imatrix_info:
+        sections["imatrix"] = imatrix_info
+    return BackendResult(final_path, files, manifest=sections, token_policy=policy,
+                         gate_quant=gate_quant)  # fmt: skip
 
 
 def tensor_type_counts(path: Path) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """The knobs of the GGUF path: the intermediate file, the token-type policy, the
-pre-tokenizer and the importance matrix."""
+pre-tokenizer, the importance matrix and `--quant auto`'s budget or recipe."""
 
 from __future__ import annotations
 
@@ -14,3 +14,8 @@ class GGUFOptions:
     token_types: Mapping[str, str] = field(default_factory=dict)  # '<think>': 'control'
     pre_tokenizer: str | None = None  # skip detection (only if you know better)
     imatrix: str | Path | None = None  # "auto", a file, "none"; None: the type/profile default
+    # --quant auto: the budget (one of max_size, bpw, else the profile's memory), or a recipe
+    max_size: str | None = None  # "20GB": the file's size
+    bpw: float | None = None  # bits per weight over the whole file
+    recipe: str | Path | None = None  # a .recipe.json to apply instead of choosing
+    auto_probe_chunks: int = 4  # evaluation chunks per role probe; 0: every role gain is 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +41,12 @@ def quantize_gguf(
     threads: int | None = None,
     imatrix: Imatrix | None = None,
     imatrix_file: str = "",
+    tensor_types: Mapping[str, str] | None = None,
 ) -> None:
     """Quantize the (BF16/F16/F32) GGUF `src` into `dst` with llama.cpp's quantizer, with
-    the importance matrix `imatrix` if given (`imatrix_file` names it in the metadata)."""
+    the importance matrix `imatrix` if given (`imatrix_file` names it in the metadata).
+    `tensor_types` (GGUF name -> ggml type) overrides llama.cpp's choice per tensor, as
+    llama-quantize's --tensor-type-file does; `quant` is then the recorded file type."""
     spec = gguf_quant(quant)
     if spec.needs_imatrix and imatrix is None:
         raise ImatrixError(
@@ -58,6 +62,8 @@ def quantize_gguf(
     if imatrix is not None:
         matrix, overrides = _imatrix_params(llama_cpp, imatrix, imatrix_file, keep)
         params.imatrix, params.kv_overrides = matrix, overrides
+    if tensor_types:
+        params.tt_overrides = _tensor_overrides(llama_cpp, tensor_types, keep)
     log.info("llama.cpp: quantizing %s -> %s (%s%s)", src.name, dst.name, spec.name,
              ", with an importance matrix" if imatrix is not None else "")  # fmt: skip
     status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
@@ -103,6 +109,25 @@ def _c_errno() -> int:
         return 0
     location.restype = ctypes.POINTER(ctypes.c_int)  # a pointer, not ctypes' default int
     return location().contents.value
+
+
+def _tensor_overrides(llama_cpp: Any, tensor_types: Mapping[str, str], keep: list[Any]):
+    """The NULL-terminated `llama_model_tensor_override` array: one pattern anchored on each
+    tensor's name (recipe.tensor_type_patterns, the lines of the tensor-types file)."""
+    import ctypes
+
+    from gguf import GGMLQuantizationType
+
+    from .auto.recipe import tensor_type_patterns
+
+    pairs = tensor_type_patterns(dict(tensor_types))
+    array = (llama_cpp.llama_model_tensor_override * (len(pairs) + 1))()
+    for i, (pattern, ggml_type) in enumerate(pairs):
+        array[i].pattern = pattern.encode()
+        array[i].type = int(GGMLQuantizationType[ggml_type])
+    array[len(pairs)].pattern = None  # terminator
+    keep.append(array)
+    return ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
 
 
 def _imatrix_params(llama_cpp: Any, imatrix: Imatrix, file: str, keep: list[Any]):

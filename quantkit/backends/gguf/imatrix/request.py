@@ -64,7 +64,8 @@ def resolve_imatrix(
     llama_made = spec is not None and not spec.written_directly
     if setting is None:
         if needs:
-            return AUTO, f"{quant} needs one"
+            return AUTO, ("--quant auto measures and quantizes with one" if quant == "AUTO"
+                          else f"{quant} needs one")  # fmt: skip
         if llama_made and getattr(hardware, "imatrix", None) == AUTO:
             if spec.low_bit:
                 return AUTO, f"{PROFILE_ORIGIN}{hardware.name}"

@@ -1,0 +1,92 @@
+"""`--quant auto` inside the GGUF path: choose (or take) the recipe, quantize with it,
+prove the file kept to the budget, write the recipe files beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ....artifact.manifest import file_record
+from ....errors import ConversionError
+from ..quantize import quantize_gguf
+from . import choose_recipe
+from .recipe import Recipe, write_recipe
+
+if TYPE_CHECKING:
+    from ....source.model import SourceModel
+    from ..imatrix.matrix import Imatrix
+    from .request import AutoRequest
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def quantize_auto(
+    source: SourceModel,
+    auto: AutoRequest,
+    bf16: Path,
+    final: Path,
+    work: Path,
+    stem: str,
+    imatrix: Imatrix | None,
+    imatrix_label: str,
+    progress: ProgressFn | None,
+) -> tuple[Recipe, list[dict[str, Any]]]:
+    """Write `final` with a type per tensor; return the recipe and its files' records."""
+    recipe = auto.recipe
+    if recipe is None:
+        assert auto.budget is not None
+        recipe = choose_recipe(bf16, source, auto.budget, imatrix=imatrix, work=work,
+                               probe_chunks=auto.probe_chunks, progress=progress)  # fmt: skip
+    stage = f"llama.cpp quantize, a type per tensor ({recipe.file_type}-sized)"
+    if progress is not None:
+        progress(stage, 0, 1)
+    quantize_gguf(bf16, final, recipe.file_type, imatrix=imatrix, imatrix_file=imatrix_label,
+                  tensor_types=recipe.types)  # fmt: skip
+    if progress is not None:
+        progress(stage, 1, 1)
+    _check_budget(recipe, final)
+    paths = write_recipe(recipe, work, stem)
+    return recipe, [file_record(p, role="recipe") for p in paths]
+
+
+def _check_budget(recipe: Recipe, final: Path) -> None:
+    """The file's own bytes against a file budget: the solver counted the header from the
+    BF16 file plus a margin, so going over would be a bug, refused rather than shipped."""
+    budget = recipe.budget or {}
+    if budget.get("scope") == "file" and final.stat().st_size > int(budget["bytes"]):
+        raise ConversionError(
+            f"{final.name} came out at {final.stat().st_size} bytes, over the budget of "
+            f"{budget['bytes']} ({budget['origin']}).",
+            hint="This is a quantkit bug; please report it. Meanwhile give a slightly "
+            "smaller budget.",
+        )
+
+
+def recipe_section(
+    recipe: Recipe, files: list[dict[str, Any]], imatrix_label: str
+) -> dict[str, Any]:
+    """The manifest's `recipe` section (the card's table and command are made from it)."""
+    names = {Path(f["name"]).suffixes[-1]: f["name"] for f in files}
+    return {
+        "file": names.get(".json"),
+        "tensor_type_file": names.get(".txt"),
+        "file_type": recipe.file_type,
+        "budget": recipe.budget,
+        "expected_bytes": recipe.expected_bytes,
+        "types": recipe.type_counts(),
+        "imatrix_file": imatrix_label,
+        "gains": {role: m["gain"] for role, m in recipe.method.get("roles", {}).items()},
+        "types_by_role": types_by_role(recipe.types),
+    }
+
+
+def types_by_role(types: dict[str, str]) -> dict[str, dict[str, int]]:
+    """role -> {type -> tensors}: the card's table."""
+    from .calibrate import tensor_role
+
+    table: dict[str, dict[str, int]] = {}
+    for name, ggml_type in types.items():
+        row = table.setdefault(tensor_role(name), {})
+        row[ggml_type] = row.get(ggml_type, 0) + 1
+    return {role: dict(sorted(row.items())) for role, row in sorted(table.items())}

@@ -1,0 +1,90 @@
+"""ggml's own quantizers and dequantizers, called on rows of floats.
+
+`--quant auto` estimates what each llama.cpp type would cost a tensor by quantizing a sample
+of its rows with the very kernels llama-quantize uses (`ggml_quantize_chunk`, with the
+importance matrix) and reading them back with the type's `to_float`. Both live in the
+libggml-base that llama-cpp-python ships; gguf-py's numpy quantizers cover only some types
+and ignore the importance matrix, so they would measure a different quantizer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import require
+
+if TYPE_CHECKING:
+    import numpy as np
+
+class _TypeTraits(ctypes.Structure):
+    # ggml.h's struct ggml_type_traits, up to the fields read here
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+@cache
+def _libggml() -> ctypes.CDLL:
+    llama_cpp = require("llama_cpp", "gguf")
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    lib = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_int64, ctypes.c_void_p,
+    ]  # fmt: skip
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    lib.ggml_row_size.restype = ctypes.c_size_t
+    lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    return lib
+
+
+def type_id(ggml_type: str) -> int:
+    from gguf import GGMLQuantizationType
+
+    return int(GGMLQuantizationType[ggml_type])
+
+
+def row_bytes(ggml_type: str, row: int) -> int:
+    """Bytes of one row of `row` elements in `ggml_type`, as ggml counts them."""
+    return int(_libggml().ggml_row_size(type_id(ggml_type), row))
+
+
+def round_trip(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+    """`rows` (float32 [n, row]) quantized to `ggml_type` by ggml, with the per-column
+    `importance` (llama.cpp's imatrix values) where given, and dequantized again."""
+    import numpy as np
+
+    lib = _libggml()
+    tid = type_id(ggml_type)
+    src = np.ascontiguousarray(rows, dtype=np.float32)
+    n_rows, n_per_row = src.shape
+    packed = np.empty(n_rows * row_bytes(ggml_type, n_per_row), dtype=np.uint8)
+    weights = None
+    if importance is not None:
+        weights = np.ascontiguousarray(importance, dtype=np.float32)
+        if weights.shape != (n_per_row,):
+            raise ValueError(f"importance has shape {weights.shape}, rows have {n_per_row}")
+    # ggml_quantize_init (called inside) guards its shared grids with ggml's critical
+    # section, and ctypes releases the GIL: threads may quantize side by side.
+    lib.ggml_quantize_chunk(
+        tid, src.ctypes.data, packed.ctypes.data, 0, n_rows, n_per_row,
+        None if weights is None else weights.ctypes.data,
+    )  # fmt: skip
+    out = np.empty_like(src)
+    to_float = _TO_FLOAT(lib.ggml_get_type_traits(tid).contents.to_float)
+    to_float(packed.ctypes.data, out.ctypes.data, src.size)
+    return out
