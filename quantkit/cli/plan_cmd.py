@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from ..planning.planner import Plan, best_plan, plan_model
+from ..planning.planner import AutoBudgetFlags, Plan, best_plan, plan_model
 from . import console
-from .options import JsonFlag, ProfileOption, QuietFlag, RevisionOption
+from .options import BpwOption, JsonFlag, MaxSizeOption, ProfileOption, QuietFlag, RevisionOption
 
 _FIT_STYLE = {"full": "green", "partial": "yellow", "none": "red"}
 _FIT_WORDS = {
@@ -41,13 +41,29 @@ def plan(
         int | None, typer.Option("--context", "-c", min=1, help="Context length in tokens.")
     ] = None,
     revision: RevisionOption = None,
+    quant: Annotated[
+        str | None,
+        typer.Option(
+            "--quant",
+            "-q",
+            help="auto: also show the type per tensor --quant auto would start from, for the "
+            "profile's memory, --max-size or --bpw (no weights read: see docs/quantization.md).",
+        ),
+    ] = None,
+    max_size: MaxSizeOption = None,
+    bpw: BpwOption = None,
     json_out: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
     if profile and all_profiles:
         raise typer.BadParameter("Pass either --profile or --all, not both.")
+    if quant is not None and quant.lower() != "auto":
+        raise typer.BadParameter("plan takes --quant auto; the profile names every other type.")
+    if (max_size is not None or bpw is not None) and quant is None:
+        raise typer.BadParameter("--max-size and --bpw go with --quant auto.")
     console.configure(json_mode=json_out, quiet=quiet)
-    plans = plan_model(model, profile, context=context, revision=revision)
+    auto = AutoBudgetFlags(max_size, bpw) if quant is not None else None
+    plans = plan_model(model, profile, context=context, revision=revision, auto=auto)
     if profile:
         _render_one(plans[0], json_out)
     else:
@@ -135,6 +151,30 @@ def _render_details(plan: Plan) -> None:
             console.print_text(f"  - {name}")
     for note in plan.notes:
         console.print_text(f"note: {note}", style="dim")
+    if plan.auto:
+        _render_auto(plan.auto)
+
+
+_AUTO_COLUMNS = (console.Col("tensor role", keep=True), console.Col("types (tensors)"))
+
+
+def _render_auto(auto: dict) -> None:
+    budget = auto["budget"]
+    scope = "on the GPU" if budget["scope"] == "gpu" else "for the file"
+    console.print_text(
+        f"\n--quant auto: budget {_gb(budget['bytes'])} {scope} ({budget['origin']}); "
+        f"expected file {_gb(auto['expected_bytes'])}, recorded as {auto['file_type']}."
+    )
+    rows = [(role, ", ".join(f"{t} x{n}" for t, n in types.items()))
+            for role, types in auto["types_by_role"].items()]  # fmt: skip
+    console.print_table(
+        _AUTO_COLUMNS, rows, title="starting mix (Gaussian errors, no weights read)"
+    )
+    console.print_text(
+        "note: convert measures each tensor's error and each role's KL divergence, so its "
+        "mix differs from this one.",
+        style="dim",
+    )
 
 
 def _gb(nbytes: int) -> str:

@@ -79,7 +79,7 @@ def infer_quant(artifact: Path) -> str | None:
         except ValueError:
             data, quant = {}, None
         if quant == "AUTO":  # --quant auto: the stock mix of its size, as convert gated it
-            return (data.get("recipe") or {}).get("file_type") or _gguf_quant_in(folder)
+            quant = (data.get("recipe") or {}).get("file_type")
         if quant:
             return str(quant)
     if artifact.suffix == ".gguf":
@@ -95,11 +95,6 @@ def infer_quant(artifact: Path) -> str | None:
             dtype = str(data.get("dtype") or data.get("torch_dtype") or "")
             return {"bfloat16": "BF16", "float16": "FP16"}.get(dtype)
     return None
-
-
-def _gguf_quant_in(folder: Path) -> str | None:
-    files = sorted(folder.glob("*.gguf"))
-    return _gguf_quant(files[0]) if files else None
 
 
 def _gguf_quant(path: Path) -> str | None:

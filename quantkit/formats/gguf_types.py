@@ -122,12 +122,16 @@ def gguf_name(role: str, layer: int | None) -> str:
     return f"{role}.weight" if layer is None else f"blk.{layer}.{role}.weight"
 
 
+def numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
 def ggml_nbytes(ggml_type: str, shape: tuple[int, ...]) -> int:
     block, size = GGML_TYPES[ggml_type]
-    numel = 1
-    for dim in shape:
-        numel *= dim
-    return numel // block * size
+    return numel(shape) // block * size
 
 
 def bits_per_weight(ggml_type: str) -> float:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import PlanError
+from ..formats.gguf_types import numel
 from . import memory as mem
 from .model_spec import ModelSpec
 from .profiles import HardwareProfile
@@ -38,6 +39,36 @@ class Budget:
         return self.scope == FILE or role != "token_embd" or tied_head
 
 
+def choose_budget(
+    spec: ModelSpec,
+    profile: HardwareProfile | None,
+    context: int,
+    *,
+    max_size: str | None = None,
+    bpw: float | None = None,
+) -> Budget:
+    """--max-size, else --bpw, else what `profile` holds at `context`."""
+    check_budget_flags(max_size, bpw, profile is not None)
+    if max_size is not None:
+        return budget_from_size(max_size)
+    if bpw is not None:
+        return budget_from_bpw(spec, bpw)
+    assert profile is not None
+    return budget_for_profile(spec, profile, context)
+
+
+def check_budget_flags(max_size: str | None, bpw: float | None, has_profile: bool) -> None:
+    """One budget, and one at all: the flags alone, before anything is read."""
+    if max_size is not None and bpw is not None:
+        raise PlanError("Give one budget: --max-size or --bpw, not both.")
+    if max_size is None and bpw is None and not has_profile:
+        raise PlanError(
+            "--quant auto needs a budget to fill.",
+            hint="Pass --profile NAME (what its devices hold), --max-size 20GB, --bpw 4.5, "
+            "or --recipe FILE.",
+        )
+
+
 def parse_size(text: str) -> int:
     """'20GB', '20 GiB', '4.5G', '900MB', '123456' -> bytes (GB = 10^9, GiB = 2^30)."""
     match = _SIZE.match(text)
@@ -58,7 +89,7 @@ def budget_from_bpw(spec: ModelSpec, bpw: float) -> Budget:
     llama-quantize counts BPW, plus the header of the BF16 file's metadata."""
     if not 1.0 <= bpw <= 16.0:
         raise PlanError(f"--bpw {bpw} is outside 1 to 16 bits per weight.")
-    elements = sum(_numel(t.shape) for t in mem.gguf_tensors(spec, "BF16"))
+    elements = sum(numel(t.shape) for t in mem.gguf_tensors(spec, "BF16"))
     header = mem.gguf_file_bytes(spec, "BF16") - mem.gguf_weights_bytes(spec, "BF16")
     return Budget(int(elements * bpw / 8) + header, FILE, f"--bpw {bpw:g}")
 
@@ -76,10 +107,3 @@ def budget_for_profile(spec: ModelSpec, profile: HardwareProfile, context: int) 
         return Budget(max(room, 0), GPU, origin)
     room = profile.usable_bytes - kv - compute - mem.llama_cpp_output_bytes(g)
     return Budget(max(room, 0), FILE, origin)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n

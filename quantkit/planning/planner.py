@@ -11,7 +11,7 @@ the verdict, the largest context, the recommendations and the run command.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from ..source.model import SourceModel
 from . import fit as fitting
 from . import memory as mem
 from . import run_commands as cmd
+from .budget import choose_budget
 from .hermes_family import HERMES_FAMILY
+from .mix import auto_preview
 from .model_spec import ModelSpec, spec_from_config, spec_from_config_file, spec_from_source
 from .profiles import HardwareProfile, list_profiles, load_profile
 
@@ -54,6 +56,7 @@ class Plan:
     smaller_models: tuple[str, ...] = ()  # family members that fit this profile fully
     notes: tuple[str, ...] = field(default=())
     inventory: str = "safetensors"  # where the tensor list came from
+    auto: dict[str, Any] | None = None  # --quant auto: planning.mix.auto_preview
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -169,14 +172,34 @@ def plan_model(
     *,
     context: int | None = None,
     revision: str | None = None,
+    auto: AutoBudgetFlags | None = None,
 ) -> list[Plan]:
-    """Plans for one profile, or for every profile when `profile` is None."""
+    """Plans for one profile, or for every profile when `profile` is None; with `auto`
+    (--quant auto, one GGUF profile) also the mix --quant auto would start from."""
     spec = load_spec(model, revision=revision)
     everything = list_profiles()
     chosen = [load_profile(profile)] if profile else everything
     if not chosen:
         raise PlanError("No hardware profiles found.", hint="Check QUANTKIT_PROFILES_DIR.")
-    return [make_plan(spec, p, context, others=everything) for p in chosen]
+    plans = [make_plan(spec, p, context, others=everything) for p in chosen]
+    if auto is None:
+        return plans
+    if len(chosen) != 1 or chosen[0].format != "gguf":
+        raise PlanError(
+            "--quant auto plans one GGUF profile.",
+            hint="Pass --profile NAME with a gguf profile, e.g. rtx4090-4bit.",
+        )
+    budget = choose_budget(spec, chosen[0], plans[0].context, max_size=auto.max_size, bpw=auto.bpw)
+    preview = auto_preview(spec, budget)
+    return [replace(plans[0], auto=preview)]
+
+
+@dataclass(frozen=True)
+class AutoBudgetFlags:
+    """--quant auto's budget flags on `quantkit plan` (neither: the profile's memory)."""
+
+    max_size: str | None = None
+    bpw: float | None = None
 
 
 def best_plan(plans: Sequence[Plan]) -> Plan | None:

@@ -118,7 +118,7 @@ def _tensor_overrides(llama_cpp: Any, tensor_types: Mapping[str, str], keep: lis
 
     from gguf import GGMLQuantizationType
 
-    from .auto.recipe import tensor_type_patterns
+    from ...formats.gguf_recipe import tensor_type_patterns
 
     pairs = tensor_type_patterns(dict(tensor_types))
     array = (llama_cpp.llama_model_tensor_override * (len(pairs) + 1))()

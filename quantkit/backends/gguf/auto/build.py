@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from ....artifact.manifest import file_record
 from ....errors import ConversionError
+from ....formats.gguf_recipe import Recipe, write_recipe
+from ....planning.mix import types_by_role
 from ..quantize import quantize_gguf
 from . import choose_recipe
-from .recipe import Recipe, write_recipe
 
 if TYPE_CHECKING:
     from ....source.model import SourceModel
@@ -79,14 +80,3 @@ def recipe_section(
         "gains": {role: m["gain"] for role, m in recipe.method.get("roles", {}).items()},
         "types_by_role": types_by_role(recipe.types),
     }
-
-
-def types_by_role(types: dict[str, str]) -> dict[str, dict[str, int]]:
-    """role -> {type -> tensors}: the card's table."""
-    from .calibrate import tensor_role
-
-    table: dict[str, dict[str, int]] = {}
-    for name, ggml_type in types.items():
-        row = table.setdefault(tensor_role(name), {})
-        row[ggml_type] = row.get(ggml_type, 0) + 1
-    return {role: dict(sorted(row.items())) for role, row in sorted(table.items())}

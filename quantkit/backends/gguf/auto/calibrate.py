@@ -16,11 +16,11 @@ per role (docs/quantization.md gives the costs and where the model fails).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ....planning.mix import tensor_role
 from ..quantize import quantize_gguf
 
 if TYPE_CHECKING:
@@ -31,13 +31,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_TYPE = "Q8_0"  # every tensor not being probed; its own error is the baseline
 MIN_GAIN_SHARE = 0.01  # a role whose probe moved KLD by less than noise keeps 1% of the mean
-_LAYER = re.compile(r"^blk\.\d+\.")
 ProgressFn = Callable[[str, int, int], None]
-
-
-def tensor_role(name: str) -> str:
-    """`blk.7.attn_v.weight` -> `attn_v`; `token_embd.weight` -> `token_embd`."""
-    return _LAYER.sub("", name).removesuffix(".weight")
 
 
 def measure_gains(

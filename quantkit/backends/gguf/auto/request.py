@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ....errors import QuantkitError
-from ....planning.budget import Budget, budget_for_profile, budget_from_bpw, budget_from_size
-from .recipe import Recipe, check_recipe, read_recipe
+from ....formats.gguf_recipe import Recipe, check_recipe, read_recipe
+from ....planning.budget import Budget, check_budget_flags, choose_budget, parse_size
 
 if TYPE_CHECKING:
     from ....planning.model_spec import ModelSpec
@@ -36,14 +36,15 @@ def check_auto_flags(quant: str, options: BuildOptions, hardware: HardwareProfil
                 hint=f"Add --quant auto, or drop {given[0]}.",
             )
         return
-    if len([f for f in given if f != "--recipe"]) > 1:
-        raise QuantkitError("Give one budget: --max-size or --bpw, not both.")
-    if not given and hardware is None:
+    if gguf.recipe is not None and len(given) > 1:
         raise QuantkitError(
-            "--quant auto needs a budget to fill.",
-            hint="Pass --profile NAME (what its devices hold), --max-size 20GB, --bpw 4.5, "
-            "or --recipe FILE.",
+            f"--recipe brings its own types; {given[0]} would be ignored.",
+            hint=f"Drop {given[0]}, or drop --recipe to choose again for the new budget.",
         )
+    if gguf.recipe is None:
+        check_budget_flags(gguf.max_size, gguf.bpw, hardware is not None)
+    if gguf.max_size is not None:
+        parse_size(gguf.max_size)  # a size that cannot be read fails before the source loads
     if gguf.auto_probe_chunks < 0:
         raise QuantkitError(f"--auto-probe-chunks must be 0 or more, got {gguf.auto_probe_chunks}.")
 
@@ -52,28 +53,23 @@ def resolve_auto(
     spec: ModelSpec, options: BuildOptions, hardware: HardwareProfile | None
 ) -> AutoRequest:
     """The budget (or recipe), checked against `spec`'s tensors: no weight is read."""
+    from ....planning.mix import preview_recipe
     from ....planning.planner import DEFAULT_CONTEXT
-    from . import gguf_architecture, preview_recipe
+    from . import gguf_architecture
 
     gguf = options.gguf
     if gguf.recipe is not None:
         recipe = read_recipe(gguf.recipe)
         check_recipe(recipe, gguf_architecture(spec), _quantizable_shapes(spec))
         return AutoRequest(None, recipe, gguf.auto_probe_chunks)
-    if gguf.max_size is not None:
-        budget = budget_from_size(gguf.max_size)
-    elif gguf.bpw is not None:
-        budget = budget_from_bpw(spec, gguf.bpw)
-    else:
-        assert hardware is not None  # check_auto_flags
-        context = min(options.context or DEFAULT_CONTEXT, spec.geometry.max_position_embeddings)
-        budget = budget_for_profile(spec, hardware, context)
+    context = min(options.context or DEFAULT_CONTEXT, spec.geometry.max_position_embeddings)
+    budget = choose_budget(spec, hardware, context, max_size=gguf.max_size, bpw=gguf.bpw)
     preview_recipe(spec, budget)  # BudgetTooSmallError now, not after the BF16 file
     return AutoRequest(budget, None, gguf.auto_probe_chunks)
 
 
 def _quantizable_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     from ....planning.memory import gguf_tensors
-    from .sensitivity import quantizable
+    from ....planning.mix import quantizable
 
     return {t.name: t.shape for t in gguf_tensors(spec, "BF16") if quantizable(t.name, t.shape)}

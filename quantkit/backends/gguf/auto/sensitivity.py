@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ....formats.gguf_types import auto_candidates
+from ....planning.mix import quantizable
 from ....runtime.ggml_quant import round_trip
 from ....runtime.interrupts import raise_if_interrupted
 
@@ -34,11 +35,6 @@ if TYPE_CHECKING:
 SAMPLE_ELEMENTS = 1 << 18
 MIN_ROWS = 16
 ProgressFn = Callable[[str, int, int], None]
-
-
-def quantizable(name: str, shape: tuple[int, ...]) -> bool:
-    """The tensors llama-quantize converts (2-D weights; norms and rope factors stay F32)."""
-    return name.endswith(".weight") and len(shape) >= 2 and "norm" not in name
 
 
 def relative_errors(

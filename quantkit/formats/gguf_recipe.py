@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ....errors import RecipeError
-from ....formats.gguf_types import GGML_TYPES, fits_rows
-from ....version import __version__
+from ..errors import RecipeError
+from ..version import __version__
+from .gguf_types import GGML_TYPES, fits_rows
 
 RECIPE_FORMAT = "quantkit-gguf-recipe"
 RECIPE_VERSION = 1
