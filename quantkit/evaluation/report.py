@@ -74,10 +74,15 @@ class QualityReport:
     top1_agreement_confident: float | None = None
     confident_positions: int | None = None
     confidence_margin: float = CONFIDENCE_MARGIN
+    # per chunk, in corpus order: mean KLD and mean negative log-likelihood of its scored
+    # positions, for paired comparisons of two artifacts on the same chunks
+    chunk_kld: tuple[float, ...] = ()
+    chunk_nll: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["spans"] = {name: stats.to_dict() for name, stats in self.spans.items()}
+        data["chunk_kld"], data["chunk_nll"] = list(self.chunk_kld), list(self.chunk_nll)
         return data
 
 
@@ -130,7 +135,14 @@ def build_report(scores, ref: Reference, *, engine: Engine, **info: Any) -> Qual
         tokens_per_second=info["tokens_per_second"],
         top1_agreement_confident=_share(top1[confident]),
         confident_positions=int(confident.sum()),
+        chunk_kld=_per_chunk(kld, info["n_chunks"]),
+        chunk_nll=_per_chunk(nll, info["n_chunks"]),
     )
+
+
+def _per_chunk(values, n_chunks: int) -> tuple[float, ...]:
+    """Every chunk scores the same number of positions (the second half of n_ctx)."""
+    return tuple(float(v) for v in values.reshape(n_chunks, -1).mean(axis=1))
 
 
 def _share(agree) -> float | None:

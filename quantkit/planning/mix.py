@@ -57,8 +57,10 @@ class BudgetTooSmallError(PlanError):
     """No mix of the allowed types fits the budget."""
 
 
-def solve(items: Sequence[Item], budget: int) -> dict[str, str]:
-    """name -> ggml type: the cheapest mix whose counted bytes are at most `budget`."""
+def solve(items: Sequence[Item], budget: int, overhead: int = 0) -> dict[str, str]:
+    """name -> ggml type: the cheapest mix whose counted bytes are at most `budget`.
+    `overhead` (what the budget held besides the items) only makes the error's figures
+    those the user gave."""
     chosen: dict[str, Option] = {}
     for item in items:
         if not item.options:
@@ -69,10 +71,10 @@ def solve(items: Sequence[Item], budget: int) -> dict[str, str]:
     smallest = sum(chosen[i.name].nbytes for i in items if i.counted)
     if smallest > budget:
         raise BudgetTooSmallError(
-            f"The budget of {budget / 1e9:.3f} GB is below the smallest mix, "
-            f"{smallest / 1e9:.3f} GB (every tensor at its smallest type).",
-            hint=f"Give at least {smallest / 1e9:.3f} GB (--max-size), a shorter --context, "
-            "or a profile with more memory.",
+            f"The budget of {(budget + overhead) / 1e9:.3f} GB is below the smallest mix, "
+            f"{(smallest + overhead) / 1e9:.3f} GB (every tensor at its smallest type).",
+            hint=f"Give at least {(smallest + overhead) / 1e9:.3f} GB (--max-size), a shorter "
+            "--context, or a profile with more memory.",
         )
     left = budget - smallest
     left = _hull_upgrades([i for i in items if i.counted], chosen, left)
@@ -175,7 +177,7 @@ def preview_recipe(spec: ModelSpec, budget: Budget) -> Recipe:
     header = mem.gguf_file_bytes(spec, "BF16") - mem.gguf_weights_bytes(spec, "BF16")
     fixed = sum(_aligned(t.nbytes) for t in mem.gguf_tensors(spec, "BF16") if t.name not in shapes)
     layout = FileLayout(spec.geometry.model_type, header + HEADER_SLACK, fixed, shapes)
-    chosen = solve(mix_items(errors, shapes, {}, budget, layout.tied_head), layout.room(budget))
+    chosen = layout.solve(mix_items(errors, shapes, {}, budget, layout.tied_head), budget)
     expected = layout.file_bytes(chosen)
     return Recipe(layout.architecture, stock_file_type(spec, expected), chosen, shapes,
                   budget.to_dict(), expected, {"preview": "gaussian"}, errors)  # fmt: skip
@@ -219,10 +221,13 @@ class FileLayout:
                 fixed += _aligned(int(t.n_bytes))
         return cls(arch, _aligned(reader.data_offset + HEADER_SLACK), fixed, shapes)
 
-    def room(self, budget: Budget) -> int:
-        """Bytes the chosen tensors may take."""
-        overhead = self.fixed + (self.header if budget.scope == "file" else 0)
-        return budget.bytes - overhead
+    def overhead(self, budget: Budget) -> int:
+        """Bytes of `budget` the chosen tensors cannot take."""
+        return self.fixed + (self.header if budget.scope == "file" else 0)
+
+    def solve(self, items: Sequence[Item], budget: Budget) -> dict[str, str]:
+        overhead = self.overhead(budget)
+        return solve(items, budget.bytes - overhead, overhead)
 
     def file_bytes(self, types: dict[str, str]) -> int:
         return (

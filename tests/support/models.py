@@ -73,3 +73,20 @@ def demo_q8(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("demo-q8") / "demo-Q8_0.gguf"
     return export_gguf(load_source(demo_model), out, out_type="Q8_0").path
+
+
+@pytest.fixture(scope="session")
+def demo_bf16_imatrix(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The demo model's BF16 GGUF and an importance matrix computed on it (4 chunks of 512
+    tokens of the built-in calibration mix), made once per session (read-only)."""
+    from quantkit.backends.gguf.export import export_gguf
+    from quantkit.backends.gguf.imatrix.compute import compute_imatrix, prepare_imatrix_data
+    from quantkit.backends.gguf.imatrix.matrix import save_imatrix
+    from quantkit.source.model import load_source
+
+    source = load_source(demo_model)
+    folder = tmp_path_factory.mktemp("demo-bf16")
+    bf16 = export_gguf(source, folder / "demo-BF16.gguf").path
+    data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=4, chunk_size=512,
+                                seed=0)  # fmt: skip
+    return bf16, save_imatrix(compute_imatrix(bf16, data), folder / "demo.imatrix.gguf")

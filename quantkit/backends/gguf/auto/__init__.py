@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ....formats.gguf_recipe import Recipe
 from ....formats.gguf_types import AUTO_TYPES
 from ....planning.budget import Budget
-from ....planning.mix import FileLayout, mix_items, solve, stock_file_type
+from ....planning.mix import FileLayout, mix_items, stock_file_type
 from .calibrate import REFERENCE_TYPE, measure_gains
 from .sensitivity import SAMPLE_ELEMENTS, relative_errors
 
@@ -53,8 +53,7 @@ def choose_recipe(
         name: {t: e for t, e in per_type.items() if t in types}
         for name, per_type in relative_errors(bf16, imatrix, progress=progress).items()
     }
-    room = layout.room(budget)
-    probe = _probe_types(errors, layout, room)
+    probe = _probe_types(errors, layout, budget.bytes - layout.overhead(budget))
     method: dict[str, Any] = {"sample_elements": SAMPLE_ELEMENTS, "types": list(types),
                               "probe_chunks": probe_chunks}  # fmt: skip
     gains: dict[str, float] = {}
@@ -64,7 +63,7 @@ def choose_recipe(
         gains = {role: m["gain"] for role, m in measured.items()}
         method["roles"] = measured
     items = mix_items(errors, layout.shapes, gains, budget, layout.tied_head)
-    chosen = solve(items, room)
+    chosen = layout.solve(items, budget)
     expected = layout.file_bytes(chosen)
     return Recipe(
         architecture=layout.architecture,

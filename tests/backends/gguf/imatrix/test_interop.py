@@ -23,18 +23,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def made(demo_model: Path, tmp_path_factory) -> tuple[Path, Path]:
-    from quantkit.backends.gguf.export import export_gguf
-    from quantkit.backends.gguf.imatrix.compute import compute_imatrix, prepare_imatrix_data
-    from quantkit.backends.gguf.imatrix.matrix import save_imatrix
-    from quantkit.source.model import load_source
-
-    source = load_source(demo_model)
-    folder = tmp_path_factory.mktemp("interop")
-    bf16 = export_gguf(source, folder / "demo-BF16.gguf").path
-    data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=4, chunk_size=512,
-                                seed=0)  # fmt: skip
-    return bf16, save_imatrix(compute_imatrix(bf16, data), folder / "demo.imatrix.gguf")
+def made(demo_bf16_imatrix: tuple[Path, Path]) -> tuple[Path, Path]:
+    return demo_bf16_imatrix
 
 
 def test_llama_imatrix_writes_our_file_back_unchanged(made, tmp_path: Path) -> None:

@@ -1,0 +1,103 @@
+"""--quant auto on the demo model, in the library: the budget is kept to the byte, the recipe
+rebuilds the same file (in quantkit and in llama.cpp's own llama-quantize), and the mix is
+not worse than Q4_K_M at Q4_K_M's size. The benchmark (scripts/bench_budget.py) measures
+by how much; this test only holds the line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from quantkit.planning.budget import FILE, Budget
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(os.environ.get("QUANTKIT_LLAMA_BIN", "/nonexistent"))
+CHUNKS = 8  # evaluation chunks of 512 tokens for the paired comparison
+
+
+@pytest.fixture(scope="module")
+def stock_and_auto(demo_model: Path, demo_bf16_imatrix, tmp_path_factory):
+    from quantkit.backends.gguf.auto import choose_recipe
+    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
+    from quantkit.backends.gguf.quantize import quantize_gguf
+    from quantkit.formats.gguf_recipe import write_recipe
+    from quantkit.source.model import load_source
+
+    bf16, imatrix_path = demo_bf16_imatrix
+    imatrix = load_imatrix(imatrix_path)
+    work = tmp_path_factory.mktemp("auto")
+    stock = work / "demo-Q4_K_M.gguf"
+    quantize_gguf(bf16, stock, "Q4_K_M", imatrix=imatrix, imatrix_file=str(imatrix_path))
+    budget = Budget(stock.stat().st_size, FILE, "Q4_K_M's size")
+    recipe = choose_recipe(bf16, load_source(demo_model), budget, imatrix=imatrix, work=work,
+                           probe_chunks=2)  # fmt: skip
+    auto = work / "demo-AUTO.gguf"
+    quantize_gguf(bf16, auto, recipe.file_type, imatrix=imatrix,
+                  imatrix_file=str(imatrix_path), tensor_types=recipe.types)  # fmt: skip
+    json_path, text_path = write_recipe(recipe, work, "demo")
+    return stock, auto, recipe, json_path, text_path
+
+
+def test_the_file_keeps_to_the_budget_and_fills_it(stock_and_auto) -> None:
+    stock, auto, recipe, _, _ = stock_and_auto
+    size = auto.stat().st_size
+    assert size <= recipe.budget["bytes"] == stock.stat().st_size
+    assert size >= 0.99 * recipe.budget["bytes"]
+    assert abs(size - recipe.expected_bytes) < 8192  # the header estimate's margin
+    assert not (auto.parent / "auto-probe.gguf").exists()  # probes are deleted
+
+
+def test_every_tensor_has_the_type_the_recipe_gives(stock_and_auto) -> None:
+    from quantkit.formats.gguf_read import tensor_types
+
+    _, auto, recipe, _, _ = stock_and_auto
+    in_file = tensor_types(auto)
+    assert {n: in_file[n] for n in recipe.types} == recipe.types
+    assert len(set(recipe.types.values())) >= 2  # a mix, not one type everywhere
+
+
+def test_the_recipe_rebuilds_the_same_file(stock_and_auto, demo_bf16_imatrix, tmp_path) -> None:
+    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
+    from quantkit.backends.gguf.quantize import quantize_gguf
+    from quantkit.formats.gguf_recipe import read_recipe
+
+    _, auto, _, json_path, _ = stock_and_auto
+    bf16, imatrix_path = demo_bf16_imatrix
+    again = tmp_path / "again.gguf"
+    recipe = read_recipe(json_path)
+    quantize_gguf(bf16, again, recipe.file_type, imatrix=load_imatrix(imatrix_path),
+                  imatrix_file=str(imatrix_path), tensor_types=recipe.types)  # fmt: skip
+    assert again.read_bytes() == auto.read_bytes()
+
+
+@pytest.mark.skipif(
+    not (BIN / "llama-quantize").is_file(),
+    reason="QUANTKIT_LLAMA_BIN does not hold llama-quantize",
+)
+def test_llama_quantize_makes_the_same_file_from_the_tensor_type_file(
+    stock_and_auto, demo_bf16_imatrix, tmp_path
+) -> None:
+    _, auto, recipe, _, text_path = stock_and_auto
+    bf16, imatrix_path = demo_bf16_imatrix
+    theirs = tmp_path / "llama-quantize.gguf"
+    subprocess.run([BIN / "llama-quantize", "--imatrix", imatrix_path, "--tensor-type-file",
+                    text_path, bf16, theirs, recipe.file_type, "2"],
+                   check=True, capture_output=True)  # fmt: skip
+    assert theirs.read_bytes() == auto.read_bytes()
+
+
+def test_auto_is_not_worse_than_q4_k_m_at_its_size(stock_and_auto, demo_model: Path) -> None:
+    import numpy as np
+
+    from quantkit.evaluation.measure import evaluate_artifact
+
+    stock, auto, _, _, _ = stock_and_auto
+    ours = evaluate_artifact(auto, demo_model, max_chunks=CHUNKS)
+    theirs = evaluate_artifact(stock, demo_model, max_chunks=CHUNKS)
+    diff = np.asarray(ours.chunk_kld) - np.asarray(theirs.chunk_kld)  # paired per chunk
+    error = diff.std(ddof=1) / np.sqrt(len(diff))
+    assert diff.mean() < 2 * error, (ours.kld_mean, theirs.kld_mean)
