@@ -125,7 +125,7 @@ def convert(
         model, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
     )
     check_structure(source)  # every tensor the config implies, before any is read
-    plan = _make_plan(source, hardware, context, force)
+    plan = _make_plan(source, hardware, context, force, target.quant)
     backend.prepare(source)
     estimate = int(backend.estimate_bytes(source) * DISK_MARGIN)
     if dry_run:
@@ -286,7 +286,11 @@ def _publish(out_dir: Path, repo_id: str, source: SourceModel) -> dict[str, Any]
 
 
 def _make_plan(
-    source: SourceModel, hardware: HardwareProfile | None, context: int | None, force: bool
+    source: SourceModel,
+    hardware: HardwareProfile | None,
+    context: int | None,
+    force: bool,
+    quant: str,
 ) -> dict[str, Any] | None:
     if hardware is None:
         return None
@@ -294,6 +298,7 @@ def _make_plan(
     from .planning.profiles import list_profiles
 
     others = [p for p in list_profiles() if p.name != hardware.name]
-    plan = make_plan(source, hardware, context=context, others=others)
+    auto = quant if quant == AUTO_QUANT.name else None  # the file the run command names
+    plan = make_plan(source, hardware, context=context, others=others, artifact_quant=auto)
     ensure_fits(plan, force=force)
     return plan.to_dict()

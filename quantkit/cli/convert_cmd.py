@@ -57,8 +57,8 @@ def convert_command(
         typer.Option(
             "--quant",
             "-q",
-            help="GGUF: Q4_K_M, Q8_0, BF16..., or auto (a type per tensor for a budget: "
-            "--profile, --max-size or --bpw); BF16/FP16, FP8_DYNAMIC/FP8, W4A16; MLX: 4bit, "
+            help="GGUF: Q4_K_M, Q8_0, BF16..., or auto (a type per tensor for a memory "
+            "budget, docs/quantization.md); BF16/FP16, FP8_DYNAMIC/FP8, W4A16; MLX: 4bit, "
             "6bit, 8bit, BF16 or mlx-lm's mixed recipes mixed_2_6, mixed_3_4, mixed_3_6, "
             "mixed_4_6.",
         ),
@@ -169,7 +169,7 @@ def convert_command(
         int,
         typer.Option(
             "--auto-probe-chunks", min=0,
-            help="--quant auto: evaluation chunks per tensor-role probe (one quantization "
+            help="quant auto: evaluation chunks per tensor-role probe (one quantization "
             "and short KL measurement per role); 0 skips the probes (every role weighs the "
             "same).",
         ),

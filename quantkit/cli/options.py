@@ -78,14 +78,14 @@ MaxSizeOption = Annotated[
     str | None,
     typer.Option(
         "--max-size",
-        help="--quant auto: the largest the GGUF file may be, e.g. 20GB or 18.5GiB (default: "
-        "what the profile's devices hold at --context).",
+        help="quant auto: the largest the GGUF file may be, e.g. 20GB or 18.5GiB (default: "
+        "what the profile's devices hold at the context).",
     ),
 ]
 BpwOption = Annotated[
     float | None,
     typer.Option(
-        "--bpw", help="--quant auto: bits per weight over the whole file, e.g. 4.5 (like "
+        "--bpw", help="quant auto: bits per weight over the whole file, e.g. 4.5 (like "
         "llama-quantize's BPW).",
     ),
 ]

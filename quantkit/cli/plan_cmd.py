@@ -46,8 +46,8 @@ def plan(
         typer.Option(
             "--quant",
             "-q",
-            help="auto: also show the type per tensor --quant auto would start from, for the "
-            "profile's memory, --max-size or --bpw (no weights read: see docs/quantization.md).",
+            help="auto: also show the type per tensor quant auto would start from, for the "
+            "profile's memory or a size (no weights read: see docs/quantization.md).",
         ),
     ] = None,
     max_size: MaxSizeOption = None,

@@ -72,7 +72,11 @@ def make_plan(
     *,
     others: Sequence[HardwareProfile] = (),
     suggest_smaller: bool = True,
+    artifact_quant: str | None = None,
 ) -> Plan:
+    """The plan for `profile`'s own type; `artifact_quant` (--quant auto) names the file
+    the command runs, while sizes and verdict stay those of the profile's type, whose
+    memory the auto budget is computed from."""
     spec = spec_from_source(source) if isinstance(source, SourceModel) else source
     g = spec.geometry
     ctx = min(context or DEFAULT_CONTEXT, g.max_position_embeddings)
@@ -90,13 +94,13 @@ def make_plan(
         recommended = recommend_profile(spec, others, ctx, exclude=profile.name)
         if suggest_smaller:
             smaller = smaller_models(spec, profile, ctx)
-    command, modelfile = _command(spec, profile, result, thought_in_content)
+    command, modelfile = _command(spec, profile, result, thought_in_content, artifact_quant)
     return Plan(
         model=spec.name,
         profile=profile.name,
         fit=result.fit,
         format=profile.format,
-        quant=profile.quant,
+        quant=artifact_quant or profile.quant,
         runtime=profile.runtime,
         context=ctx,
         weights_bytes=weights,
@@ -181,7 +185,8 @@ def plan_model(
     chosen = [load_profile(profile)] if profile else everything
     if not chosen:
         raise PlanError("No hardware profiles found.", hint="Check QUANTKIT_PROFILES_DIR.")
-    plans = [make_plan(spec, p, context, others=everything) for p in chosen]
+    quant = "AUTO" if auto is not None else None
+    plans = [make_plan(spec, p, context, others=everything, artifact_quant=quant) for p in chosen]
     if auto is None:
         return plans
     if len(chosen) != 1 or chosen[0].format != "gguf":
@@ -241,11 +246,15 @@ def load_spec(model: str, *, revision: str | None = None) -> ModelSpec:
 
 
 def _command(
-    spec: ModelSpec, profile: HardwareProfile, result: fitting.Fit, thought_in_content: bool
+    spec: ModelSpec,
+    profile: HardwareProfile,
+    result: fitting.Fit,
+    thought_in_content: bool,
+    quant: str | None = None,
 ):
     if result.fit == "none":
         return None, None
-    artifact = cmd.artifact_name(spec.name, profile)
+    artifact = cmd.artifact_name(spec.name, profile, quant)
     if profile.runtime == "ollama":
         modelfile = cmd.ollama_modelfile(artifact, result.context, result.gpu_layers)
         return cmd.ollama_command(spec.name), modelfile

@@ -9,9 +9,10 @@ from ..artifact.naming import artifact_name as _artifact_name
 from .profiles import HardwareProfile
 
 
-def artifact_name(model_name: str, profile: HardwareProfile) -> str:
-    """The file (gguf) or folder (safetensors) name quantkit convert writes by default."""
-    return _artifact_name(model_name, profile.format, profile.quant)
+def artifact_name(model_name: str, profile: HardwareProfile, quant: str | None = None) -> str:
+    """The file (gguf) or folder (safetensors) name quantkit convert writes by default, or
+    for `quant` (--quant auto with a profile)."""
+    return _artifact_name(model_name, profile.format, quant or profile.quant)
 
 
 def llama_server_command(

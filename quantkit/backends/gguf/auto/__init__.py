@@ -43,15 +43,18 @@ def choose_recipe(
     work: Path,
     probe_chunks: int = PROBE_CHUNKS,
     types: tuple[str, ...] = AUTO_TYPES,
+    errors: dict[str, dict[str, float]] | None = None,
     progress: ProgressFn | None = None,
 ) -> Recipe:
-    """Measure, calibrate and solve on the BF16 GGUF `bf16` of `source`."""
+    """Measure, calibrate and solve on the BF16 GGUF `bf16` of `source` (`errors`: the
+    relative errors relative_errors measured, when several budgets share them)."""
     from ....planning.model_spec import spec_from_source
 
     layout = FileLayout.read(bf16)
+    measured_errors = errors or relative_errors(bf16, imatrix, progress=progress)
     errors = {
         name: {t: e for t, e in per_type.items() if t in types}
-        for name, per_type in relative_errors(bf16, imatrix, progress=progress).items()
+        for name, per_type in measured_errors.items()
     }
     probe = _probe_types(errors, layout, budget.bytes - layout.overhead(budget))
     method: dict[str, Any] = {"sample_elements": SAMPLE_ELEMENTS, "types": list(types),
