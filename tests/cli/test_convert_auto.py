@@ -30,6 +30,8 @@ def _fails(proc, code: int, message: str) -> None:
         (("--profile", "a100-fp8", "--quant", "auto"), 1, "it makes GGUF files, not fp8"),
         (("--format", "gguf", "--quant", "auto", "--max-size", "20MB"), 8,
          "is below the smallest mix"),
+        (("--format", "gguf", "--quant", "auto", "--max-size", "1GB", "--imatrix", "none"), 18,
+         "--quant auto needs an importance matrix"),
     ],
 )  # fmt: skip
 def test_bad_auto_flags_fail_before_any_weight(demo_model, tmp_path, args, code, message):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ....errors import CalibrationError, ImatrixError
-from ....formats.quants import gguf_quant
+from ....formats.quants import AUTO_QUANT, gguf_quant
 
 if TYPE_CHECKING:
     from ....source.model import SourceModel
@@ -64,8 +64,8 @@ def resolve_imatrix(
     llama_made = spec is not None and not spec.written_directly
     if setting is None:
         if needs:
-            return AUTO, ("--quant auto measures and quantizes with one" if quant == "AUTO"
-                          else f"{quant} needs one")  # fmt: skip
+            return AUTO, ("--quant auto measures and quantizes with one"
+                          if quant == AUTO_QUANT.name else f"{quant} needs one")  # fmt: skip
         if llama_made and getattr(hardware, "imatrix", None) == AUTO:
             if spec.low_bit:
                 return AUTO, f"{PROFILE_ORIGIN}{hardware.name}"
@@ -75,6 +75,12 @@ def resolve_imatrix(
             )
         return None, "off by default"
     if setting.lower() == NONE:
+        if needs and quant == AUTO_QUANT.name:
+            raise ImatrixError(
+                "--quant auto needs an importance matrix: it weighs every type's error by it "
+                "and quantizes with it.",
+                hint="Drop --imatrix none, or pass --imatrix FILE.",
+            )
         if needs:
             raise ImatrixError(
                 f"{quant} needs an importance matrix: llama.cpp refuses to make it without one.",
