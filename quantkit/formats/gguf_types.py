@@ -272,7 +272,8 @@ def fits_rows(ggml_type: str, row: int) -> bool:
     return row % GGML_TYPES[ggml_type][0] == 0
 
 
-def auto_candidates(shape: tuple[int, ...]) -> tuple[str, ...]:
-    """The types `--quant auto` may give a tensor of `shape`, smallest first."""
-    fitting = [t for t in AUTO_TYPES if fits_rows(t, shape[-1])]
+def auto_candidates(shape: tuple[int, ...], types: tuple[str, ...] = AUTO_TYPES) -> tuple[str, ...]:
+    """The `types` (default: those `--quant auto` chooses among) that can take a tensor of
+    `shape` as they are, smallest first."""
+    fitting = [t for t in types if fits_rows(t, shape[-1])]
     return tuple(sorted(fitting, key=lambda t: (bits_per_weight(t), t)))

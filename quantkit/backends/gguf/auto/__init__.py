@@ -51,7 +51,7 @@ def choose_recipe(
     from ....planning.model_spec import spec_from_source
 
     layout = FileLayout.read(bf16)
-    measured_errors = errors or relative_errors(bf16, imatrix, progress=progress)
+    measured_errors = errors or relative_errors(bf16, imatrix, types=types, progress=progress)
     errors = {
         name: {t: e for t, e in per_type.items() if t in types}
         for name, per_type in measured_errors.items()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ....formats.gguf_types import auto_candidates
+from ....formats.gguf_types import AUTO_TYPES, auto_candidates
 from ....planning.mix import quantizable
 from ....runtime.ggml_quant import round_trip
 from ....runtime.interrupts import raise_if_interrupted
@@ -44,10 +44,11 @@ def relative_errors(
     sample_elements: int = SAMPLE_ELEMENTS,
     seed: int = 0,
     threads: int | None = None,
+    types: tuple[str, ...] = AUTO_TYPES,
     progress: ProgressFn | None = None,
 ) -> dict[str, dict[str, float]]:
     """tensor name -> {ggml type -> relative output error} for every quantizable tensor of
-    the (BF16/F16/F32) GGUF at `gguf_path`, for each type auto may give it."""
+    the (BF16/F16/F32) GGUF at `gguf_path`, for each of `types` that fits its rows."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
@@ -65,9 +66,9 @@ def relative_errors(
             shape = _shape(tensor)
             rows = _sample(tensor, max(MIN_ROWS, sample_elements // shape[-1]), rng)
             importance = _importance(imatrix, tensor.name, rows.shape[1])
-            types = auto_candidates(shape)
-            measured = pool.map(lambda t, r=rows, i=importance: tensor_error(t, r, i), types)
-            errors[tensor.name] = dict(zip(types, measured, strict=True))
+            fitting = auto_candidates(shape, types)
+            measured = pool.map(lambda t, r=rows, i=importance: tensor_error(t, r, i), fitting)
+            errors[tensor.name] = dict(zip(fitting, measured, strict=True))
             raise_if_interrupted()
     if progress is not None:
         progress("measuring each type on each tensor", len(tensors), len(tensors))
