@@ -194,8 +194,8 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         "| stock recipe | size (B) | auto size (B) | mean KLD stock | mean KLD auto | "
         "KLD auto - stock (paired, SE) | KLD p99 stock / auto | top-1 stock / auto | "
-        "PPL stock / auto | NLL auto - stock (SE) | auto types |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "PPL stock / auto | NLL auto - stock (SE) | stock types | auto types (extra allowed) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["pairs"]:
         s, a, d, n = row["stock_eval"], row["auto_eval"], row["kld_diff"], row["nll_diff"]
@@ -207,7 +207,11 @@ def table(results: dict[str, Any]) -> str:
             f"{s['kld_p99']:.4f} / {a['kld_p99']:.4f} | {s['top1_agreement']:.2%} / "
             f"{a['top1_agreement']:.2%} | {s['perplexity']:.3f} / {a['perplexity']:.3f} | "
             f"{n['mean']:+.5f} ({n['se']:.5f}) | "
-            + ", ".join(f"{t}:{c}" for t, c in row["auto_types"].items()) + " |"
+            + ", ".join(f"{t}:{c}" for t, c in row["stock_types"].items() if t != "F32")
+            + " | "
+            + ", ".join(f"{t}:{c}" for t, c in row["auto_types"].items())
+            + (f" ({', '.join(row['extra_types_allowed'])})" if row["extra_types_allowed"] else "")
+            + " |"
         )
     return "\n".join(lines)
 
@@ -225,6 +229,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         xs = [r[f"{key}_bytes"] / 1e6 for r in rows]
         ys = [r[f"{key}_eval"]["kld_mean"] for r in rows]
         ax.plot(xs, ys, marker=marker, label=label)
+    extra = [r for r in rows if r["extra_types_allowed"]]  # auto also had the stock's Q5_1
+    ax.plot([r["auto_bytes"] / 1e6 for r in extra], [r["auto_eval"]["kld_mean"] for r in extra],
+            linestyle="none", marker="s", markersize=11, markerfacecolor="none", color="black",
+            label="auto, also allowed the stock file's Q5_1")  # fmt: skip
     for r in rows:
         ax.annotate(r["stock"], (r["stock_bytes"] / 1e6, r["stock_eval"]["kld_mean"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
