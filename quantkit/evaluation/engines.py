@@ -111,7 +111,8 @@ class Engine:
     def logits_batch(self, chunks: list[list[int]], rows: slice) -> list:
         """For each chunk, float32 [rows, vocab]: the next-token logits at positions `rows`
         of that chunk (each evaluated from a fresh context). One chunk at a time unless an
-        engine does better."""
+        engine does better. The next call may overwrite the arrays (llama.cpp's engine
+        reuses one buffer): copy what must outlive it."""
         return [self.logits(ids)[rows] for ids in chunks]
 
     def close(self) -> None:
@@ -207,7 +208,7 @@ class LlamaCppEngine(Engine):
         return self._decoder.decode(chunks, rows)
 
     def logits(self, ids: list[int]):
-        return self.logits_batch([ids], slice(None))[0]
+        return self.logits_batch([ids], slice(None))[0].copy()
 
     def _close_decoder(self) -> None:
         if self._decoder is not None:

@@ -53,7 +53,9 @@ def test_batched_logits_equal_one_chunk_at_a_time(demo_q8: Path) -> None:
     engine.load()
     try:
         # a full batch, then a last one holding fewer chunks than the context has sequences
-        got = engine.logits_batch(chunks[:4], ROWS) + engine.logits_batch(chunks[4:], ROWS)
+        # (copied: the next call overwrites them, the engine reuses its output buffer)
+        got = [rows.copy() for rows in engine.logits_batch(chunks[:4], ROWS)]
+        got += [rows.copy() for rows in engine.logits_batch(chunks[4:], ROWS)]
         whole = engine.logits(chunks[0])
     finally:
         engine.close()
