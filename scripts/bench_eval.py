@@ -26,8 +26,8 @@ is quantkit / llama-perplexity per round, then the median. End-to-end times are 
 too: `evaluate_artifact` (tokenizing both sides, reading the cached reference, loading
 the model, scoring) and the whole llama-perplexity process.
 
-    .venv/bin/python scripts/bench_eval.py [--gguf FILE --source DIR] [--repeat 3]
-        [--repeat-text 3] [--llama-perplexity PATH] [--write-doc docs/benchmarks.md]
+    .venv/bin/python scripts/bench_eval.py [--gguf FILE --source DIR] [--repeat 4]
+        [--repeat-text 2] [--llama-perplexity PATH] [--write-doc docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -180,17 +180,24 @@ def markdown(runs: dict, chunks: int, command: str, gguf: Path, threads: int) ->
     from bench_convert import machine
 
     base = {tool: [r["tokens_per_s"] for r in runs[tool]] for tool in TOOLS}
+    ratios = {
+        tool: [ours / theirs for ours, theirs in zip(base["quantkit"], base[tool], strict=True)]
+        for tool in TOOLS
+    }
     rows = []
     for tool in TOOLS:
         tps = base[tool]
-        ratios = [ours / theirs for ours, theirs in zip(base["quantkit"], tps, strict=True)]
         rows.append(
             f"| {tool} | {statistics.median(tps):.0f} ({min(tps):.0f}-{max(tps):.0f}) | "
-            f"{statistics.median(ratios):.2f}x | "
+            f"{statistics.median(ratios[tool]):.2f}x | "
             f"{statistics.median(r['wall'] for r in runs[tool]):.1f} | "
             f"{runs[tool][0]['ppl']:.4f} |"
         )
     loads = [r["load"] for tool in TOOLS for r in runs[tool]]
+    per_round = [
+        f"quantkit / {tool} per round: {', '.join(f'{x:.2f}' for x in ratios[tool])}."
+        for tool in TOOLS[:2]
+    ]
     return "\n".join([
         "## Evaluation throughput vs llama-perplexity (scripts/bench_eval.py)",
         "",
@@ -217,6 +224,8 @@ def markdown(runs: dict, chunks: int, command: str, gguf: Path, threads: int) ->
         "| tool | tokens/s | quantkit / tool | end to end (s) | perplexity |",
         "|---|---|---|---|---|",
         *rows,
+        "",
+        *per_round,
     ])  # fmt: skip
 
 
@@ -226,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", type=Path, default=None, help="default: the demo's Q8_0")
     parser.add_argument("--source", type=Path, default=None, help="the GGUF's HF source")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--repeat-text", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--repeat-text", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--llama-perplexity", type=Path, default=LLAMA_BIN / "llama-perplexity")
     parser.add_argument("--work", type=Path, default=CACHE / "bench-eval")
