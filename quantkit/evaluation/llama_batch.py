@@ -7,8 +7,9 @@ memory is cleared before every batch, and only the rows the caller scores are ou
 logits of the other positions are never computed through the output matrix nor copied.
 
 The figures do not depend on the batching: on the demo model the logits of a chunk are
-bit-identical whether it is decoded alone or with three others (tests/evaluation/
-test_llama_batch.py checks it).
+bit-identical whether it is decoded with three others or alone by llama-cpp-python's
+`Llama.eval`, as quantkit did before (tests/evaluation/test_llama_batch.py holds them to
+1e-4).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QuantkitError
+from ..runtime.llama_cpp import last_error
 
 if TYPE_CHECKING:
     import numpy as np
 
 # A batch's logits are held twice: llama.cpp's output buffer (outputs x n_vocab float32)
-# and the copy handed to the caller, plus the graph's result tensor for one ubatch. With
+# and quantkit's copy (one buffer kept across batches), plus the graph's result tensor for
+# one ubatch. With
 # only the scored half of each chunk output, a bound of 512 MiB on the output keeps all of
 # that near 1 GB and still fits llama-perplexity's full batch at n_ctx 512 for the demo's
 # 49,152 tokens (4 chunks x 255 rows: 191 MiB) and Llama 3's 128,256 (499 MiB); Qwen3's
@@ -56,10 +59,11 @@ class ChunkDecoder:
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model)))
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = params.n_batch = n_seq * n_ctx
-        # One chunk's worth of tokens per ubatch, as llama-perplexity (its -ub 512): with
-        # several sequences llama.cpp splits the batch into ubatches holding an equal share
-        # of each, so early ubatches attend over the cells filled so far instead of all
-        # n_ctx, and the graph's result tensor holds one ubatch's rows, not the batch's.
+        # One chunk's worth of tokens per ubatch, as llama-perplexity (its default -ub 512):
+        # ubatches of 1024 or the whole batch measured no faster on the demo, and this keeps
+        # the graph's buffers (attention scores, the result tensor) at one chunk's size
+        # whatever n_seq. llama.cpp then splits the batch into ubatches holding an equal
+        # share of every sequence.
         params.n_ubatch = n_ctx
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = n_threads
@@ -93,7 +97,7 @@ class ChunkDecoder:
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status != 0:
             raise BatchDecodeError(f"llama.cpp failed to decode a batch of {len(chunks)} "
-                                   f"chunks (status {status}).")  # fmt: skip
+                                   f"chunks (status {status}): {last_error()}")  # fmt: skip
         total = sum(counts)
         # Outputs come in batch order: each chunk's rows in turn (llama_get_logits sorts
         # them back if llama.cpp computed them in another order).
