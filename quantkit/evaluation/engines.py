@@ -1,6 +1,7 @@
 """Engines that turn token ids into next-token logits, one per artifact family.
 
-- `LlamaCppEngine`: a GGUF file in llama.cpp (llama-cpp-python), logits of every position.
+- `LlamaCppEngine`: a GGUF file in llama.cpp (llama-cpp-python's low-level API), several
+  chunks per decode and only the rows asked for (quantkit.evaluation.llama_batch).
 - `TransformersEngine`: any folder transformers loads (BF16/FP16 safetensors, FP8 and GPTQ
   in the compressed-tensors format, which decompresses on load), on the CPU.
 - `MLXEngine`: an MLX folder in mlx (mlx_lm.load's model), on mlx's default device (the
@@ -77,7 +78,7 @@ def file_sha256(path: Path) -> str:
 
 class Engine:
     """Common shape: tokenizer side (add_bos, bos_id, bos_text, encode, chat_template),
-    then load() / logits(ids) / close()."""
+    then load() / logits(ids) or logits_batch(chunks, rows) / close()."""
 
     name = ""
     path: Path
@@ -102,6 +103,18 @@ class Engine:
         """float32 array [len(ids), vocab]: the next-token logits at every position."""
         raise NotImplementedError
 
+    def batch_chunks(self, rows_per_chunk: int) -> int:
+        """How many chunks `logits_batch` should be given at once when each needs
+        `rows_per_chunk` rows of logits."""
+        return 1
+
+    def logits_batch(self, chunks: list[list[int]], rows: slice) -> list:
+        """For each chunk, float32 [rows, vocab]: the next-token logits at positions `rows`
+        of that chunk (each evaluated from a fresh context). One chunk at a time unless an
+        engine does better. The next call may overwrite the arrays (llama.cpp's engine
+        reuses one buffer): copy what must outlive it."""
+        return [self.logits(ids)[rows] for ids in chunks]
+
     def close(self) -> None:
         pass
 
@@ -123,7 +136,9 @@ class LlamaCppEngine(Engine):
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
-        self._llm = None
+        self._n_vocab = int(self._vocab.n_vocab())
+        self._model: Any = None  # llama_model_p once loaded
+        self._decoder: Any = None  # llama_batch.ChunkDecoder, made on the first batch
         self.add_bos = bool(self._vocab._model.add_bos_token())
         bos = self._vocab.token_bos()
         self.bos_id = bos if bos >= 0 else None
@@ -164,38 +179,53 @@ class LlamaCppEngine(Engine):
         return file_sha256(self.path)
 
     def load(self) -> None:
-        from llama_cpp import Llama
-
-        self._llm = Llama(
-            model_path=str(self.path),
-            n_ctx=self.n_ctx,
-            n_batch=self.n_ctx,
-            n_ubatch=self.n_ctx,
-            logits_all=True,
-            n_threads=self.n_threads,
-            verbose=False,
-        )
         import llama_cpp
 
-        self.parameters = int(llama_cpp.llama_model_n_params(self._llm.model))
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            raise EngineError(f"llama.cpp could not load {self.path.name} for evaluation.")
+        self.parameters = int(llama_cpp.llama_model_n_params(self._model))
+
+    def batch_chunks(self, rows_per_chunk: int) -> int:
+        from .llama_batch import sequences_per_batch
+
+        return sequences_per_batch(rows_per_chunk, self._n_vocab)
+
+    def logits_batch(self, chunks: list[list[int]], rows: slice) -> list:
+        """Several chunks in one llama_decode, each its own sequence (llama_batch.py)."""
+        from .llama_batch import ChunkDecoder
+
+        assert self._model is not None, "load() first"
+        if any(len(ids) > self.n_ctx for ids in chunks):
+            raise EngineError(f"{max(map(len, chunks))} tokens do not fit n_ctx={self.n_ctx}.")
+        if self._decoder is None or self._decoder.n_seq < len(chunks):
+            self._close_decoder()  # sized by the first (largest) group: made once per load
+            self._decoder = ChunkDecoder(
+                self._model, n_ctx=self.n_ctx, n_seq=len(chunks), n_threads=self.n_threads
+            )
+        return self._decoder.decode(chunks, rows)
 
     def logits(self, ids: list[int]):
-        import numpy as np
+        return self.logits_batch([ids], slice(None))[0].copy()
 
-        assert self._llm is not None, "load() first"
-        if len(ids) > self.n_ctx:
-            raise EngineError(f"{len(ids)} tokens do not fit n_ctx={self.n_ctx}.")
-        self._llm.reset()
-        self._llm.eval(ids)
-        return np.array(self._llm.scores[: len(ids)], dtype=np.float32, copy=True)
+    def _close_decoder(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
 
     def close(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        import llama_cpp
 
-    def __del__(self) -> None:  # the vocab-only model holds a file mapping
+        self._close_decoder()
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:  # the models hold file mappings, the context its buffers
         with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()
             self._vocab.close()
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,15 +151,54 @@ def chunk_input(stream: TokenStream, chunk: int, n_ctx: int, bos_id: int | None)
     return ids
 
 
-def _scored(stream: TokenStream, chunk: int, n_ctx: int):
-    """Rows of the chunk's logits that are scored, and the tokens they predict."""
+def _scored_rows(n_ctx: int) -> slice:
+    """The rows of a chunk's logits that are scored: positions n_ctx/2 ... n_ctx-2, which
+    predict tokens n_ctx/2+1 ... n_ctx-1 (llama-perplexity's second half)."""
+    return slice(n_ctx // 2, n_ctx - 1)
+
+
+def _targets(stream: TokenStream, chunk: int, n_ctx: int):
+    """The tokens the chunk's scored rows predict, and their span labels."""
     import numpy as np
 
-    first = n_ctx // 2
+    rows = _scored_rows(n_ctx)
     start = chunk * n_ctx
-    targets = np.asarray(stream.ids[start + first + 1 : start + n_ctx], dtype=np.int64)
-    labels = np.asarray(stream.labels[start + first + 1 : start + n_ctx], dtype=np.uint8)
-    return slice(first, n_ctx - 1), targets, labels
+    targets = np.asarray(stream.ids[start + rows.start + 1 : start + n_ctx], dtype=np.int64)
+    labels = np.asarray(stream.labels[start + rows.start + 1 : start + n_ctx], dtype=np.uint8)
+    return targets, labels
+
+
+@dataclass
+class _Stopwatch:
+    """Seconds spent inside the engine's forward passes."""
+
+    seconds: float = 0.0
+
+
+def _scored_logits(
+    engine: Engine,
+    stream: TokenStream,
+    n_ctx: int,
+    n_chunks: int,
+    stopwatch: _Stopwatch,
+    progress: ProgressFn | None,
+    label: str,
+):
+    """(chunk, logits of its scored rows) for every chunk, computed `engine.batch_chunks`
+    chunks per call: llama.cpp decodes several at once (llama_batch.py)."""
+    rows = _scored_rows(n_ctx)
+    step = engine.batch_chunks(rows.stop - rows.start)
+    for first in range(0, n_chunks, step):
+        if progress is not None:
+            progress(label, first, n_chunks)
+        group = range(first, min(first + step, n_chunks))
+        ids = [chunk_input(stream, chunk, n_ctx, _bos(engine)) for chunk in group]
+        tick = time.perf_counter()
+        logits = engine.logits_batch(ids, rows)
+        stopwatch.seconds += time.perf_counter() - tick
+        yield from zip(group, logits, strict=True)
+    if progress is not None:
+        progress(label, n_chunks, n_chunks)
 
 
 def _bos(engine: Engine) -> int | None:
@@ -183,23 +223,22 @@ def compute_reference(
     engine.load()
     names = ("ids", "logp", "rest", "tail_ids", "tail_logp", "target", "labels")
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    label = "reference logits (source)"
     try:
-        for chunk in range(n_chunks):
-            if progress is not None:
-                progress("reference logits (source)", chunk, n_chunks)
-            logits = engine.logits(chunk_input(stream, chunk, n_ctx, _bos(engine)))
-            rows_slice, targets, labels = _scored(stream, chunk, n_ctx)
+        for chunk, rows in _scored_logits(
+            engine, stream, n_ctx, n_chunks, _Stopwatch(), progress, label
+        ):
+            targets, labels = _targets(stream, chunk, n_ctx)
             rng = np.random.default_rng([CACHE_VERSION, chunk])
             for lo in range(0, len(targets), BLOCK):
-                rows = logits[rows_slice][lo : lo + BLOCK]
-                block = compress_rows(rows, targets[lo : lo + BLOCK], top_k, tail_samples, rng)
+                block = compress_rows(
+                    rows[lo : lo + BLOCK], targets[lo : lo + BLOCK], top_k, tail_samples, rng
+                )
                 for name, value in block.items():
                     parts[name].append(value)
             parts["labels"].append(labels)
     finally:
         engine.close()
-    if progress is not None:
-        progress("reference logits (source)", n_chunks, n_chunks)
     arrays = {name: np.concatenate(values) for name, values in parts.items()}
     return Reference(
         **arrays,
@@ -231,18 +270,14 @@ def _score_artifact(
 
     engine.load()
     nll, kld, kld_lb, top1 = [], [], [], []
-    forward = 0.0
+    stopwatch = _Stopwatch()
     per_chunk = n_ctx - 1 - n_ctx // 2
+    label = f"evaluating artifact ({engine.name})"
     try:
-        for chunk in range(n_chunks):
-            if progress is not None:
-                progress(f"evaluating artifact ({engine.name})", chunk, n_chunks)
-            ids = chunk_input(stream, chunk, n_ctx, _bos(engine))
-            tick = time.perf_counter()
-            logits = engine.logits(ids)
-            forward += time.perf_counter() - tick
-            rows_slice, targets, _ = _scored(stream, chunk, n_ctx)
-            rows = logits[rows_slice]
+        for chunk, rows in _scored_logits(
+            engine, stream, n_ctx, n_chunks, stopwatch, progress, label
+        ):
+            targets, _ = _targets(stream, chunk, n_ctx)
             sl = slice(chunk * per_chunk, (chunk + 1) * per_chunk)
             if ref.ids[sl].max() >= rows.shape[1] or ref.tail_ids[sl].max() >= rows.shape[1]:
                 raise VerificationError(
@@ -257,10 +292,8 @@ def _score_artifact(
             top1.append(rows.argmax(axis=1) == ref.ids[sl, 0])
     finally:
         engine.close()
-    if progress is not None:
-        progress(f"evaluating artifact ({engine.name})", n_chunks, n_chunks)
     scores = (nll, kld, kld_lb, top1)
-    return tuple(np.concatenate(x) for x in scores), forward
+    return tuple(np.concatenate(x) for x in scores), stopwatch.seconds
 
 
 def _check_same_tokens(src_stream: TokenStream, art_stream: TokenStream, src, art) -> None:
