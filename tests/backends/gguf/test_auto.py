@@ -31,13 +31,15 @@ def stock_and_auto(demo_model: Path, demo_bf16_imatrix, tmp_path_factory):
     imatrix = load_imatrix(imatrix_path)
     work = tmp_path_factory.mktemp("auto")
     stock = work / "demo-Q4_K_M.gguf"
-    quantize_gguf(bf16, stock, "Q4_K_M", imatrix=imatrix, imatrix_file=str(imatrix_path))
+    # the imatrix as convert records it (its file name in the artifact folder)
+    label = imatrix_path.name
+    quantize_gguf(bf16, stock, "Q4_K_M", imatrix=imatrix, imatrix_file=label)
     budget = Budget(stock.stat().st_size, FILE, "Q4_K_M's size")
     recipe = choose_recipe(bf16, load_source(demo_model), budget, imatrix=imatrix, work=work,
                            probe_chunks=2)  # fmt: skip
     auto = work / "demo-AUTO.gguf"
-    quantize_gguf(bf16, auto, recipe.file_type, imatrix=imatrix,
-                  imatrix_file=str(imatrix_path), tensor_types=recipe.types)  # fmt: skip
+    quantize_gguf(bf16, auto, recipe.file_type, imatrix=imatrix, imatrix_file=label,
+                  tensor_types=recipe.types)  # fmt: skip
     json_path, text_path = write_recipe(recipe, work, "demo")
     return stock, auto, recipe, json_path, text_path
 
@@ -70,8 +72,31 @@ def test_the_recipe_rebuilds_the_same_file(stock_and_auto, demo_bf16_imatrix, tm
     again = tmp_path / "again.gguf"
     recipe = read_recipe(json_path)
     quantize_gguf(bf16, again, recipe.file_type, imatrix=load_imatrix(imatrix_path),
-                  imatrix_file=str(imatrix_path), tensor_types=recipe.types)  # fmt: skip
+                  imatrix_file=imatrix_path.name, tensor_types=recipe.types)  # fmt: skip
     assert again.read_bytes() == auto.read_bytes()
+
+
+def test_the_gguf_path_applies_a_recipe_file(stock_and_auto, demo_model: Path,
+                                              demo_bf16_imatrix, tmp_path) -> None:  # fmt: skip
+    """`convert --recipe` through the backend: the BF16 file written again, the recipe read
+    back from disk, the same file as the one it was chosen for, and its records."""
+    from quantkit.backends.gguf.auto.request import AutoRequest
+    from quantkit.backends.gguf.backend import make_gguf
+    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
+    from quantkit.backends.gguf.imatrix.request import FILE, ImatrixRequest
+    from quantkit.formats.gguf_recipe import read_recipe
+    from quantkit.source.model import load_source
+
+    _, auto, recipe, json_path, _ = stock_and_auto
+    _, imatrix_path = demo_bf16_imatrix
+    matrix = ImatrixRequest(FILE, "--imatrix", imatrix=load_imatrix(imatrix_path),
+                            file=imatrix_path)  # fmt: skip
+    built = make_gguf(load_source(demo_model), "AUTO", tmp_path, imatrix=matrix,
+                      auto=AutoRequest(None, read_recipe(json_path), 0))  # fmt: skip
+    assert built.artifact.read_bytes() == auto.read_bytes()
+    assert built.gate_quant == recipe.file_type == built.manifest["recipe"]["file_type"]
+    assert {f["role"] for f in built.files} == {"artifact", "imatrix", "recipe"}
+    assert not (tmp_path / "demo-BF16.gguf").exists()  # the intermediate is removed
 
 
 @pytest.mark.skipif(
@@ -84,9 +109,10 @@ def test_llama_quantize_makes_the_same_file_from_the_tensor_type_file(
     _, auto, recipe, _, text_path = stock_and_auto
     bf16, imatrix_path = demo_bf16_imatrix
     theirs = tmp_path / "llama-quantize.gguf"
-    subprocess.run([BIN / "llama-quantize", "--imatrix", imatrix_path, "--tensor-type-file",
-                    text_path, bf16, theirs, recipe.file_type, "2"],
-                   check=True, capture_output=True)  # fmt: skip
+    # run in the imatrix's folder, as the card says: the name given is the name recorded
+    subprocess.run([BIN / "llama-quantize", "--imatrix", imatrix_path.name,
+                    "--tensor-type-file", text_path, bf16, theirs, recipe.file_type, "2"],
+                   check=True, capture_output=True, cwd=imatrix_path.parent)  # fmt: skip
     assert theirs.read_bytes() == auto.read_bytes()
 
 
