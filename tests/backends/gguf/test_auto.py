@@ -15,6 +15,7 @@ from quantkit.planning.budget import FILE, Budget
 
 pytestmark = pytest.mark.slow
 
+# scripts/setup.sh builds llama-quantize beside llama-server (tests/conftest.py points here)
 BIN = Path(os.environ.get("QUANTKIT_LLAMA_BIN", "/nonexistent"))
 CHUNKS = 8  # evaluation chunks of 512 tokens for the paired comparison
 
@@ -99,10 +100,6 @@ def test_the_gguf_path_applies_a_recipe_file(stock_and_auto, demo_model: Path,
     assert not (tmp_path / "demo-BF16.gguf").exists()  # the intermediate is removed
 
 
-@pytest.mark.skipif(
-    not (BIN / "llama-quantize").is_file(),
-    reason="QUANTKIT_LLAMA_BIN does not hold llama-quantize",
-)
 def test_llama_quantize_makes_the_same_file_from_the_tensor_type_file(
     stock_and_auto, demo_bf16_imatrix, tmp_path
 ) -> None:
