@@ -247,22 +247,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write_doc(results: dict[str, Any], doc: Path, plot_path: str | None) -> None:
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from bench_convert import write_section  # the one writer of docs/benchmarks.md sections
+
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in results["timings"].items())
     body = "\n\n".join([
-        begin,
+        "",
         table(results),
         f"Shared by every row: {timings}. Machine: {results['machine']}. Probe chunks: "
         f"{results['probe_chunks']}.",
         f"![size vs KLD]({Path(plot_path).name})" if plot_path else "",
-        end,
     ])  # fmt: skip
-    text = doc.read_text(encoding="utf-8")
-    if begin in text:
-        text = text[: text.index(begin)] + body + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    doc.write_text(text, encoding="utf-8")
+    write_section(doc, body, SECTION)
 
 
 if __name__ == "__main__":
