@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QualityGateError
+from ..formats.quants import AUTO_QUANT
 from . import measure
 from .gates import GateResult, check_gate
 from .measure import ProgressFn, QualityReport
@@ -78,7 +79,7 @@ def infer_quant(artifact: Path) -> str | None:
             quant = data.get("target", {}).get("quant")
         except ValueError:
             data, quant = {}, None
-        if quant == "AUTO":  # --quant auto: the stock mix of its size, as convert gated it
+        if quant == AUTO_QUANT.name:  # --quant auto: the stock mix of its size, as convert gated it
             quant = (data.get("recipe") or {}).get("file_type")
         if quant:
             return str(quant)

@@ -11,7 +11,7 @@ to the embeddings is copied to the GPU and does count.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import PlanError
 from ..formats.gguf_types import numel
@@ -32,7 +32,7 @@ class Budget:
     origin: str  # what set it, for the plan, the recipe and the card
 
     def to_dict(self) -> dict[str, object]:
-        return {"bytes": self.bytes, "scope": self.scope, "origin": self.origin}
+        return asdict(self)
 
     def counts(self, role: str, tied_head: bool) -> bool:
         """Whether a tensor of `role` takes room in this budget."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from ..errors import PlanError
 from ..formats.gguf_recipe import Recipe
 from ..formats.gguf_types import GAUSSIAN_RELATIVE_ERROR, auto_candidates, ggml_nbytes
-from .budget import Budget
+from .budget import FILE, Budget
 
 if TYPE_CHECKING:
     from .model_spec import ModelSpec
@@ -223,7 +223,7 @@ class FileLayout:
 
     def overhead(self, budget: Budget) -> int:
         """Bytes of `budget` the chosen tensors cannot take."""
-        return self.fixed + (self.header if budget.scope == "file" else 0)
+        return self.fixed + (self.header if budget.scope == FILE else 0)
 
     def solve(self, items: Sequence[Item], budget: Budget) -> dict[str, str]:
         overhead = self.overhead(budget)

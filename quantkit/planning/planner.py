@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import PlanError
 from ..formats.chat_template import LLAMA_SERVER_NO_REASONING, llama_server_parses_reasoning
+from ..formats.quants import AUTO_QUANT
 from ..source.model import SourceModel
 from . import fit as fitting
 from . import memory as mem
@@ -185,7 +186,7 @@ def plan_model(
     chosen = [load_profile(profile)] if profile else everything
     if not chosen:
         raise PlanError("No hardware profiles found.", hint="Check QUANTKIT_PROFILES_DIR.")
-    quant = "AUTO" if auto is not None else None
+    quant = AUTO_QUANT.name if auto is not None else None
     plans = [make_plan(spec, p, context, others=everything, artifact_quant=quant) for p in chosen]
     if auto is None:
         return plans

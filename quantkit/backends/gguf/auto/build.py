@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ....artifact.manifest import file_record
 from ....errors import ConversionError
 from ....formats.gguf_recipe import Recipe, write_recipe
+from ....planning.budget import FILE
 from ....planning.mix import types_by_role
 from ..quantize import quantize_gguf
 from . import choose_recipe
@@ -55,7 +56,7 @@ def _check_budget(recipe: Recipe, final: Path) -> None:
     """The file's own bytes against a file budget: the solver counted the header from the
     BF16 file plus a margin, so going over would be a bug, refused rather than shipped."""
     budget = recipe.budget or {}
-    if budget.get("scope") == "file" and final.stat().st_size > int(budget["bytes"]):
+    if budget.get("scope") == FILE and final.stat().st_size > int(budget["bytes"]):
         raise ConversionError(
             f"{final.name} came out at {final.stat().st_size} bytes, over the budget of "
             f"{budget['bytes']} ({budget['origin']}).",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ....errors import QuantkitError
 from ....formats.gguf_recipe import Recipe, check_recipe, read_recipe
+from ....formats.quants import AUTO_QUANT
 from ....planning.budget import Budget, check_budget_flags, choose_budget, parse_size
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def check_auto_flags(quant: str, options: BuildOptions, hardware: HardwareProfil
     gguf = options.gguf
     given = [flag for flag, value in (("--max-size", gguf.max_size), ("--bpw", gguf.bpw),
                                       ("--recipe", gguf.recipe)) if value is not None]  # fmt: skip
-    if quant != "AUTO":
+    if quant != AUTO_QUANT.name:
         if given:
             raise QuantkitError(
                 f"{given[0]} applies to --quant auto, not {quant}.",
