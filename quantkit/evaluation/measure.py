@@ -79,11 +79,16 @@ def evaluate_artifact(
     top_k: int = TOP_K,
     dtype: str = "float32",
     use_cache: bool = True,
+    whole_reference: bool = False,
     progress: ProgressFn | None = None,
 ) -> QualityReport:
     """Evaluate `artifact` (GGUF file, folder with one GGUF, or transformers folder) against
-    `source` (an HF folder / SourceModel, or a GGUF); `corpus` defaults to the shipped one."""
-    import numpy as np
+    `source` (an HF folder / SourceModel, or a GGUF); `corpus` defaults to the shipped one.
+
+    The source's reference comes from the cache when one was made for these chunks or for
+    the whole corpus (its first chunks are these); `whole_reference`: when it has to be
+    computed, compute it for the whole corpus, so that a later evaluation of every chunk
+    (the convert's own, after --quant auto's short probes) finds it cached."""
 
     started = time.perf_counter()
     if n_ctx < 8 or n_ctx % 2:
@@ -95,17 +100,18 @@ def evaluate_artifact(
     stream = build_stream(text, src)
     _check_same_tokens(stream, build_stream(text, art), src, art)
     n_chunks = _chunk_count(len(stream.ids), n_ctx, max_chunks)
-    key = cache_key(src, text.sha256, n_ctx, n_chunks, top_k)
-    ref = load_reference(key) if use_cache else None
+    every_chunk = _chunk_count(len(stream.ids), n_ctx, None)
+    sizes = [n_chunks] if n_chunks == every_chunk else [n_chunks, every_chunk]
+    ref = _cached_reference(src, stream, text.sha256, n_ctx, sizes, top_k) if use_cache else None
     cached = ref is not None
-    if ref is not None and not np.array_equal(ref.stream, np.asarray(stream.ids, np.int32)):
-        log.warning("cached reference %s was made on other tokens; recomputing", key)
-        ref, cached = None, False
     if ref is None:
-        ref = compute_reference(src, stream, n_ctx, n_chunks, top_k, progress=progress)
+        computed = every_chunk if whole_reference and use_cache else n_chunks
+        key = cache_key(src, text.sha256, n_ctx, computed, top_k)
+        ref = compute_reference(src, stream, n_ctx, computed, top_k, progress=progress)
         ref.meta.update(key=key, source=str(src.path), corpus=text.name)
         if use_cache:
             save_reference(key, ref)
+    ref = ref.head(n_chunks)
     del src
     scores, forward_s = _score_artifact(art, stream, ref, n_ctx, n_chunks, progress)
     parameters = ref.meta.get("parameters")
@@ -126,6 +132,23 @@ def evaluate_artifact(
         tokens_per_second=n_chunks * n_ctx / forward_s if forward_s > 0 else 0.0,
     )
     return report
+
+
+def _cached_reference(
+    src: Engine, stream: TokenStream, corpus_sha: str, n_ctx: int, sizes: list[int], top_k: int
+) -> Reference | None:
+    """The first cached reference made for one of `sizes` chunks on these very tokens."""
+    import numpy as np
+
+    for chunks in sizes:
+        key = cache_key(src, corpus_sha, n_ctx, chunks, top_k)
+        ref = load_reference(key)
+        if ref is None:
+            continue
+        if np.array_equal(ref.stream, np.asarray(stream.ids, np.int32)):
+            return ref
+        log.warning("cached reference %s was made on other tokens; recomputing", key)
+    return None
 
 
 # --- chunks ---------------------------------------------------------------------------------

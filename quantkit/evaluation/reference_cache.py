@@ -39,6 +39,18 @@ class Reference:
     labels: np.ndarray  # (P,) uint8: span bits of each scored position's target
     meta: dict[str, Any]
 
+    def head(self, chunks: int) -> Reference:
+        """The reference of the first `chunks` chunks: each chunk is scored on its own and
+        its tail samples are seeded by its index, so this equals a reference computed
+        for `chunks` chunks alone."""
+        total = int(self.meta["chunks"])
+        if chunks >= total:
+            return self
+        rows = len(self.target) // total * chunks
+        per_row = ("ids", "logp", "rest", "tail_ids", "tail_logp", "target", "labels")
+        sliced = {name: getattr(self, name)[:rows] for name in per_row}
+        return Reference(**sliced, stream=self.stream, meta={**self.meta, "chunks": chunks})
+
 
 def cache_key(engine: Engine, corpus_sha: str, n_ctx: int, n_chunks: int, top_k: int) -> str:
     payload = {
