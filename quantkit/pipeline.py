@@ -119,6 +119,7 @@ def convert(
         calibration or CalibrationOptions(), gguf or GGUFOptions(), gptq or GPTQOptions(),
         safetensors or SafetensorsOptions(), force=force, verify=checks_wanted.enabled,
         mlx=mlx or MLXOptions(), context=context,
+        evaluation=evaluation if evaluation.enabled else None,
     ))  # fmt: skip
     check_output_path(out_dir, model)
     source = load_source(

@@ -19,7 +19,7 @@ The numbers go to a JSON file; `--plot` draws the size-vs-KLD curve of both from
 and `--write-doc` puts the table into docs/benchmarks.md.
 
     .venv/bin/python scripts/bench_budget.py [--stocks Q3_K_M,Q4_K_M,Q5_K_M,IQ4_XS]
-        [--curve Q3_K_S,Q3_K_L,Q4_K_S,Q5_K_S,Q6_K] [--probe-chunks 4]
+        [--curve Q3_K_S,Q3_K_L,Q4_K_S,Q5_K_S,Q6_K] [--probe-chunks N (convert's default)]
         [--json docs/bench_budget.json] [--plot docs/bench_budget.png]
         [--write-doc docs/benchmarks.md]
     .venv/bin/python scripts/bench_budget.py --plot-only --json docs/bench_budget.json
@@ -69,7 +69,9 @@ def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stocks", default=",".join(HEADLINE))
     parser.add_argument("--curve", default="Q3_K_S,Q3_K_L,Q4_K_S,Q5_K_S,Q6_K")
-    parser.add_argument("--probe-chunks", type=int, default=4)
+    from quantkit.backends.gguf.options import PROBE_CHUNKS
+
+    parser.add_argument("--probe-chunks", type=int, default=PROBE_CHUNKS)
     parser.add_argument("--json", default=str(REPO_ROOT / "docs" / "bench_budget.json"))
     parser.add_argument("--plot", default=str(REPO_ROOT / "docs" / "bench_budget.png"))
     parser.add_argument("--write-doc", default=None)

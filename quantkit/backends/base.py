@@ -12,6 +12,7 @@ from .mlx.options import MLXOptions  # a plain dataclass: imports nothing heavy
 
 if TYPE_CHECKING:
     from ..calibration.options import CalibrationOptions
+    from ..evaluation.options import EvalOptions
     from ..formats.tokens import TokenTypePolicy
     from ..inspection.check import Check
     from ..source.model import SourceModel
@@ -33,6 +34,7 @@ class BuildOptions:
     verify: bool = True  # whether the backend's own checks (if any) are wanted
     mlx: MLXOptions = field(default_factory=MLXOptions)
     context: int | None = None  # the context the plan sizes for (--quant auto's budget)
+    evaluation: EvalOptions | None = None  # the evaluation after the build; None: none
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..backends.gguf.options import PROBE_CHUNKS
 from . import console
 from .options import (
     BpwOption,
@@ -169,11 +170,11 @@ def convert_command(
         int,
         typer.Option(
             "--auto-probe-chunks", min=0,
-            help="quant auto: evaluation chunks per tensor-role probe (one quantization "
-            "and short KL measurement per role); 0 skips the probes (every role weighs the "
+            help="quant auto: evaluation chunks (512 tokens) per tensor-role probe (one "
+            "short KL measurement per role); 0 skips the probes (every role weighs the "
             "same).",
         ),
-    ] = 4,
+    ] = PROBE_CHUNKS,
     push_to: Annotated[
         str | None,
         typer.Option(

@@ -85,6 +85,32 @@ def split_gguf(path: Path, max_bytes: int, out_dir: Path | None = None) -> list[
     return [plan.path for plan in plans]
 
 
+def write_groups(
+    path: Path,
+    groups: list[list[str]],
+    out_dir: Path,
+    stem: str,
+    *,
+    only: set[int] | None = None,
+) -> list[Path]:
+    """Split `path` into one shard per group of tensor names (groups[0] is the first shard,
+    with the metadata); write only the 1-based shard numbers in `only` (all by default).
+    For scratch files (--quant auto's probes): not synced to disk, not written atomically."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    count = len(groups)
+    written = []
+    for index, names in enumerate(groups):
+        if only is not None and index + 1 not in only:
+            continue
+        target = out_dir / shard_name(stem, index + 1, count)
+        plan = ShardPlan(path=target, tensors=tuple(names), bytes=0)
+        _write_shard(reader, Path(path), target, plan, index, count, durable=False)
+        written.append(target)
+    return written
+
+
 # --- planning -------------------------------------------------------------------------
 
 
@@ -176,7 +202,9 @@ def _architecture(reader) -> str:
 # --- writing --------------------------------------------------------------------------
 
 
-def _write_shard(reader, source: Path, target: Path, plan: ShardPlan, index: int, count: int):
+def _write_shard(
+    reader, source: Path, target: Path, plan: ShardPlan, index: int, count: int, durable=True
+):
     import numpy as np
     from gguf import GGUFWriter
 
@@ -214,7 +242,8 @@ def _write_shard(reader, source: Path, target: Path, plan: ShardPlan, index: int
             _copy_range(src, fout, int(t.data_offset), int(t.n_bytes))
             writer.write_padding(fout, int(t.n_bytes))
     fout.flush()
-    os.fsync(fout.fileno())
+    if durable:
+        os.fsync(fout.fileno())
     writer.close()
     log.info("wrote %s (%d tensors)", target.name, len(tensors))
 

@@ -68,9 +68,12 @@ class GGUFBackend:
 
         spec = spec_from_source(source)
         if self._auto is not None:
-            # Q8_0 is auto's largest type: a bound on the file and on each probe file (one
-            # at a time, deleted before the artifact is written)
-            return gguf_file_bytes(spec, "BF16") + gguf_file_bytes(spec, "Q8_0")
+            # Q8_0 is auto's largest type: a bound on the file, and on each of the probes'
+            # files; while the all-Q8_0 one is cut into shards it exists twice (probes.py).
+            # All are deleted before the artifact is written.
+            probing = self._auto.recipe is None and self._auto.probe_chunks > 0
+            q8 = gguf_file_bytes(spec, "Q8_0")
+            return gguf_file_bytes(spec, "BF16") + (2 * q8 if probing else q8)
         final = gguf_file_bytes(spec, self.quant)
         if gguf_quant(self.quant).written_directly:
             return final

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from quantkit.planning.budget import FILE, Budget
+from quantkit.source.model import load_source
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def test_the_file_keeps_to_the_budget_and_fills_it(stock_and_auto) -> None:
     assert size <= recipe.budget["bytes"] == stock.stat().st_size
     assert size >= 0.99 * recipe.budget["bytes"]
     assert abs(size - recipe.expected_bytes) < 8192  # the header estimate's margin
-    assert not (auto.parent / "auto-probe.gguf").exists()  # probes are deleted
+    assert not list(auto.parent.glob("auto-probe*"))  # probes are deleted
 
 
 def test_every_tensor_has_the_type_the_recipe_gives(stock_and_auto) -> None:
@@ -124,3 +125,47 @@ def test_auto_is_not_worse_than_q4_k_m_at_its_size(stock_and_auto, demo_model: P
     diff = np.asarray(ours.chunk_kld) - np.asarray(theirs.chunk_kld)  # paired per chunk
     error = diff.std(ddof=1) / np.sqrt(len(diff))
     assert diff.mean() < 2 * error, (ours.kld_mean, theirs.kld_mean)
+
+
+def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf16_imatrix,
+                                                      tmp_path) -> None:  # fmt: skip
+    """measure_gains builds every probe from two quantizations cut into one shard per role:
+    each probe's tensors are what quantizing it on its own writes, and llama.cpp loads it."""
+    from gguf import GGUFReader
+
+    from quantkit.backends.gguf.auto.probes import REFERENCE_TYPE, build_probe_set
+    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
+    from quantkit.backends.gguf.quantize import quantize_gguf
+    from quantkit.evaluation.measure import evaluate_artifact
+    from quantkit.planning.mix import FileLayout, tensor_role
+
+    bf16, imatrix_path = demo_bf16_imatrix
+    imatrix = load_imatrix(imatrix_path)
+    # types whose blocks divide the demo's rows of 576, as auto_candidates would allow
+    shapes = FileLayout.read(bf16).shapes
+    probe = {n: "Q4_0" if tensor_role(n) != "token_embd" else "Q5_0" for n in shapes}
+    probes = build_probe_set(bf16, probe, tmp_path, imatrix)
+    assert set(probes.roles) >= {"attn_v", "ffn_down", "token_embd"}
+    linked = probes.probe({"attn_v"}, "attn_v")
+    direct = tmp_path / "direct.gguf"
+    types = {n: t if tensor_role(n) == "attn_v" else REFERENCE_TYPE for n, t in probe.items()}
+    quantize_gguf(bf16, direct, REFERENCE_TYPE, imatrix=imatrix, tensor_types=types)
+
+    def tensors(paths) -> dict[str, tuple[str, bytes]]:
+        out = {}
+        for path in paths:
+            for t in GGUFReader(path).tensors:
+                out[t.name] = (t.tensor_type.name, bytes(t.data.tobytes()))
+        return out
+
+    shards = sorted(linked.parent.glob("*.gguf"))
+    assert len(shards) == probes.count and all(p.is_symlink() for p in shards)
+    ours, theirs = tensors(shards), tensors([direct])
+    assert ours == theirs
+    assert {ours[n][0] for n in ours if tensor_role(n) == "attn_v"} == {"Q4_0"}
+    source = load_source(demo_model)
+    a = evaluate_artifact(linked, source, max_chunks=1, use_cache=False)
+    b = evaluate_artifact(direct, source, max_chunks=1, use_cache=False)
+    assert a.kld_mean == b.kld_mean and a.perplexity == b.perplexity
+    probes.remove()
+    assert not (tmp_path / "auto-probe").exists()

@@ -14,6 +14,7 @@ the plan's preview). docs/quantization.md has the method.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,15 +23,17 @@ from ....formats.gguf_recipe import Recipe
 from ....formats.gguf_types import AUTO_TYPES
 from ....planning.budget import Budget
 from ....planning.mix import FileLayout, mix_items, stock_file_type
-from .calibrate import REFERENCE_TYPE, measure_gains
+from ..options import PROBE_CHUNKS
+from .calibrate import measure_gains
+from .probes import REFERENCE_TYPE
 from .sensitivity import SAMPLE_ELEMENTS, relative_errors
 
 if TYPE_CHECKING:
+    from ....evaluation.options import EvalOptions
     from ....planning.model_spec import ModelSpec
     from ....source.model import SourceModel
     from ..imatrix.matrix import Imatrix
 
-PROBE_CHUNKS = 4  # evaluation chunks per probe quantization in measure_gains
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -44,29 +47,39 @@ def choose_recipe(
     probe_chunks: int = PROBE_CHUNKS,
     types: tuple[str, ...] = AUTO_TYPES,
     errors: dict[str, dict[str, float]] | None = None,
+    evaluation: EvalOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> Recipe:
     """Measure, calibrate and solve on the BF16 GGUF `bf16` of `source` (`errors`: the
-    relative errors relative_errors measured, when several budgets share them)."""
+    relative errors relative_errors measured, when several budgets share them;
+    `evaluation`: the evaluation that follows, whose corpus and reference the probes share).
+    The recipe's method records the seconds each stage took."""
     from ....planning.model_spec import spec_from_source
 
     layout = FileLayout.read(bf16)
+    started = time.perf_counter()
     measured_errors = errors or relative_errors(bf16, imatrix, types=types, progress=progress)
+    seconds = {"relative_errors": time.perf_counter() - started}
     errors = {
         name: {t: e for t, e in per_type.items() if t in types}
         for name, per_type in measured_errors.items()
     }
     probe = _probe_types(errors, layout, budget.bytes - layout.overhead(budget))
     method: dict[str, Any] = {"sample_elements": SAMPLE_ELEMENTS, "types": list(types),
-                              "probe_chunks": probe_chunks}  # fmt: skip
+                              "probe_chunks": probe_chunks, "seconds": seconds}  # fmt: skip
     gains: dict[str, float] = {}
     if probe_chunks > 0 and any(t != REFERENCE_TYPE for t in probe.values()):
+        started = time.perf_counter()
         measured = measure_gains(bf16, source, probe, errors, work, imatrix=imatrix,
-                                 chunks=probe_chunks, progress=progress)  # fmt: skip
+                                 chunks=probe_chunks, evaluation=evaluation,
+                                 progress=progress)  # fmt: skip
+        seconds["probes"] = time.perf_counter() - started
         gains = {role: m["gain"] for role, m in measured.items()}
         method["roles"] = measured
+    started = time.perf_counter()
     items = mix_items(errors, layout.shapes, gains, budget, layout.tied_head)
     chosen = layout.solve(items, budget)
+    seconds["solve"] = time.perf_counter() - started
     expected = layout.file_bytes(chosen)
     return Recipe(
         architecture=layout.architecture,

@@ -39,7 +39,8 @@ def quantize_auto(
     if recipe is None:
         assert auto.budget is not None
         recipe = choose_recipe(bf16, source, auto.budget, imatrix=imatrix, work=work,
-                               probe_chunks=auto.probe_chunks, progress=progress)  # fmt: skip
+                               probe_chunks=auto.probe_chunks, evaluation=auto.evaluation,
+                               progress=progress)  # fmt: skip
     stage = f"llama.cpp quantize, a type per tensor ({recipe.file_type}-sized)"
     if progress is not None:
         progress(stage, 0, 1)

@@ -9,8 +9,10 @@ a mix is modelled as sum over tensors of gain[role] x relative error[tensor, typ
 Each gain is measured: the model is quantized with one role's tensors at the probe type
 (the auto type nearest the budget's bits per weight) and every other tensor at Q8_0, and its
 mean KL divergence against the source, less that of the all-Q8_0 file, divided by the
-role's summed relative errors at the probe type. One quantization and one short evaluation
-per role (docs/quantization.md gives the costs and where the model fails).
+role's summed relative errors at the probe type. Two quantizations in all (probes.py builds
+every probe file from them) and one short evaluation per role, on the first chunks of the
+convert's own evaluation corpus (docs/quantization.md gives the costs and where the model
+fails).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ....evaluation.options import EvalOptions
 from ....planning.mix import tensor_role
-from ..quantize import quantize_gguf
+from .probes import ProbeSet, build_probe_set
 
 if TYPE_CHECKING:
     from ....source.model import SourceModel
@@ -29,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFERENCE_TYPE = "Q8_0"  # every tensor not being probed; its own error is the baseline
 MIN_GAIN_SHARE = 0.01  # a role whose probe moved KLD by less than noise keeps 1% of the mean
 ProgressFn = Callable[[str, int, int], None]
 
@@ -43,22 +45,53 @@ def measure_gains(
     *,
     imatrix: Imatrix | None,
     chunks: int,
+    evaluation: EvalOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, dict[str, float]]:
-    """role -> {gain, kld (the probe file's mean KLD), baseline}: see the module doc."""
-    roles = sorted({tensor_role(n) for n in probe if probe[n] != REFERENCE_TYPE})
-    steps = len(roles) + 1
-    baseline = _probe_kld(bf16, source, {}, probe, work, imatrix, chunks)
+    """role -> {gain, kld (the probe file's mean KLD), baseline}: see the module doc.
+    `evaluation`: the convert's own evaluation to come (its corpus and context; the first
+    probe computes its whole reference, which it then reuses), None when there is none."""
+    stage = "quantizing the probe files"
     if progress is not None:
-        progress("measuring KL divergence per tensor role", 1, steps)
+        progress(stage, 0, 1)
+    probes = build_probe_set(bf16, probe, work, imatrix)
+    if progress is not None:
+        progress(stage, 1, 1)
+    shared = evaluation or EvalOptions(enabled=False)
+    try:
+        measured = _measure_roles(probes, source, probe, errors, chunks, shared, progress)
+    finally:
+        probes.remove()
+    return _gains(measured)
+
+
+def _measure_roles(
+    probes: ProbeSet,
+    source: SourceModel,
+    probe: dict[str, str],
+    errors: dict[str, dict[str, float]],
+    chunks: int,
+    evaluation: EvalOptions,
+    progress: ProgressFn | None,
+) -> dict[str, dict[str, float]]:
+    """The all-Q8_0 baseline first, then one probe per role: its KLD and summed errors."""
+    stage = "measuring KL divergence per tensor role"
+
+    def probe_kld(roles: set[str]) -> float:
+        path = probes.probe(roles, "-".join(sorted(roles)) or "baseline")
+        return _probe_kld(path, source, roles, chunks, evaluation)
+
+    baseline = probe_kld(set())
+    if progress is not None:
+        progress(stage, 1, probes.count)
     measured: dict[str, dict[str, float]] = {}
-    for done, role in enumerate(roles, start=2):
-        kld = _probe_kld(bf16, source, {role}, probe, work, imatrix, chunks)
+    for done, role in enumerate(probes.roles, start=2):
+        kld = probe_kld({role})
         error = sum(errors[n][probe[n]] for n in probe if tensor_role(n) == role)
         measured[role] = {"kld": kld, "baseline": baseline, "relative_error": error}
         if progress is not None:
-            progress("measuring KL divergence per tensor role", done, steps)
-    return _gains(measured)
+            progress(stage, done, probes.count)
+    return measured
 
 
 def _gains(measured: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -75,25 +108,15 @@ def _gains(measured: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]
 
 
 def _probe_kld(
-    bf16: Path,
-    source: SourceModel,
-    roles: set[str],
-    probe: dict[str, str],
-    work: Path,
-    imatrix: Imatrix | None,
-    chunks: int,
+    path: Path, source: SourceModel, roles: set[str], chunks: int, evaluation: EvalOptions
 ) -> float:
     from ....evaluation.measure import evaluate_artifact
 
-    types = {n: probe[n] if tensor_role(n) in roles else REFERENCE_TYPE for n in probe}
-    path = work / "auto-probe.gguf"
-    try:
-        quantize_gguf(bf16, path, "Q8_0", imatrix=imatrix, tensor_types=types)
-        # as the convert's own evaluation: bfloat16 reference logits past ~2B parameters
-        dtype = "float32" if source.parameter_count < 2e9 else "bfloat16"
-        report = evaluate_artifact(path, source, max_chunks=chunks, dtype=dtype)
-    finally:
-        path.unlink(missing_ok=True)
+    # as the convert's own evaluation: bfloat16 reference logits past ~2B parameters
+    dtype = "float32" if source.parameter_count < 2e9 else "bfloat16"
+    report = evaluate_artifact(path, source, corpus=evaluation.corpus, n_ctx=evaluation.n_ctx,
+                               max_chunks=chunks, dtype=dtype,
+                               whole_reference=evaluation.enabled)  # fmt: skip
     log.info("auto probe %s: mean KLD %.5f", ",".join(sorted(roles)) or "all Q8_0",
              report.kld_mean)  # fmt: skip
     return float(report.kld_mean)

@@ -13,6 +13,7 @@ from ....formats.quants import AUTO_QUANT
 from ....planning.budget import Budget, check_budget_flags, choose_budget, parse_size
 
 if TYPE_CHECKING:
+    from ....evaluation.options import EvalOptions
     from ....planning.model_spec import ModelSpec
     from ....planning.profiles import HardwareProfile
     from ...base import BuildOptions
@@ -23,6 +24,9 @@ class AutoRequest:
     budget: Budget | None  # None when a recipe is applied
     recipe: Recipe | None  # --recipe: the types to apply, already checked
     probe_chunks: int
+    # the convert's own evaluation afterwards (None: --no-eval): the probes evaluate on its
+    # corpus and context, and the reference they compute is the one it will reuse
+    evaluation: EvalOptions | None = None
 
 
 def check_auto_flags(quant: str, options: BuildOptions, hardware: HardwareProfile | None) -> None:
@@ -62,11 +66,11 @@ def resolve_auto(
     if gguf.recipe is not None:
         recipe = read_recipe(gguf.recipe)
         check_recipe(recipe, gguf_architecture(spec), _quantizable_shapes(spec))
-        return AutoRequest(None, recipe, gguf.auto_probe_chunks)
+        return AutoRequest(None, recipe, gguf.auto_probe_chunks, options.evaluation)
     context = min(options.context or DEFAULT_CONTEXT, spec.geometry.max_position_embeddings)
     budget = choose_budget(spec, hardware, context, max_size=gguf.max_size, bpw=gguf.bpw)
     preview_recipe(spec, budget)  # BudgetTooSmallError now, not after the BF16 file
-    return AutoRequest(budget, None, gguf.auto_probe_chunks)
+    return AutoRequest(budget, None, gguf.auto_probe_chunks, options.evaluation)
 
 
 def _quantizable_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
