@@ -1,7 +1,8 @@
 """Model id or folder -> SourceModel: config, geometry, tensor inventory, tokenizer bundle.
 
-No weights are loaded. A Hub repo id is fetched with huggingface_hub, and only the files
-quantkit needs (config, tokenizer files, generation config, safetensors shards).
+No weights are loaded. A Hub repo id is fetched into the Hugging Face cache, only the files
+quantkit needs (config, tokenizer files, generation config, safetensors shards); a download
+that stops resumes on the next run (hub_download.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..errors import SourceModelError, UnsafeSourceError, UnsupportedArchitectureError
 from ..formats.safetensors_index import TensorInfo, shard_files, tensor_inventory
+from .hub_download import download_snapshot
 from .tokenizer_bundle import TOKENIZER_FILES, TokenizerBundle, load_tokenizer_bundle
 
 log = logging.getLogger(__name__)
@@ -252,32 +254,7 @@ def hub_cache_identity(folder: Path) -> tuple[str | None, str | None]:
 def _download_from_hub(
     repo_id: str, revision: str | None, allow_pickle: bool = False
 ) -> tuple[Path, str, str | None]:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    try:
-        folder = Path(
-            snapshot_download(
-                repo_id, revision=revision, allow_patterns=_hub_patterns(allow_pickle)
-            )
-        )
-    except RepositoryNotFoundError as exc:
-        raise SourceModelError(
-            f"The Hub has no repo {repo_id!r} (or it is gated and you are not logged in).",
-            hint="Check the id, or run `hf auth login` / set HF_TOKEN.",
-        ) from exc
-    except LocalEntryNotFoundError as exc:
-        raise SourceModelError(
-            f"{repo_id} is not in the local Hugging Face cache and the Hub cannot be reached.",
-            hint="Connect to the network, or download the model on another machine and pass "
-            "its folder.",
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise SourceModelError(f"Download of {repo_id} failed: {exc}.") from exc
+    folder = download_snapshot(repo_id, revision, _hub_patterns(allow_pickle))
     commit = folder.name if len(folder.name) == 40 else revision
     return folder, repo_id, commit
 

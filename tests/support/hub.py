@@ -90,9 +90,10 @@ def fake_hub() -> Iterator:
 @pytest.fixture()
 def hub(fake_hub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The fake Hub, emptied, with huggingface_hub pointed at it: HF_ENDPOINT for child
-    processes and the client's constants for this one (as its own tests do), the classic
-    LFS path (HF_HUB_DISABLE_XET: hf_xet is installed here and a local server cannot speak
-    Xet), a private HF_HOME and the write token in HF_TOKEN."""
+    processes and the client's constants for this one (as its own tests do; the download
+    URL template too), the classic LFS path (HF_HUB_DISABLE_XET: hf_xet is installed here
+    and a local server cannot speak Xet), a private HF_HOME and the write token in
+    HF_TOKEN."""
     from huggingface_hub import constants
 
     fake_hub.reset()
@@ -106,6 +107,9 @@ def hub(fake_hub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)
+    # hf_hub_url builds download URLs from this, made from ENDPOINT when the module loaded
+    resolve = fake_hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", resolve)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))

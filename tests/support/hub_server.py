@@ -3,9 +3,12 @@
 It implements the endpoints the client calls to publish a model (whoami, repo creation,
 branch creation, README metadata validation, pre-upload, the git-LFS batch API with basic
 and multipart transfers and verify, the NDJSON commit endpoint, repo info and the tree
-listing) closely enough that the client cannot tell, and it keeps what arrives so tests
-can compare it byte for byte. Faults can be injected: an HTTP status (500, 401, 403) or a
-connection closed without an answer, for the next N matching requests.
+listing) and to download one (repo info, the tree listing, and HEAD / GET on
+/{repo}/resolve/{revision}/{path} with the headers hf_hub_download reads and HTTP Range
+requests) closely enough that the client cannot tell, and it keeps what arrives so tests
+can compare it byte for byte. Faults can be injected for the next N matching requests: an
+HTTP status (500, 401, 403), a connection closed without an answer ("close"), or a file
+body cut after N bytes ("truncate:N").
 
 It listens on 127.0.0.1 only. Its accept loop is bounded (a request budget and a lifetime)
 and stops by itself; idle keep-alive connections time out.
@@ -78,7 +81,7 @@ class Repo:
 class Fault:
     method: str
     path: re.Pattern[str]
-    action: str  # an HTTP status ("500", "401", "403") or "close"
+    action: str  # an HTTP status ("500", "401", "403"), "close" or "truncate:N"
     times: int = 1
     hits: int = 0
 
@@ -90,7 +93,8 @@ class Request:
     status: int | None  # None: connection closed without an answer
     user: str | None
     body_bytes: int
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-case names, e.g. "range" for a resumed download
+    sent_bytes: int = 0  # body bytes the server wrote back (a cut download: fewer than asked)
 
 
 class FakeHub:
@@ -165,6 +169,25 @@ class FakeHub:
         stored = self.files(repo_id, revision)[path]
         return self.objects[stored.sha256] if stored.lfs else (stored.content or b"")
 
+    def seed_repo(self, repo_id: str, files: dict[str, bytes], *, private: bool = False) -> str:
+        """A repo whose main branch holds `files` (path -> bytes), as if uploaded: weights
+        and other binaries in the LFS store. Returns the commit id. Faster than an upload
+        through the client, for tests about downloading."""
+        with self.lock:
+            repo = Repo(private=private)
+            stored = {".gitattributes": StoredFile(len(_GITATTRIBUTES), "", False, _GITATTRIBUTES)}
+            for path, data in files.items():
+                sha = hashlib.sha256(data).hexdigest()
+                if _is_lfs(path, data[:512], len(data)):
+                    self.objects[sha] = data
+                    stored[path] = StoredFile(len(data), sha, True)
+                else:
+                    stored[path] = StoredFile(len(data), sha, False, data)
+            commit = self.new_commit(repo, None, "seed", stored)
+            repo.refs["main"] = commit.id
+            self.repos[repo_id] = repo
+            return commit.id
+
     def replace_object(self, repo_id: str, path: str, data: bytes, revision: str = "main"):
         """Corrupt what the Hub holds (tests of the after-upload comparison)."""
         repo = self.repos[repo_id]
@@ -186,6 +209,22 @@ class FakeHub:
         return repo.commits.get(revision)
 
 
+def _is_lfs(path: str, sample: bytes, size: int) -> bool:
+    """The Hub's rule for what goes to LFS: weights by name, binaries, big files."""
+    return path.endswith(LFS_SUFFIXES) or b"\0" in sample or size > REGULAR_MAX
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) of a "bytes=first-[last]" Range header, clipped to the file; None
+    when there is no header, (size, size - 1) when the range starts past the end."""
+    match = re.fullmatch(r"bytes=(\d+)-(\d*)", (header or "").strip())
+    if match is None:
+        return None
+    first = int(match.group(1))
+    last = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+    return (first, last) if first < size and first <= last else (size, size - 1)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 15  # idle keep-alive connections end by themselves
@@ -202,6 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:  # noqa: N802
         self._dispatch("PUT")
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch("HEAD")
+
     # --- plumbing -------------------------------------------------------------------------
 
     @property
@@ -213,6 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self.body = self._read_body()
         self.status: int | None = None
+        self.sent_bytes = 0
+        self.cut_after: int | None = None  # a "truncate:N" fault: body bytes to send
         self.token_info = self._token_info()
         try:
             if not self._inject_fault(method, parts.path):
@@ -227,6 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
                         self.token_info.user if self.token_info else None,
                         len(self.body),
                         {k.lower(): v for k, v in self.headers.items()},
+                        self.sent_bytes,
                     )
                 )
 
@@ -256,6 +301,9 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is None:
                 return False
             fault.hits += 1
+        if fault.action.startswith("truncate:"):
+            self.cut_after = int(fault.action.split(":", 1)[1])  # answered, body cut short
+            return False
         if fault.action == "close":
             self.close_connection = True  # no answer: the client sees the connection drop
             return True
@@ -277,7 +325,8 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has the headers only, even an error's
+            self.wfile.write(body)
 
     def _error(self, status: int, message: str, code: str | None = None) -> None:
         headers = {"X-Error-Message": message}
@@ -339,6 +388,8 @@ class _Handler(BaseHTTPRequestHandler):
         ("POST", r"/api/models/([^/]+)/([^/]+)/commit/([^/]+)", "commit"),
         ("POST", r"/api/models/([^/]+)/([^/]+)/branch/([^/]+)", "branch"),
         ("GET", r"/api/models/([^/]+)/([^/]+)/tree/([^/]+)(?:/(.*))?", "tree"),
+        ("HEAD", r"/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)", "resolve"),
+        ("GET", r"/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)", "resolve"),
         ("POST", r"/([^/]+)/([^/]+)\.git/info/lfs/objects/batch", "lfs_batch"),
         ("PUT", r"/lfs-upload/([0-9a-f]{64})/([0-9a-f]+)", "lfs_put"),
         ("PUT", r"/lfs-upload/([0-9a-f]{64})/([0-9a-f]+)/part/(\d+)", "lfs_put_part"),
@@ -351,8 +402,11 @@ class _Handler(BaseHTTPRequestHandler):
             match = re.fullmatch(pattern, path)
             if verb == method and match:
                 args = [unquote(g) if g is not None else None for g in match.groups()]
+                self.file_body: memoryview | None = None
                 with self.hub.lock:
                     getattr(self, "r_" + name)(*args)
+                if self.file_body is not None:  # outside the lock: a big file takes a while
+                    self._write_file_body(self.file_body)
                 return
         self._error(404, f"no route for {method} {path}")
 
@@ -436,7 +490,7 @@ class _Handler(BaseHTTPRequestHandler):
         answers = []
         for f in self._json()["files"]:
             sample = base64.b64decode(f["sample"])
-            lfs = f["path"].endswith(LFS_SUFFIXES) or b"\0" in sample or f["size"] > REGULAR_MAX
+            lfs = _is_lfs(f["path"], sample, f["size"])
             old = existing.get(f["path"])
             oid = None
             if old is not None:
@@ -637,3 +691,64 @@ class _Handler(BaseHTTPRequestHandler):
             for d in sorted(folders)
         ]
         self._send(200, dirs + entries)
+
+    # --- downloads ------------------------------------------------------------------------
+
+    def r_resolve(self, namespace: str, name: str, revision: str, path: str) -> None:
+        """A file as hf_hub_download fetches it: X-Repo-Commit, the ETag it names the cached
+        blob after (X-Linked-Etag: the sha256 for LFS files, as on the Hub), X-Linked-Size,
+        and Range requests answered with 206 Partial Content."""
+        repo = self._repo(namespace, name)
+        if repo is None:
+            return
+        commit = self.hub.resolve(repo, revision)
+        if commit is None:
+            self._error(404, "Revision not found", "RevisionNotFound")
+            return
+        stored = commit.files.get(path)
+        if stored is None:
+            headers = {"X-Error-Message": "Entry not found", "X-Error-Code": "EntryNotFound"}
+            self._send(404, {"error": "Entry not found"}, {**headers, "X-Repo-Commit": commit.id})
+            return
+        data = memoryview(self.hub.objects[stored.sha256] if stored.lfs else stored.content or b"")
+        headers = {"X-Repo-Commit": commit.id, "Accept-Ranges": "bytes"}
+        if stored.lfs:
+            etag = f'"{stored.sha256}"'
+            headers.update({"X-Linked-Etag": etag, "X-Linked-Size": str(stored.size)})
+        else:
+            etag = f'"{stored.git_oid}"'
+        headers["ETag"] = etag
+        self._send_file(data, headers)
+
+    def _send_file(self, data: memoryview, headers: dict[str, str]) -> None:
+        size = len(data)
+        status, first, last = 200, 0, size - 1
+        wanted = _byte_range(self.headers.get("Range"), size)
+        if wanted is not None:
+            first, last = wanted
+            if first >= size:
+                self._send(416, None, {"Content-Range": f"bytes */{size}"})
+                return
+            status = 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        self.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(last + 1 - first))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command == "GET":
+            self.file_body = data[first : last + 1]
+
+    def _write_file_body(self, body: memoryview) -> None:
+        if self.cut_after is not None:
+            body = body[: self.cut_after]
+            self.close_connection = True  # fewer bytes than Content-Length, then EOF
+        step = 1024 * 1024
+        try:
+            for start in range(0, len(body), step):
+                self.wfile.write(body[start : start + step])
+                self.sent_bytes += len(body[start : start + step])
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away mid-body
