@@ -266,14 +266,32 @@ GAUSSIAN_RELATIVE_ERROR: dict[str, float] = {
 }  # fmt: skip
 
 
+# Types llama.cpp's quantizer refuses for a tensor the importance matrix has no data for
+# (llama-quant.cpp: "Missing importance matrix for tensor ... in a very low-bit
+# quantization"; ggml_quantize_chunk aborts the process for the first three). quantkit's
+# matrix, like llama-imatrix's by default, covers the blk.* weights only: never token_embd
+# (a row lookup, not a product) nor output.
+IMATRIX_REQUIRED = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S"})
+
+
+def covered_by_imatrix(name: str) -> bool:
+    """Whether quantkit's importance matrix has data for the tensor `name` (blk.* only)."""
+    return name.startswith("blk.")
+
+
 def fits_rows(ggml_type: str, row: int) -> bool:
     """A row of `row` elements splits into whole blocks of `ggml_type`: llama.cpp then keeps
     the type as asked instead of falling back to another one."""
     return row % GGML_TYPES[ggml_type][0] == 0
 
 
-def auto_candidates(shape: tuple[int, ...], types: tuple[str, ...] = AUTO_TYPES) -> tuple[str, ...]:
+def auto_candidates(
+    shape: tuple[int, ...], types: tuple[str, ...] = AUTO_TYPES, *, imatrix: bool = True
+) -> tuple[str, ...]:
     """The `types` (default: those `--quant auto` chooses among) that can take a tensor of
-    `shape` as they are, smallest first."""
+    `shape` as they are, smallest first; without importance-matrix data for the tensor
+    (`imatrix` False), none of IMATRIX_REQUIRED."""
     fitting = [t for t in types if fits_rows(t, shape[-1])]
+    if not imatrix:
+        fitting = [t for t in fitting if t not in IMATRIX_REQUIRED]
     return tuple(sorted(fitting, key=lambda t: (bits_per_weight(t), t)))

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import PlanError
 from ..formats.gguf_recipe import Recipe
-from ..formats.gguf_types import GAUSSIAN_RELATIVE_ERROR, auto_candidates, ggml_nbytes
+from ..formats.gguf_types import (
+    GAUSSIAN_RELATIVE_ERROR,
+    auto_candidates,
+    covered_by_imatrix,
+    ggml_nbytes,
+)
 from .budget import FILE, Budget
 
 if TYPE_CHECKING:
@@ -172,7 +177,8 @@ def preview_recipe(spec: ModelSpec, budget: Budget) -> Recipe:
 
     tensors = [t for t in mem.gguf_tensors(spec, "BF16") if quantizable(t.name, t.shape)]
     shapes = {t.name: t.shape for t in tensors}
-    errors = {n: {t: GAUSSIAN_RELATIVE_ERROR[t] for t in auto_candidates(s)}
+    errors = {n: {t: GAUSSIAN_RELATIVE_ERROR[t]
+                  for t in auto_candidates(s, imatrix=covered_by_imatrix(n))}
               for n, s in shapes.items()}  # fmt: skip
     header = mem.gguf_file_bytes(spec, "BF16") - mem.gguf_weights_bytes(spec, "BF16")
     fixed = sum(_aligned(t.nbytes) for t in mem.gguf_tensors(spec, "BF16") if t.name not in shapes)

@@ -47,6 +47,8 @@ def _libggml() -> ctypes.CDLL:
     ]  # fmt: skip
     lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
     lib.ggml_row_size.restype = ctypes.c_size_t
     lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
     return lib
@@ -72,6 +74,9 @@ def round_trip(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) 
     tid = type_id(ggml_type)
     src = np.ascontiguousarray(rows, dtype=np.float32)
     n_rows, n_per_row = src.shape
+    if importance is None and lib.ggml_quantize_requires_imatrix(tid):
+        # ggml would abort the whole process (GGML_ASSERT) rather than fail
+        raise ValueError(f"{ggml_type} cannot be quantized without importance weights.")
     packed = np.empty(n_rows * row_bytes(ggml_type, n_per_row), dtype=np.uint8)
     weights = None
     if importance is not None:

@@ -168,3 +168,15 @@ def test_the_plans_mix_fills_the_budget_without_passing_it(demo_model: Path) -> 
     everything_q8 = preview_recipe(spec, Budget(10**12, FILE, "test"))
     assert set(everything_q8.types.values()) == {"Q8_0"}
     assert everything_q8.file_type == "Q8_0"
+
+
+def test_the_plans_mix_offers_iq2_only_where_the_imatrix_has_data(llama31_model: Path) -> None:
+    """The rows of 512 take IQ2_XS blocks; token_embd and output get no data from quantkit's
+    importance matrix, so IQ2_XS is no candidate for them (llama.cpp would refuse it)."""
+    from quantkit.formats.gguf_types import IMATRIX_REQUIRED
+    from quantkit.planning.planner import load_spec
+
+    recipe = preview_recipe(load_spec(str(llama31_model)), Budget(10**12, FILE, "test"))
+    assert "IQ2_XS" in recipe.errors["blk.0.attn_q.weight"]
+    for name in ("token_embd.weight", "output.weight"):
+        assert "Q2_K" in recipe.errors[name] and not IMATRIX_REQUIRED & set(recipe.errors[name])

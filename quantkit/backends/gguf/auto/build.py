@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ....artifact.manifest import file_record
-from ....errors import ConversionError
+from ....errors import ConversionError, RecipeError
 from ....formats.gguf_recipe import Recipe, write_recipe
+from ....formats.gguf_types import IMATRIX_REQUIRED
 from ....planning.budget import FILE
 from ....planning.mix import types_by_role
 from ..quantize import quantize_gguf
@@ -41,6 +42,7 @@ def quantize_auto(
         recipe = choose_recipe(bf16, source, auto.budget, imatrix=imatrix, work=work,
                                probe_chunks=auto.probe_chunks, evaluation=auto.evaluation,
                                progress=progress)  # fmt: skip
+    check_imatrix_coverage(recipe, imatrix)
     stage = f"llama.cpp quantize, a type per tensor ({recipe.file_type}-sized)"
     if progress is not None:
         progress(stage, 0, 1)
@@ -51,6 +53,24 @@ def quantize_auto(
     _check_budget(recipe, final)
     paths = write_recipe(recipe, work, stem)
     return recipe, [file_record(p, role="recipe") for p in paths]
+
+
+def check_imatrix_coverage(recipe: Recipe, imatrix: Imatrix | None) -> None:
+    """llama.cpp refuses the lowest-bit types for a tensor the importance matrix has no data
+    for; a recipe (--recipe, or one made with another matrix) that asks for them is refused
+    here, before any weight is quantized."""
+    entries = imatrix.entries if imatrix is not None else {}
+    missing = sorted(
+        n for n, t in recipe.types.items() if t in IMATRIX_REQUIRED and n not in entries
+    )
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise RecipeError(
+            f"The recipe gives {recipe.types[missing[0]]} to {missing[0]}{more}, which llama.cpp "
+            "makes only from importance-matrix data for that tensor, and the matrix has none.",
+            hint="Give those tensors Q2_K or a larger type in the recipe, or pass an "
+            "--imatrix file that covers them.",
+        )
 
 
 def _check_budget(recipe: Recipe, final: Path) -> None:

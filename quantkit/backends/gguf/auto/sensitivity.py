@@ -66,7 +66,7 @@ def relative_errors(
             shape = _shape(tensor)
             rows = _sample(tensor, max(MIN_ROWS, sample_elements // shape[-1]), rng)
             importance = _importance(imatrix, tensor.name, rows.shape[1])
-            fitting = auto_candidates(shape, types)
+            fitting = auto_candidates(shape, types, imatrix=importance is not None)
             measured = pool.map(lambda t, r=rows, i=importance: tensor_error(t, r, i), fitting)
             errors[tensor.name] = dict(zip(fitting, measured, strict=True))
             raise_if_interrupted()
