@@ -79,7 +79,9 @@ def synthetic_tensors(s: dict[str, int]) -> list[tuple[str, tuple[int, ...]]]:
             (f"{p}.mlp.up_proj.weight", (i, h)),
             (f"{p}.mlp.down_proj.weight", (h, i)),
         ]
-    out += [("model.norm.weight", (h,)), ("lm_head.weight", (s["vocab"], h))]
+    out.append(("model.norm.weight", (h,)))
+    if not s.get("tied"):
+        out.append(("lm_head.weight", (s["vocab"], h)))
     return out
 
 
@@ -135,12 +137,13 @@ def write_bf16_shard(path: Path, tensors: list[tuple[str, tuple]], rng) -> dict[
     return {name: path.name for name, _ in tensors}
 
 
-def build_synthetic(dest: Path, tokenizer_dir: Path) -> None:
+def build_synthetic(dest: Path, tokenizer_dir: Path, s: dict[str, int] = SYNTHETIC) -> None:
+    """A LlamaForCausalLM of geometry `s` (SYNTHETIC's keys, and "tied" for a head tied to
+    the embeddings) with random BF16 weights and the real Llama 3.1 tokenizer."""
     import numpy as np
 
     from fixtures.models import LLAMA31_EOS_IDS, LLAMA31_ROPE, LLAMA31_ROPE_THETA
 
-    s = SYNTHETIC
     rng = np.random.default_rng(3)
     shards = plan_shards(synthetic_tensors(s))
     weight_map: dict[str, str] = {}
@@ -157,7 +160,7 @@ def build_synthetic(dest: Path, tokenizer_dir: Path) -> None:
         "intermediate_size": s["intermediate"], "num_hidden_layers": s["layers"],
         "num_attention_heads": s["heads"], "num_key_value_heads": s["kv_heads"],
         "head_dim": s["head_dim"], "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False,
+        "tie_word_embeddings": bool(s.get("tied")), "hidden_act": "silu", "attention_bias": False,
         "mlp_bias": False, "bos_token_id": 128000, "eos_token_id": LLAMA31_EOS_IDS,
         "rope_parameters": {**LLAMA31_ROPE, "rope_theta": LLAMA31_ROPE_THETA},
     }  # fmt: skip

@@ -10,7 +10,7 @@ bash scripts/setup.sh
 basetemp=$(mktemp -d "${TMPDIR:-/tmp}/quantkit-pytest.XXXXXX")
 trap 'rm -rf "$basetemp"' EXIT
 set +e
-.venv/bin/python -m pytest -q -ra --durations=20 --basetemp="$basetemp" "$@"
+.venv/bin/python -m pytest -q -ra --durations=40 --basetemp="$basetemp" "$@"
 status=$?
 set -e
 if [[ $status -eq 5 ]]; then

@@ -260,9 +260,8 @@ def _download_from_hub(
 
 
 def _hub_patterns(allow_pickle: bool) -> list[str]:
-    # Pickled weights are fetched only when the user opted in, and then only if the repo
-    # has no safetensors (snapshot_download fetches what matches; load_source prefers
-    # safetensors when both exist).
+    # Pickled weights are fetched only when the user opted in; a repo that has both kinds
+    # then downloads both (every file that matches), and load_source uses the safetensors.
     return HUB_PATTERNS + ["pytorch_model*.bin", "pytorch_model.bin.index.json"] * allow_pickle
 
 

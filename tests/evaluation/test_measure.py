@@ -457,24 +457,26 @@ def test_reference_cache_is_small_keyed_and_reused(reports, demo_model, eval_cac
 
 
 @pytest.mark.slow
-def test_a_whole_corpus_reference_serves_shorter_evaluations(demo_ggufs, demo_model, tmp_path,
-                                                             monkeypatch) -> None:  # fmt: skip
-    """--quant auto's probes score 4 chunks but compute the whole corpus's reference; the
-    convert's own evaluation then finds it cached, and its first chunks are the probes'."""
+def test_a_whole_corpus_reference_serves_shorter_evaluations(
+    demo_ggufs, demo_model, plain_text, tmp_path, monkeypatch
+) -> None:
+    """--quant auto's probes score one chunk but compute the whole corpus's reference; the
+    convert's own evaluation then finds it cached, and its first chunks are the probes'.
+    (A one-document corpus in chunks of 128 tokens: the same logic, a tenth of the cost.)"""
     from quantkit.evaluation.measure import evaluate_artifact
 
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path))
-    gguf = demo_ggufs["Q4_K_M"]
-    probe = evaluate_artifact(gguf, demo_model, n_ctx=N_CTX, max_chunks=1, whole_reference=True)
+    gguf, shared = demo_ggufs["Q4_K_M"], {"corpus": plain_text, "n_ctx": 128}
+    probe = evaluate_artifact(gguf, demo_model, max_chunks=1, whole_reference=True, **shared)
     assert not probe.reference_cached and probe.chunks == 1
     assert len(list((tmp_path / "reference-logits").glob("*.npz"))) == 1
-    whole = evaluate_artifact(gguf, demo_model, n_ctx=N_CTX)
+    whole = evaluate_artifact(gguf, demo_model, **shared)
     assert whole.reference_cached and whole.chunks > 4
     assert whole.chunk_kld[0] == probe.chunk_kld[0]
-    again = evaluate_artifact(gguf, demo_model, n_ctx=N_CTX, max_chunks=2)
+    again = evaluate_artifact(gguf, demo_model, max_chunks=2, **shared)
     assert again.reference_cached and again.chunk_kld == whole.chunk_kld[:2]
     # the prefix is what a reference of those chunks alone gives (batching aside)
-    alone = evaluate_artifact(gguf, demo_model, n_ctx=N_CTX, max_chunks=2, use_cache=False)
+    alone = evaluate_artifact(gguf, demo_model, max_chunks=2, use_cache=False, **shared)
     assert alone.chunk_kld == pytest.approx(again.chunk_kld, rel=1e-3)
     assert alone.perplexity == pytest.approx(again.perplexity, rel=1e-5)
 

@@ -37,8 +37,7 @@ def stock_and_auto(demo_model: Path, demo_bf16_imatrix, tmp_path_factory):
     label = imatrix_path.name
     quantize_gguf(bf16, stock, "Q4_K_M", imatrix=imatrix, imatrix_file=label)
     budget = Budget(stock.stat().st_size, FILE, "Q4_K_M's size")
-    recipe = choose_recipe(bf16, load_source(demo_model), budget, imatrix=imatrix, work=work,
-                           probe_chunks=2)  # fmt: skip
+    recipe = choose_recipe(bf16, load_source(demo_model), budget, imatrix=imatrix, work=work)
     auto = work / "demo-AUTO.gguf"
     quantize_gguf(bf16, auto, recipe.file_type, imatrix=imatrix, imatrix_file=label,
                   tensor_types=recipe.types)  # fmt: skip

@@ -71,7 +71,8 @@ def _measure(model: Path, folder: Path, max_chunks: int | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def demo_measured(demo_model: Path, tmp_path_factory) -> dict:
-    return _measure(demo_model, tmp_path_factory.mktemp("effect-demo"))
+    # 5 of the 9 eval chunks: on trained weights the matrix's gain is many times the noise
+    return _measure(demo_model, tmp_path_factory.mktemp("effect-demo"), max_chunks=5)
 
 
 @pytest.fixture(scope="module")
