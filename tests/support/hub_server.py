@@ -653,13 +653,19 @@ class _Handler(BaseHTTPRequestHandler):
         repo.refs[branch] = commit.id
         self._send(200, {})
 
-    def r_tree(self, namespace: str, name: str, revision: str, path: str | None) -> None:
+    def _commit(self, namespace: str, name: str, revision: str) -> Commit | None:
+        """The commit `revision` names in the repo; None once a 404 has been sent."""
         repo = self._repo(namespace, name)
         if repo is None:
-            return
+            return None
         commit = self.hub.resolve(repo, revision)
         if commit is None:
             self._error(404, "Revision not found", "RevisionNotFound")
+        return commit
+
+    def r_tree(self, namespace: str, name: str, revision: str, path: str | None) -> None:
+        commit = self._commit(namespace, name, revision)
+        if commit is None:
             return
         recursive = self.query.get("recursive", "false").lower() == "true"
         prefix = (path.strip("/") + "/") if path else ""
@@ -698,12 +704,8 @@ class _Handler(BaseHTTPRequestHandler):
         """A file as hf_hub_download fetches it: X-Repo-Commit, the ETag it names the cached
         blob after (X-Linked-Etag: the sha256 for LFS files, as on the Hub), X-Linked-Size,
         and Range requests answered with 206 Partial Content."""
-        repo = self._repo(namespace, name)
-        if repo is None:
-            return
-        commit = self.hub.resolve(repo, revision)
+        commit = self._commit(namespace, name, revision)
         if commit is None:
-            self._error(404, "Revision not found", "RevisionNotFound")
             return
         stored = commit.files.get(path)
         if stored is None:
