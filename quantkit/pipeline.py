@@ -253,10 +253,9 @@ def _measure(
     """Perplexity, KLD and top-1 agreement against the source, and the quality gate (the
     profile's thresholds when there is one, else quantkit's defaults for `quant`)."""
     from .evaluation.evaluate import evaluate
+    from .evaluation.options import reference_dtype
 
-    # float32 reference logits need 4 bytes per parameter of RAM; past ~2B parameters
-    # bfloat16 halves that (docs/quality.md).
-    dtype = "float32" if source.parameter_count < 2e9 else "bfloat16"
+    dtype = reference_dtype(source.parameter_count)
     result = evaluate(
         work, source, corpus=options.corpus, n_ctx=options.n_ctx, dtype=dtype,
         quant=quant, profile=hardware,

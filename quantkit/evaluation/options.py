@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def reference_dtype(parameters: int) -> str:
+    """The dtype of the convert's reference logits (and of --quant auto's probes, which share
+    them): float32 needs 4 bytes per parameter of RAM; past ~2B parameters bfloat16 halves
+    that (docs/quality.md)."""
+    return "float32" if parameters < 2e9 else "bfloat16"
+
+
 @dataclass(frozen=True)
 class EvalOptions:
     enabled: bool = True  # perplexity / KL divergence / top-1 against the source

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ....evaluation.options import EvalOptions
+from ....evaluation.options import EvalOptions, reference_dtype
 from ....planning.mix import tensor_role
 from .probes import ProbeSet, build_probe_set
 
@@ -112,8 +112,7 @@ def _probe_kld(
 ) -> float:
     from ....evaluation.measure import evaluate_artifact
 
-    # as the convert's own evaluation: bfloat16 reference logits past ~2B parameters
-    dtype = "float32" if source.parameter_count < 2e9 else "bfloat16"
+    dtype = reference_dtype(source.parameter_count)  # the convert's own, so it is shared
     report = evaluate_artifact(path, source, corpus=evaluation.corpus, n_ctx=evaluation.n_ctx,
                                max_chunks=chunks, dtype=dtype,
                                whole_reference=evaluation.enabled)  # fmt: skip
