@@ -35,8 +35,9 @@ ServerCheckFlag = Annotated[
     bool,
     typer.Option(
         "--server-check/--no-server-check",
-        help="GGUF: the tool-call and reasoning round trip through llama-server (loads the "
-        "weights).",
+        help="The tool-call and reasoning round trip through the artifact's server (loads "
+        "the weights): llama-server for a GGUF, vLLM for a safetensors folder (where vLLM "
+        "and a CUDA GPU are present; else skipped with the reason).",
     ),
 ]
 

@@ -38,10 +38,11 @@ def inspect(
     server: ServerOptions | None = None,
 ) -> InspectReport:
     """Run every survival check on `artifact`; `generate` adds a short greedy reply in the
-    runtime (loads the weights: slow for big models). For a GGUF, `server` adds the round
-    trip through llama.cpp's `llama-server` (quantkit.inspection.server_checks; loads the
-    weights too) unless `server.enabled` is off. The report
-    passes only when every check that ran passes."""
+    runtime (loads the weights: slow for big models). `server` adds the round trip through
+    the artifact's server unless `server.enabled` is off: llama.cpp's `llama-server` for a
+    GGUF (quantkit.inspection.server_checks), vLLM's for a safetensors folder
+    (quantkit.inspection.vllm_checks; skipped with the reason without vLLM and a GPU). Both
+    load the weights. The report passes only when every check that ran passes."""
     from ..errors import require
     from .reference import load_reference
 
@@ -75,6 +76,10 @@ def inspect(
             from .generation import generation_check
 
             checks.append(generation_check(files[0], max_new_tokens=32))
+        if (server or ServerOptions()).enabled:
+            from .vllm_checks import vllm_checks
+
+            checks += vllm_checks(files[0])
     return InspectReport(
         artifact=str(artifact),
         kind=kind,

@@ -36,7 +36,7 @@ def check_converted(
     if artifact.is_dir():
         if is_mlx_folder(artifact):
             return check_mlx(artifact, source)
-        return check_safetensors(artifact, source)
+        return check_safetensors(artifact, source, server=server)
     return check_gguf(artifact, source, policy=policy, server=server)
 
 
@@ -75,18 +75,34 @@ def check_gguf(
 
 
 def check_safetensors(
-    folder: Path, source: SourceModel, *, generate: bool = True, max_new_tokens: int = 32
+    folder: Path,
+    source: SourceModel,
+    *,
+    generate: bool = True,
+    max_new_tokens: int = 32,
+    server: ServerOptions | None = None,
 ) -> list[Check]:
     """The full inspection of a safetensors folder against its source (added tokens, eos,
-    BOS/PAD, templates, the rendering battery, tokenization), then a greedy reply on CPU."""
+    BOS/PAD, templates, the rendering battery, tokenization), then a greedy reply on CPU,
+    then the round trip through vLLM's server (skipped with the reason without vLLM and a
+    GPU)."""
     require("transformers", "compress")
     from .safetensors_checks import safetensors_checks
 
-    return _battery_then_reply(
+    checks = _battery_then_reply(
         source,
         lambda reference: safetensors_checks(folder, reference),
         (lambda _: generation_check(folder, max_new_tokens=max_new_tokens)) if generate else None,
     )
+    crashed = any(c.name == LOADS and not c.passed for c in checks)
+    if (server or ServerOptions()).enabled and source.tokenizer is not None and not crashed:
+        from .vllm_checks import vllm_checks
+
+        try:
+            checks += vllm_checks(folder)
+        except Exception as exc:  # noqa: BLE001 - a crash is a failed check, not a lost artifact
+            checks.append(crashed_check(exc))
+    return checks
 
 
 def check_mlx(

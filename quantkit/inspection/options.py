@@ -1,5 +1,6 @@
-"""The checks' knobs: `ServerOptions`, the round trip through llama.cpp's `llama-server` on
-GGUF artifacts (quantkit.inspection.server_checks), as `quantkit inspect` takes it, and
+"""The checks' knobs: `ServerOptions`, the round trip through the artifact's server
+(llama.cpp's `llama-server` for a GGUF, quantkit.inspection.server_checks; vLLM for a
+safetensors folder, quantkit.inspection.vllm_checks), as `quantkit inspect` takes it, and
 `VerifyOptions`, the checks `quantkit convert` runs (`convert(verify=...)`)."""
 
 from __future__ import annotations

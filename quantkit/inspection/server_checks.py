@@ -60,8 +60,8 @@ NAMES = (SERVER_TEMPLATE, TOOL_ROUND_TRIP, REASONING_ROUND_TRIP)
 TOOLS = [WEATHER_TOOL, SEARCH_TOOL]
 TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
 CALL_PREFILL = "<tool_call>\n"
-_USER_TOOLS = {"role": "user", "content": "What is the weather in Zürich?"}
-_THINKING_ON = {"thinking": True, "enable_thinking": True}  # Hermes 4's and Qwen3's switches
+USER_TOOLS = {"role": "user", "content": "What is the weather in Zürich?"}
+THINKING_ON = {"thinking": True, "enable_thinking": True}  # Hermes 4's and Qwen3's switches
 _REASONING_KEYS = ("reasoning_mode", "reasoning_start")
 _TOOL_KEYS = ("tool_mode", "supports_tools", "per_call_start")
 _ANALYSIS_KEYS = _REASONING_KEYS + _TOOL_KEYS
@@ -75,7 +75,7 @@ class Exchange:
 
     def add(self, sent: str, got: Any) -> None:
         text = got if isinstance(got, str) else json.dumps(got, ensure_ascii=False)
-        self.lines.append(f"{sent} -> {_clip(text)}")
+        self.lines.append(f"{sent} -> {clip(text)}")
 
     def __str__(self) -> str:
         return "; ".join(self.lines)
@@ -110,7 +110,7 @@ def server_checks(
     except LlamaServerError as exc:
         reason = f"llama-server ({binary.origin}) did not start on this file: {exc}"
         return [
-            Check(SERVER_TEMPLATE, False, _clip(reason, 900)),
+            Check(SERVER_TEMPLATE, False, clip(reason, 900)),
             *(skipped_check(name, "llama-server did not start") for name in NAMES[1:]),
         ]
 
@@ -194,7 +194,7 @@ def _call_problems(
         if len(found) == 1:
             bias.append([found[0], value])
     body = {
-        "messages": [_USER_TOOLS, {"role": "assistant", "content": CALL_PREFILL}],
+        "messages": [USER_TOOLS, {"role": "assistant", "content": CALL_PREFILL}],
         "tools": TOOLS,
         "tool_choice": "required",
         "parallel_tool_calls": False,
@@ -203,10 +203,16 @@ def _call_problems(
         "logit_bias": bias,
     }
     status, reply = server.post("/v1/chat/completions", body)
-    choice = _choice(reply)
-    seen.add("chat with tools", _summary(choice) if choice else reply)
+    choice = first_choice(reply)
+    seen.add("chat with tools", reply_summary(choice) if choice else reply)
     if status != 200 or choice is None:
         return [f"the server refused the request with tools (HTTP {status})"]
+    return call_problems(choice)
+
+
+def call_problems(choice: dict[str, Any]) -> list[str]:
+    """What is wrong with a reply that should be one parsed tool call (llama-server's and
+    vLLM's replies have the same OpenAI shape)."""
     calls = choice["message"].get("tool_calls") or []
     problems = []
     if choice.get("finish_reason") != "tool_calls":
@@ -233,15 +239,21 @@ def _finds_tool_calls(analysis: dict[str, str]) -> bool:
     )
 
 
-def _tool_response_problems(server: LlamaServer, seen: Exchange) -> list[str]:
+def tool_response_messages() -> tuple[list[dict[str, Any]], str]:
+    """A conversation ending in a `role: tool` turn, and that turn's content."""
     result = '{"temp": 21, "unit": "C"}'
     call = {"id": "call_1", "type": "function",
             "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'}}  # fmt: skip
     messages = [
-        _USER_TOOLS,
+        USER_TOOLS,
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": result},
     ]
+    return messages, result
+
+
+def _tool_response_problems(server: LlamaServer, seen: Exchange) -> list[str]:
+    messages, result = tool_response_messages()
     status, rendered = server.post("/apply-template", {"messages": messages, "tools": TOOLS})
     prompt = rendered.get("prompt", "") if isinstance(rendered, dict) else ""
     seen.add("a role: tool turn", f"rendered: {result in prompt} (HTTP {status})")
@@ -297,8 +309,8 @@ def _thought(
     server: LlamaServer, ids: dict[str, int], fmt: str, seen: Exchange
 ) -> tuple[str, str] | None:
     status, reply = server.post("/v1/chat/completions", _think_body(ids, fmt, max_tokens=4))
-    choice = _choice(reply)
-    seen.add(f"reasoning_format {fmt}", _summary(choice) if choice else reply)
+    choice = first_choice(reply)
+    seen.add(f"reasoning_format {fmt}", reply_summary(choice) if choice else reply)
     if status != 200 or choice is None:
         return None
     message = choice["message"]
@@ -311,7 +323,7 @@ def _think_body(ids: dict[str, int], fmt: str, *, max_tokens: int) -> dict[str, 
             {"role": "system", "content": DEEP_THINKING},
             {"role": "user", "content": "Is 91 prime?"},
         ],
-        "chat_template_kwargs": _THINKING_ON,
+        "chat_template_kwargs": THINKING_ON,
         "reasoning_format": fmt,
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -335,12 +347,12 @@ def _printed_problems(
     printed: clients that parse tool calls or thoughts from the text depend on it. Unless
     the user typed it CONTROL on purpose (`hidden`): then it must not be."""
     if tools:
-        body = {"messages": [_USER_TOOLS], "max_tokens": 1, "temperature": 0,
+        body = {"messages": [USER_TOOLS], "max_tokens": 1, "temperature": 0,
                 "logit_bias": [[ids[tag], 100]], "reasoning_format": "none"}  # fmt: skip
     else:
         body = _think_body(ids, "none", max_tokens=1)
     status, reply = server.post("/v1/chat/completions", body)
-    choice = _choice(reply)
+    choice = first_choice(reply)
     content = (choice or {}).get("message", {}).get("content") or ""
     seen.add(f"{tag} emitted in plain chat", repr(content))
     if status != 200 or choice is None:
@@ -394,7 +406,7 @@ def server_tokenize(server: LlamaServer, text: str) -> list[int]:
     return reply.get("tokens", []) if status == 200 and isinstance(reply, dict) else []
 
 
-def _summary(choice: dict[str, Any]) -> str:
+def reply_summary(choice: dict[str, Any]) -> str:
     """One reply in a line: finish_reason, the calls (without the server's random ids, so
     two runs on one file give the same evidence), the content and the thought."""
     message = choice.get("message", {})
@@ -403,13 +415,13 @@ def _summary(choice: dict[str, Any]) -> str:
     if calls:
         named = [f"{c['function'].get('name')}({c['function'].get('arguments')})" for c in calls]
         parts.append("tool_calls " + ", ".join(named))
-    for key in ("content", "reasoning_content"):
+    for key in ("content", "reasoning_content", "reasoning"):  # vLLM's name: reasoning
         if message.get(key):
-            parts.append(f"{key} {_clip(message[key], 80)!r}")
+            parts.append(f"{key} {clip(message[key], 80)!r}")
     return ", ".join(parts)
 
 
-def _choice(reply: Any) -> dict[str, Any] | None:
+def first_choice(reply: Any) -> dict[str, Any] | None:
     if isinstance(reply, dict) and reply.get("choices"):
         return reply["choices"][0]
     return None
@@ -419,5 +431,5 @@ def _log_lines(server: LlamaServer, needle: str) -> list[str]:
     return [ln.strip() for ln in server.log_text().splitlines() if needle in ln]
 
 
-def _clip(text: str, limit: int = 400) -> str:
+def clip(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -13,7 +13,8 @@ binary. Which one, first found wins:
 3. `llama-server` on PATH.
 
 `LlamaServer` starts it bound to 127.0.0.1 on a free port, waits for /health and always
-stops it (also on an error or Ctrl-C: the `with` block's exit kills it).
+stops it (also on an error or Ctrl-C: the `with` block's exit kills it; see
+quantkit.runtime.local_server).
 """
 
 from __future__ import annotations
@@ -22,22 +23,17 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..disk.atomic import building_folder
 from ..disk.cache import cache_dir
 from ..errors import QuantkitError
+from .local_server import LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -233,19 +229,13 @@ def startup_timeout_for(model_bytes: int) -> float:
     return 15.0 + model_bytes / 100e6
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class LlamaServer(LocalServer):
+    """`llama-server` on one GGUF, bound to 127.0.0.1, for the length of a `with` block
+    (quantkit.runtime.local_server). Its log is at debug verbosity: the chat template
+    analysis is logged there."""
 
-
-class LlamaServer:
-    """`llama-server` on one GGUF, bound to 127.0.0.1, for the length of a `with` block.
-
-    Its log (at debug verbosity: the chat template analysis is logged there) goes to a file
-    read by `log_text()`. The process runs in its own session, so a Ctrl-C at the terminal
-    reaches quantkit alone, and the block's exit stops the server in every case.
-    """
+    name = BINARY
+    error = LlamaServerError
 
     def __init__(
         self,
@@ -267,15 +257,10 @@ class LlamaServer:
             size = self.model.stat().st_size
             startup_timeout = startup_timeout or startup_timeout_for(size)
             request_timeout = request_timeout or request_timeout_for(size)
-        self.startup_timeout = startup_timeout
-        self.request_timeout = request_timeout
-        self.port = 0
-        self._proc: subprocess.Popen | None = None
-        self._logdir: tempfile.TemporaryDirectory | None = None
+        super().__init__(startup_timeout=startup_timeout, request_timeout=request_timeout)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def model_name(self) -> str:
+        return self.model.name
 
     def command(self) -> list[str]:
         return [
@@ -284,114 +269,3 @@ class LlamaServer:
             "-t", str(self.threads), "--no-webui", "--no-warmup", "-lv", "5",
             *self.extra_args,
         ]  # fmt: skip
-
-    def __enter__(self) -> LlamaServer:
-        self._logdir = tempfile.TemporaryDirectory(prefix="quantkit-llama-server-")
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._logdir is not None:
-            self._logdir.cleanup()
-            self._logdir = None
-
-    def _start(self) -> None:
-        self.port = free_port()
-        assert self._logdir is not None
-        with self.logfile.open("wb") as out:
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise LlamaServerError(
-                    f"llama-server exited with code {self._proc.returncode} while loading "
-                    f"{self.model.name}: {self.log_tail()}"
-                )
-            if self._healthy():
-                return
-            time.sleep(0.2)
-        raise LlamaServerError(
-            f"llama-server did not become healthy within {self.startup_timeout:.0f} s: "
-            f"{self.log_tail()}"
-        )
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    @property
-    def logfile(self) -> Path:
-        assert self._logdir is not None
-        return Path(self._logdir.name) / "llama-server.log"
-
-    def log_text(self) -> str:
-        try:
-            return self.logfile.read_text(encoding="utf-8", errors="replace")
-        except (OSError, AssertionError):
-            return ""
-
-    def log_tail(self, lines: int = 6) -> str:
-        tail = [ln for ln in self.log_text().splitlines() if ln.strip()][-lines:]
-        return " | ".join(tail) or "(no output)"
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
-
-    # -- HTTP ------------------------------------------------------------------------
-
-    def get(self, path: str) -> dict[str, Any]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=self.request_timeout) as resp:
-                return json.loads(resp.read())
-        except (TimeoutError, urllib.error.URLError) as exc:
-            raise LlamaServerError(f"llama-server did not answer {path}: {exc}") from exc
-
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        """(status, parsed JSON body); an HTTP error status is returned, not raised, since
-        the server's refusals are evidence. No answer within `request_timeout` raises
-        LlamaServerError."""
-        request = urllib.request.Request(
-            self.url + path,
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.request_timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except TimeoutError as exc:
-            raise LlamaServerError(
-                f"llama-server did not answer {path} within {self.request_timeout:.0f} s"
-            ) from exc
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, raw.decode(errors="replace")
-        except urllib.error.URLError as exc:  # refused or reset: the server is gone
-            raise LlamaServerError(
-                f"llama-server stopped answering ({exc.reason}): {self.log_tail()}"
-            ) from exc
