@@ -10,7 +10,9 @@ decoder Linear; lm_head and the embeddings stay unquantized):
 - W4A16: GPTQ, symmetric int4 weights with one scale per `group_size` input columns,
   activations in 16 bits. Needs calibration data.
 
-The model is loaded with compressed-tensors' offloaded loading (CPU first, disk beyond the
+FP8_DYNAMIC needs no model: llmcompressor's model_free_ptq quantizes it shard by shard
+(`quantize_shard_by_shard`). For the others, the model is loaded with compressed-tensors'
+offloaded loading (CPU first, disk beyond the
 free RAM), and llmcompressor's sequential pipeline onloads one decoder layer at a time for
 calibration, so the accelerator (or CPU) holds one layer, its activations and, for GPTQ,
 one float32 Hessian of in x in per Linear of that layer.
@@ -24,8 +26,10 @@ to disk are read from disk once more, one at a time, as oneshot will read them a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -116,9 +120,12 @@ def quantize_model(
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     quantize_lm_head: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    shard_by_shard: bool | None = None,
 ) -> None:
     """Load `source`, run llmcompressor's oneshot and save the compressed model (weights,
-    config.json with quantization_config, recipe.yaml) into `work`."""
+    config.json with quantization_config, recipe.yaml) into `work`; a data-free scheme
+    shard by shard instead (`shard_by_shard=None`: whenever `is_data_free`; False forces
+    oneshot, which the tests compare it with)."""
     scheme = compressed_scheme(quant)
     if scheme.needs_data and method != "rtn" and not calibration:
         raise ConversionError(
@@ -136,6 +143,11 @@ def quantize_model(
         method=method,
         ignore=ignore,
     )
+    if shard_by_shard is None:
+        shard_by_shard = is_data_free(scheme.name, quantize_lm_head)
+    if shard_by_shard:
+        quantize_shard_by_shard(source, recipe, work, progress=progress)
+        return
     offload_dir = work.with_name(work.name + ".offload")
     try:
         _stage(progress, f"loading {source.name}", 0)
@@ -150,6 +162,97 @@ def quantize_model(
         _stage(progress, "saving compressed-tensors", 1)
     finally:
         shutil.rmtree(offload_dir, ignore_errors=True)
+
+
+def is_data_free(scheme: str, quantize_lm_head: bool) -> bool:
+    """FP8_DYNAMIC needs no data and no model: it is made shard by shard. A quantized
+    lm_head goes through oneshot, which unties a tied one."""
+    return scheme == "FP8_DYNAMIC" and not quantize_lm_head
+
+
+def quantize_shard_by_shard(source: SourceModel, recipe, work: Path, *, progress=None) -> None:
+    """FP8_DYNAMIC without loading the model: llmcompressor's `model_free_ptq` reads one
+    safetensors shard at a time, quantizes its Linear weights (on a GPU when there is one)
+    and writes the shard, so memory is bounded by a shard, not the model. The tensors hold
+    oneshot's values (oneshot turns a source's -0 into +0; this keeps it), and config.json's
+    quantization_config and recipe.yaml are the ones oneshot writes
+    (tests/backends/safetensors/test_compressed.py compares the two paths); the output
+    shards follow the source's (max_shard_size does not apply)."""
+    _import_llmcompressor()
+    from llmcompressor import model_free_ptq
+    from llmcompressor.recipe import Recipe
+
+    config = recipe.resolve_quantization_config()
+    # model_free_ptq matches tensors by name, and "Linear" matches every weight: the
+    # embeddings (not Linear in the model) are left out by their module names.
+    skip = [f"re:^{re.escape(name)}$" for name in _weights_not_in_linear(source)]
+    run_config = config.model_copy(update={"ignore": [*config.ignore, *skip]})
+    _check_finite_files(source, progress)
+    staging = work.with_name(work.name + ".model-free-source")
+    try:
+        _link_weights(source, staging)
+        _stage(progress, "FP8_DYNAMIC shard by shard (model_free_ptq)", 0)
+        model_free_ptq(str(staging), str(work), config=run_config)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _record_oneshot_config(work / "config.json", config)
+    (work / "recipe.yaml").write_text(Recipe.from_modifiers([recipe]).yaml(), encoding="utf-8")
+    _stage(progress, "FP8_DYNAMIC shard by shard (model_free_ptq)", 1)
+
+
+def _weights_not_in_linear(source: SourceModel) -> list[str]:
+    """Module names whose `.weight` is in the checkpoint but which are not nn.Linear
+    (embeddings): the architecture instantiated on the meta device, no weight read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(source.path), trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    stored = {t.name for t in source.tensors}
+    return [
+        name
+        for name, module in model.named_modules()
+        if f"{name}.weight" in stored
+        and not isinstance(module, torch.nn.Linear)
+        and getattr(module, "weight", None) is not None
+        and module.weight.ndim == 2
+    ]
+
+
+def _check_finite_files(source: SourceModel, progress=None) -> None:
+    """NaN and infinity, counted tensor by tensor from the source files (one tensor in
+    memory at a time) before any is quantized: a NaN would only show later as a NaN
+    scale."""
+    from .export import SourceReader
+
+    tally = NonFiniteTally()
+    with SourceReader(source.path) as reader:
+        for index, info in enumerate(source.tensors):
+            count_nonfinite_tensor(tally, info.name, reader.get(info))
+            if progress is not None:
+                progress("checking the weights for NaN", index + 1, len(source.tensors))
+    tally.raise_if_any()
+
+
+def _link_weights(source: SourceModel, staging: Path) -> None:
+    """A folder with the source's weights, index and config.json only: model_free_ptq
+    copies every other file it finds (a Hub snapshot's original/*.pth included)."""
+    staging.mkdir(parents=True)
+    for path in source.path.iterdir():
+        if path.suffix == ".safetensors" or path.name in ("model.safetensors.index.json",
+                                                          "config.json"):  # fmt: skip
+            (staging / path.name).symlink_to(path.resolve())
+
+
+def _record_oneshot_config(config_json: Path, config) -> None:
+    """config.json's quantization_config as oneshot saves it: the recipe's ignore list (the
+    embeddings were never Linear targets there) and an empty sparsity_config."""
+    data = json.loads(config_json.read_text(encoding="utf-8"))
+    recorded = data["quantization_config"]
+    recorded["ignore"] = list(config.ignore)
+    recorded["sparsity_config"] = {}
+    config_json.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def load_offloaded(source: SourceModel, offload_dir: Path):

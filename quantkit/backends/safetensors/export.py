@@ -149,7 +149,7 @@ def export_safetensors(
     tally = NonFiniteTally()
     done = 0
     paths: list[Path] = []
-    with _SourceReader(source.path) as reader:
+    with SourceReader(source.path) as reader:
         for shard in shards:
             path = work / shard.file
             paths.append(path)
@@ -239,7 +239,7 @@ def _fp16_error(overflows: list[Overflow]) -> FP16RangeError:
     )
 
 
-class _SourceReader:
+class SourceReader:
     """safe_open handles of the source shards, opened lazily and closed together."""
 
     def __init__(self, folder: Path) -> None:
@@ -247,7 +247,7 @@ class _SourceReader:
         self._handles: dict[str, Any] = {}
         self._contexts: list[Any] = []
 
-    def __enter__(self) -> _SourceReader:
+    def __enter__(self) -> SourceReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -24,6 +24,7 @@ from quantkit.backends.safetensors.backend import (
 from quantkit.backends.safetensors.export import FP16RangeError, export_safetensors, plan_shards
 from quantkit.errors import ConversionError
 from quantkit.formats.safetensors_index import TensorInfo, read_header
+from quantkit.inspection.vllm_checks import NAMES as VLLM_NAMES
 from quantkit.pipeline import artifact_checks
 from quantkit.source.model import load_source
 
@@ -144,7 +145,10 @@ def test_demo_bf16_folder_loads_and_keeps_templates(demo_model: Path, tmp_path: 
     source = load_source(demo_model)
     built = make_safetensors(source, "safetensors", "BF16", tmp_path)
     files, checks = built.files, [c.to_dict() for c in artifact_checks(built, source)]
-    assert all(c["passed"] for c in checks), checks
+    # Every check that ran passed; vLLM's round trip needs a GPU and is skipped here.
+    ran = [c for c in checks if not c.get("skipped")]
+    assert all(c["passed"] for c in ran), checks
+    assert {c["name"] for c in checks if c.get("skipped")} == set(VLLM_NAMES)
     names = {f["name"]: f for f in files}
     assert names["model.safetensors"]["tensor_types"] == {"BF16": 272}
     assert "additional_chat_templates/tool_use.jinja" in names

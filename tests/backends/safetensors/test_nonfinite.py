@@ -43,14 +43,21 @@ def test_nonfinite_source_fails_safetensors_convert(
     _refused(damaged_demo, tmp_path, "safetensors", quant, force=force)
 
 
-@pytest.mark.slow  # imports llmcompressor and loads the model: about 4 s
-def test_nonfinite_source_fails_fp8_before_oneshot(
-    damaged_demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.slow  # imports llmcompressor: about 4 s
+@pytest.mark.parametrize("quantize_lm_head", [False, True], ids=["shard-by-shard", "oneshot"])
+def test_nonfinite_source_fails_fp8_before_quantizing(
+    damaged_demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantize_lm_head: bool
 ) -> None:
+    """FP8_DYNAMIC is made shard by shard (model_free_ptq); with a quantized lm_head by
+    oneshot on the loaded model. Neither may start on a damaged source."""
+    import llmcompressor
+
     from quantkit.backends.safetensors import compressed
 
-    def oneshot_not_reached(*args, **kwargs):
-        raise AssertionError("oneshot ran on a damaged model")
+    def not_reached(*args, **kwargs):
+        raise AssertionError("quantization ran on a damaged model")
 
-    monkeypatch.setattr(compressed, "run_oneshot", oneshot_not_reached)
-    _refused(damaged_demo, tmp_path, "fp8", "FP8_DYNAMIC")
+    monkeypatch.setattr(compressed, "run_oneshot", not_reached)
+    monkeypatch.setattr(llmcompressor, "model_free_ptq", not_reached)
+    options = quantkit.SafetensorsOptions(quantize_lm_head=quantize_lm_head)
+    _refused(damaged_demo, tmp_path, "fp8", "FP8_DYNAMIC", safetensors=options)
