@@ -27,6 +27,7 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 
@@ -184,6 +185,8 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
         console=con,
         transient=True,
     )
@@ -198,9 +201,17 @@ class _SilentTask:
 
 
 class _BarTask:
+    """One bar for the whole convert, restarted at each stage: its elapsed time and the
+    estimate of what remains (from the stage's own rate) are the stage's."""
+
     def __init__(self, bar: Progress, task_id: Any) -> None:
         self._bar = bar
         self._task_id = task_id
+        self._stage: str | None = None
 
     def update(self, stage: str, done: int, total: int) -> None:
+        if stage != self._stage:
+            self._stage = stage
+            self._bar.reset(self._task_id, total=total, completed=done, description=stage)
+            return
         self._bar.update(self._task_id, description=stage, completed=done, total=total)
