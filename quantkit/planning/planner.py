@@ -266,7 +266,8 @@ def _command(
         return command, None
     if profile.runtime == "mlx-lm":
         return cmd.mlx_lm_server_command(artifact), None
-    return cmd.vllm_command(artifact, profile, result.context), None
+    thinks = any("<think>" in t for t in spec.chat_templates.values())
+    return cmd.vllm_command(artifact, profile, result.context, thinks), None
 
 
 def _server_parses_reasoning(spec: ModelSpec) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 
 from ..artifact.naming import artifact_name as _artifact_name
+from ..runtime.vllm_server import REASONING_PARSER, TOOL_PARSER
 from .profiles import HardwareProfile
 
 
@@ -49,7 +50,12 @@ def ollama_command(model_name: str) -> str:
     return f"ollama create {shlex.quote(tag)} -f Modelfile && ollama run {shlex.quote(tag)}"
 
 
-def vllm_command(artifact: str, profile: HardwareProfile, context: int) -> str:
+def vllm_command(
+    artifact: str, profile: HardwareProfile, context: int, thinks: bool = False
+) -> str:
+    """`thinks`: the model's templates use <think> (Hermes 4): vLLM's reasoning parser
+    returns the thought in `reasoning` (it refuses to start on a vocabulary without the
+    tags, so it is not asked for otherwise)."""
     args = ["vllm", "serve", f"./{artifact}"]
     if profile.tensor_parallel > 1:
         args += ["--tensor-parallel-size", str(profile.tensor_parallel)]
@@ -62,7 +68,9 @@ def vllm_command(artifact: str, profile: HardwareProfile, context: int) -> str:
     if profile.kv_cache_type == "fp8":
         args += ["--kv-cache-dtype", "fp8"]
     # Hermes models emit <tool_call> JSON; vLLM's hermes parser turns it into tool calls.
-    args += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    args += ["--enable-auto-tool-choice", "--tool-call-parser", TOOL_PARSER]
+    if thinks:
+        args += ["--reasoning-parser", REASONING_PARSER]
     command = shlex.join(args)
     if profile.nodes > 1:
         head = "ray start --head --port=6379  # on node 1"

@@ -42,6 +42,18 @@ def test_70b_fp16_needs_two_a100s():
     assert one_gpu.fit == "none"
 
 
+def test_vllm_command_asks_for_the_reasoning_parser_when_the_templates_think():
+    """Hermes 4's templates use <think>: vLLM then returns the thought in `reasoning`
+    (docs/gpu.md ran it). Hermes 3's do not, and vLLM's reasoning parsers refuse to start
+    on a vocabulary without the tags, so the command leaves it out."""
+    import dataclasses
+
+    assert "--reasoning-parser" not in plan(L70, "a100-fp8").command
+    template = "{% if thinking %}<think>{% endif %}{{ messages[0]['content'] }}"
+    hermes4 = dataclasses.replace(L70, chat_templates={"default": template})
+    assert "--reasoning-parser deepseek_r1" in plan(hermes4, "a100-fp8").command
+
+
 def _single(profile):
     import dataclasses
 
