@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .artifact.manifest import build_manifest, source_record, write_manifest
-from .artifact.output_dir import DISK_MARGIN, check_disk_space, check_output_path
+from .artifact.output_dir import (
+    DISK_MARGIN,
+    check_disk_space,
+    check_download_space,
+    check_output_path,
+)
 from .backends import BackendResult, BuildOptions, ProgressFn, backend_for
 from .backends.gguf.options import GGUFOptions
 from .backends.mlx.options import MLXOptions
@@ -33,6 +38,7 @@ from .evaluation.options import EvalOptions
 from .formats.quants import AUTO_QUANT
 from .planning.target import Target, resolve_target
 from .runtime.interrupts import raise_if_interrupted
+from .source.hub_download import cache_folder
 from .source.model import SourceModel, load_source
 from .source.structure import check_structure
 
@@ -58,6 +64,7 @@ class ConvertResult:
     published: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
     recipe: dict[str, Any] | None = None  # --quant auto: the manifest's recipe section
+    download_bytes: int = 0  # a Hub source's weights not in the Hugging Face cache yet
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +77,7 @@ class ConvertResult:
             "files": self.files,
             "checks": self.checks,
             "estimated_bytes": self.estimated_bytes,
+            "download_bytes": self.download_bytes,
             "dry_run": self.dry_run,
             "published": self.published,
             "quality": self.quality,
@@ -123,15 +131,21 @@ def convert(
     ))  # fmt: skip
     check_output_path(out_dir, model)
     source = load_source(
-        model, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
-    )
+        model, revision=revision, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code, weights=False,
+    )  # fmt: skip
     check_structure(source)  # every tensor the config implies, before any is read
     plan = _make_plan(source, hardware, context, force, target.quant)
     backend.prepare(source)
     estimate = int(backend.estimate_bytes(source) * DISK_MARGIN)
+    download = source.download.missing_bytes if source.download else 0
     if dry_run:
-        return ConvertResult(None, target, source, plan, estimated_bytes=estimate, dry_run=True)
+        return ConvertResult(None, target, source, plan, estimated_bytes=estimate, dry_run=True,
+                             download_bytes=download)  # fmt: skip
     check_disk_space(out_dir, estimate)
+    if source.download is not None:  # a Hub source: its weights come now, if there is room
+        check_download_space(cache_folder(source.download.repo_id), download, out_dir, estimate)
+        source = source.with_weights()
     if push_to:
         from .hub.publish import check_push_access
 

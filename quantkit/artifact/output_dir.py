@@ -36,6 +36,23 @@ def existing_ancestor(path: Path) -> Path:
     return Path("/")
 
 
+def check_download_space(cache: Path, download: int, out_dir: Path, needed: int) -> None:
+    """Room for a Hub source's weights in the Hugging Face cache (`download` bytes still to
+    fetch), checked before the download starts; on the output's disk too, the two add up."""
+    where = existing_ancestor(cache)
+    free = shutil.disk_usage(where).free
+    shared = where.stat().st_dev == existing_ancestor(out_dir).stat().st_dev
+    total = download + (needed if shared else 0)
+    if free < total:
+        also = f" and {needed / 1e9:.2f} GB for the conversion on the same disk" if shared else ""
+        raise DiskSpaceError(
+            f"The Hugging Face cache ({cache}) has {free / 1e9:.2f} GB free; the model's "
+            f"weights need {download / 1e9:.2f} GB more{also}.",
+            hint="Free some space, or point HF_HOME at a larger disk (the download starts "
+            "only once there is room).",
+        )
+
+
 def check_disk_space(out_dir: Path, needed: int) -> None:
     free = shutil.disk_usage(existing_ancestor(out_dir)).free
     if free < needed:

@@ -294,8 +294,14 @@ def _render(payload: dict[str, Any]) -> None:
         )
         console.print_text(f"run with: {escape(plan['command'])}", soft_wrap=True)
     if payload["dry_run"]:
+        download = payload.get("download_bytes") or 0
+        fetch = (
+            f" after downloading {download / 1e9:.2f} GB of weights (none downloaded yet)"
+            if download
+            else ""
+        )
         console.print_text(
-            f"dry run: would write about {payload['estimated_bytes'] / 1e9:.2f} GB; "
+            f"dry run: would write about {payload['estimated_bytes'] / 1e9:.2f} GB{fetch}; "
             "nothing written."
         )
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -72,18 +73,35 @@ def read_header(path: Path) -> tuple[dict, int]:
     the file and the tensor, instead of as garbage weights or a crash mid-conversion."""
     size = path.stat().st_size
     with path.open("rb") as fh:
-        raw_len = fh.read(8)
-        if len(raw_len) < 8:
-            raise _truncated(path, "it is shorter than a safetensors header")
-        (header_len,) = struct.unpack("<Q", raw_len)
-        if header_len > _MAX_HEADER:
-            raise _malformed(
-                path, f"its header length field says {header_len} bytes; safetensors "
-                f"allows at most {_MAX_HEADER}",
-            )  # fmt: skip
-        if 8 + header_len > size:
-            raise _truncated(path, "its header length points past the end of the file")
-        raw = fh.read(header_len)
+        raw = read_raw_header(lambda start, length: _read_at(fh, start, length), path, size)
+    return parse_header(path, raw, size)
+
+
+def _read_at(fh, start: int, length: int) -> bytes:
+    fh.seek(start)
+    return fh.read(length)
+
+
+def read_raw_header(read: Callable[[int, int], bytes], path: Path | str, size: int) -> bytes:
+    """The header's JSON bytes of a safetensors file of `size` bytes, read with
+    `read(start, length)`: from a local file, or with HTTP Range requests from the Hub."""
+    raw_len = read(0, 8)
+    if len(raw_len) < 8:
+        raise _truncated(path, "it is shorter than a safetensors header")
+    (header_len,) = struct.unpack("<Q", raw_len)
+    if header_len > _MAX_HEADER:
+        raise _malformed(
+            path, f"its header length field says {header_len} bytes; safetensors "
+            f"allows at most {_MAX_HEADER}",
+        )  # fmt: skip
+    if 8 + header_len > size:
+        raise _truncated(path, "its header length points past the end of the file")
+    return read(8, header_len)
+
+
+def parse_header(path: Path | str, raw: bytes, size: int) -> tuple[dict, int]:
+    """(header, data_start) from a header's JSON bytes, checked against the file's size
+    (read_header says what is checked)."""
     try:
         text = raw.decode("utf-8")
         header = json.loads(text) if text.startswith("{") else None
@@ -91,7 +109,7 @@ def read_header(path: Path) -> tuple[dict, int]:
         raise _truncated(path, f"its header is not valid JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise _malformed(path, "its header is not a JSON object")
-    data_start = 8 + header_len
+    data_start = 8 + len(raw)
     end = _check_layout(path, header)
     if data_start + end > size:
         missing = data_start + end - size
@@ -163,6 +181,10 @@ def _is_count(value: object) -> bool:
 
 def tensors_in_file(path: Path, relative_name: str) -> list[TensorInfo]:
     header, _ = read_header(path)
+    return tensors_in_header(header, relative_name)
+
+
+def tensors_in_header(header: dict, relative_name: str) -> list[TensorInfo]:
     out = []
     for name, meta in header.items():
         if name == "__metadata__":

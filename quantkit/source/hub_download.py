@@ -24,6 +24,7 @@ import errno
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DiskSpaceError, QuantkitError, SourceModelError
@@ -64,6 +65,60 @@ def fetch_weights(repo_id: str, revision: str | None, patterns: list[str]) -> No
     for file in files:
         url = hf_hub_url(repo_id, file.path, revision=commit)
         _fetch_blob(url, cache_folder(repo_id), file.lfs.sha256, file.lfs.size, file.path)
+
+
+@dataclass(frozen=True)
+class RemoteShard:
+    """A safetensors file of a Hub repo, known from its listing and its header alone."""
+
+    path: str
+    size: int
+    sha256: str
+    header: bytes  # the header's JSON bytes, read with two HTTP Range requests
+
+
+def remote_shards(repo_id: str, revision: str | None) -> tuple[str, list[RemoteShard]] | None:
+    """(commit, every *.safetensors file of the repo with its header), read without
+    downloading any weight; None when the Hub cannot be asked (offline, say)."""
+    from huggingface_hub.file_download import hf_hub_url
+
+    from ..formats.safetensors_index import read_raw_header
+
+    with _download_errors(repo_id, revision), _quiet_retry_warnings():
+        listed = _lfs_files(repo_id, revision, ["*.safetensors"])
+        if listed is None:
+            return None
+        commit, files = listed
+        shards = []
+        for file in files:
+            url = hf_hub_url(repo_id, file.path, revision=commit)
+            label = f"{repo_id}/{file.path}"
+            raw = read_raw_header(lambda start, n, url=url: _read_range(url, start, n),
+                                  label, file.lfs.size)  # fmt: skip
+            shards.append(RemoteShard(file.path, file.lfs.size, file.lfs.sha256, raw))
+    return commit, shards
+
+
+def _read_range(url: str, start: int, length: int) -> bytes:
+    """`length` bytes of the file at `url` from `start` (the Hub redirects LFS files to
+    its storage, which honours Range)."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    if length == 0:
+        return b""
+    headers = {**build_hf_headers(), "Range": f"bytes={start}-{start + length - 1}"}
+    response = get_session().get(url, headers=headers, follow_redirects=True)
+    hf_raise_for_status(response)
+    body = response.content
+    # A server that ignores Range sends the whole file (200): keep the asked-for part.
+    return body[start : start + length] if response.status_code == 200 else body[:length]
+
+
+def missing_bytes(repo_id: str, shards: list[RemoteShard]) -> int:
+    """What downloading `shards` still has to fetch: the files whose blob is not complete
+    in the Hugging Face cache (a partial blob resumes, but is counted whole)."""
+    blobs = cache_folder(repo_id) / "blobs"
+    return sum(s.size for s in shards if not (blobs / s.sha256).is_file())
 
 
 def _lfs_files(repo_id: str, revision: str | None, patterns: list[str]):

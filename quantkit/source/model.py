@@ -2,7 +2,10 @@
 
 No weights are loaded. A Hub repo id is fetched into the Hugging Face cache, only the files
 quantkit needs (config, tokenizer files, generation config, safetensors shards); a download
-that stops resumes on the next run (hub_download.py).
+that stops resumes on the next run (hub_download.py). With `weights=False` (what convert
+asks for) the shards are not downloaded yet: their headers are read with HTTP Range
+requests, so the plan, the dry run and the disk check know every tensor, and
+`SourceModel.with_weights()` downloads them once those have passed.
 """
 
 from __future__ import annotations
@@ -11,13 +14,20 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import SourceModelError, UnsafeSourceError, UnsupportedArchitectureError
-from ..formats.safetensors_index import TensorInfo, shard_files, tensor_inventory
-from .hub_download import download_snapshot
+from ..formats.safetensors_index import (
+    TensorInfo,
+    index_weight_map,
+    parse_header,
+    shard_files,
+    tensor_inventory,
+    tensors_in_header,
+)
+from .hub_download import RemoteShard, download_snapshot, missing_bytes, remote_shards
 from .tokenizer_bundle import TOKENIZER_FILES, TokenizerBundle, load_tokenizer_bundle
 
 log = logging.getLogger(__name__)
@@ -63,6 +73,16 @@ class ModelGeometry:
 
 
 @dataclass(frozen=True)
+class PendingDownload:
+    """The weights of a Hub source, known by their headers, not downloaded yet."""
+
+    repo_id: str
+    commit: str
+    patterns: tuple[str, ...]
+    missing_bytes: int  # what the download still has to fetch into the Hugging Face cache
+
+
+@dataclass(frozen=True)
 class SourceModel:
     path: Path
     name: str  # used in artifact file names, e.g. "Hermes-3-Llama-3.1-8B"
@@ -73,6 +93,27 @@ class SourceModel:
     repo_id: str | None = None
     revision: str | None = None  # Hub commit sha: fetched from the Hub or a cache snapshot
     content_hash: str = ""  # sha256 over config + tensor headers + tokenizer files
+    download: PendingDownload | None = field(default=None, repr=False)
+
+    @property
+    def weights_here(self) -> bool:
+        return self.download is None
+
+    def with_weights(self) -> SourceModel:
+        """This source with its weights on disk: a Hub source loaded with `weights=False`
+        downloads its shards now (resuming), checked to be the files whose headers it
+        read; any other source is returned as it is."""
+        if self.download is None:
+            return self
+        pending = self.download
+        folder = download_snapshot(pending.repo_id, pending.commit, pending.patterns)
+        if content_hash(folder) != self.content_hash:
+            raise SourceModelError(
+                f"The files of {pending.repo_id} at {pending.commit} are not the ones whose "
+                "headers were read before the download.",
+                hint="Run the same command again.",
+            )
+        return replace(self, path=folder, download=None)
 
     @property
     def weight_bytes(self) -> int:
@@ -90,8 +131,16 @@ def load_source(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     require_architecture: bool = True,
+    weights: bool = True,
 ) -> SourceModel:
-    """Resolve a local folder or a Hub repo id into a SourceModel (no weights loaded)."""
+    """Resolve a local folder or a Hub repo id into a SourceModel (no weights loaded).
+    `weights=False`: a Hub repo's shards are left on the Hub (their headers read), for
+    `SourceModel.with_weights()` to download later."""
+    if not weights and not allow_pickle:
+        pending = _from_hub_headers(str(model), revision)
+        if pending is not None:
+            return _source(*pending, trust_remote_code=trust_remote_code,
+                           require_architecture=require_architecture)  # fmt: skip
     folder, repo_id, commit = _resolve_folder(str(model), revision, allow_pickle)
     config = _read_config(folder)
     _check_safety(folder, config, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -187,22 +236,102 @@ def rope_settings(cfg: dict[str, Any]) -> RopeSettings:
     )
 
 
-def content_hash(folder: Path) -> str:
+def content_hash(folder: Path, shards: list[RemoteShard] | None = None) -> str:
     """A cheap identity for a local model: sha256 over config, tokenizer files and the
-    safetensors headers plus sizes (hashing tens of GB of weights would take minutes)."""
+    safetensors headers plus sizes (hashing tens of GB of weights would take minutes).
+    `shards`: the headers as read from the Hub, for a folder without its weights yet (the
+    same hash as once they are downloaded)."""
     digest = hashlib.sha256()
     for name in ("config.json", *TOKENIZER_FILES):
         path = folder / name
         if path.is_file():
             digest.update(name.encode())
             digest.update(path.read_bytes())
+    for name, size, header in shards_and_headers(folder) if shards is None else (
+        (Path(s.path).name, s.size, s.header) for s in _in_index_order(folder, shards)
+    ):
+        digest.update(name.encode())
+        digest.update(str(size).encode())
+        digest.update(header[: 100 * 1024 * 1024])
+    return digest.hexdigest()
+
+
+def shards_and_headers(folder: Path):
+    """(name, size, header JSON bytes) of each local shard, in shard_files order."""
     for shard in shard_files(folder):
-        digest.update(shard.name.encode())
-        digest.update(str(shard.stat().st_size).encode())
         with shard.open("rb") as fh:
             head_len = int.from_bytes(fh.read(8), "little")
-            digest.update(fh.read(min(head_len, 100 * 1024 * 1024)))
-    return digest.hexdigest()
+            yield shard.name, shard.stat().st_size, fh.read(min(head_len, 100 * 1024 * 1024))
+
+
+def _in_index_order(folder: Path, shards: list[RemoteShard]) -> list[RemoteShard]:
+    """The Hub's shards in shard_files' order: the index's files sorted, else every
+    top-level *.safetensors sorted; a file the index names that the repo lacks fails as
+    a local one would."""
+    by_name = {s.path: s for s in shards}
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(index_weight_map(index).values()))
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise SourceModelError(
+                f"{index} names shards the Hub repo lacks: {', '.join(missing)}.",
+                hint="The repo is incomplete; ask its owner, or pass another revision.",
+            )
+        return [by_name[n] for n in names]
+    return [by_name[n] for n in sorted(by_name) if "/" not in n]
+
+
+def _from_hub_headers(model: str, revision: str | None):
+    """(folder without weights, repo id, commit, tensors, hash, pending download) of a Hub
+    repo id whose weights are not all in the cache yet; None for a local folder, a repo
+    the Hub cannot be asked about (offline: the cache decides), or one already cached."""
+    if Path(model).expanduser().exists() or not _looks_like_repo_id(model):
+        return None
+    listed = remote_shards(model, revision)
+    if listed is None:
+        return None
+    commit, shards = listed
+    missing = missing_bytes(model, shards)
+    if not shards or missing == 0:
+        return None
+    metadata = [p for p in HUB_PATTERNS if p != "*.safetensors"]
+    folder = download_snapshot(model, commit, metadata)
+    ordered = _in_index_order(folder, shards)
+    tensors = []
+    for shard in ordered:
+        header, _ = parse_header(f"{model}/{shard.path}", shard.header, shard.size)
+        tensors.extend(tensors_in_header(header, shard.path))
+    pending = PendingDownload(model, commit, tuple(HUB_PATTERNS), missing)
+    return folder, model, commit, tuple(tensors), content_hash(folder, shards), pending
+
+
+def _looks_like_repo_id(model: str) -> bool:
+    return model.count("/") == 1 and not model.startswith((".", "/", "~"))
+
+
+def _source(
+    folder: Path,
+    repo_id: str,
+    commit: str,
+    tensors: tuple[TensorInfo, ...],
+    digest: str,
+    pending: PendingDownload,
+    *,
+    trust_remote_code: bool,
+    require_architecture: bool,
+) -> SourceModel:
+    """A Hub source whose weights are still on the Hub (load_source's checks, the same
+    inventory and hash as after the download)."""
+    config = _read_config(folder)
+    _check_safety(folder, config, allow_pickle=False, trust_remote_code=trust_remote_code)
+    geometry = geometry_from_config(config, require_supported=require_architecture)
+    tokenizer = load_tokenizer_bundle(folder) if (folder / "tokenizer.json").is_file() else None
+    return SourceModel(
+        path=folder, name=repo_id.split("/")[-1] or "model", config=config, geometry=geometry,
+        tensors=tensors, tokenizer=tokenizer, repo_id=repo_id, revision=commit,
+        content_hash=digest, download=pending,
+    )  # fmt: skip
 
 
 def _resolve_folder(
@@ -216,7 +345,7 @@ def _resolve_folder(
                 hint="Pass the folder that holds config.json and the safetensors files.",
             )
         return (path, *hub_cache_identity(path))
-    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+    if _looks_like_repo_id(model):
         return _download_from_hub(model, revision, allow_pickle)
     raise SourceModelError(
         f"{model} is neither an existing folder nor a Hub repo id (owner/name).",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.cli_runner import run_cli
+from support.hub_server import is_closed_range
 
 from quantkit.errors import DiskSpaceError, SourceModelError
 from quantkit.source.model import content_hash, load_source
@@ -53,7 +54,20 @@ def hub_repo(hub, demo_files, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _weights_gets(hub) -> list:
-    return [r for r in hub.requests if r.method == "GET" and re.search(WEIGHTS_URL, r.path)]
+    """The downloads of the weights (a convert reads the header first: closed ranges)."""
+    return [
+        r for r in hub.requests
+        if r.method == "GET" and re.search(WEIGHTS_URL, r.path)
+        and not is_closed_range(r.headers.get("range"))
+    ]  # fmt: skip
+
+
+def _header_reads(hub) -> list:
+    return [
+        r.headers["range"] for r in hub.requests
+        if r.method == "GET" and re.search(WEIGHTS_URL, r.path)
+        and is_closed_range(r.headers.get("range"))
+    ]  # fmt: skip
 
 
 def _blobs() -> Path:
@@ -83,13 +97,63 @@ def test_repo_id_downloads_from_the_hub_and_loads(hub, hub_repo, demo_model, dem
     assert [r.headers.get("range") for r in _weights_gets(hub)] == [None]
 
 
+def test_a_dry_run_reads_the_headers_and_downloads_no_weight(
+    hub, hub_repo, demo_model, demo_files, tmp_path: Path
+):
+    """convert plans, sizes and checks a Hub model from its files' headers (two Range
+    requests per shard): a dry run fetches no weight, and knows every tensor."""
+    import quantkit
+
+    out = tmp_path / "out"
+    result = quantkit.convert(REPO, out=out, format="gguf", quant="Q8_0", dry_run=True)
+    assert result.download_bytes == len(demo_files[WEIGHTS])
+    assert _weights_gets(hub) == []  # no download
+    header_len = int.from_bytes(demo_files[WEIGHTS][:8], "little")
+    assert _header_reads(hub) == ["bytes=0-7", f"bytes=8-{8 + header_len - 1}"]
+    assert not (_blobs() / _sha256(demo_files[WEIGHTS])).exists() and not out.exists()
+    local = load_source(demo_model)
+    assert result.source.tensors == local.tensors
+    assert result.source.content_hash == content_hash(demo_model)
+    assert result.source.download is not None and not result.source.weights_here
+
+    shown = run_cli("convert", REPO, "--format", "gguf", "--quant", "Q8_0", "--out", out,
+                    "--dry-run")  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "after downloading 0.27 GB of weights (none downloaded yet)" in shown.stdout
+    assert _weights_gets(hub) == []
+
+
+def test_no_room_for_the_weights_is_refused_before_the_download(
+    hub, hub_repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import shutil
+
+    import quantkit
+    from quantkit.artifact import output_dir
+
+    real = shutil.disk_usage
+
+    def cache_nearly_full(path):
+        usage = real(path)
+        hf_cache, asked = Path(os.environ["HF_HUB_CACHE"]).resolve(), Path(path).resolve()
+        inside = asked == hf_cache or hf_cache in asked.parents
+        return usage._replace(free=100_000_000) if inside else usage
+
+    monkeypatch.setattr(output_dir.shutil, "disk_usage", cache_nearly_full)
+    with pytest.raises(DiskSpaceError, match=r"The Hugging Face cache \(.*\) has 0.10 GB free"):
+        quantkit.convert(REPO, out=tmp_path / "out", format="gguf", quant="Q8_0",
+                         verify=False, evaluation=quantkit.EvalOptions(enabled=False))  # fmt: skip
+    assert _weights_gets(hub) == []
+
+
 @pytest.mark.slow  # huggingface_hub waits 1 s before each of its 5 retries
 def test_a_cut_download_fails_in_one_line_and_the_rerun_resumes(
     hub, hub_repo, demo_files, tmp_path: Path
 ):
     weights = demo_files[WEIGHTS]
-    hub.add_fault("GET", WEIGHTS_URL, f"truncate:{CUT}")
-    hub.add_fault("GET", WEIGHTS_URL, "close", times=1000)  # and the network stays down
+    hub.add_fault("GET", WEIGHTS_URL, f"truncate:{CUT}", closed_ranges=False)
+    # and the network stays down (for the download: the header was read before it)
+    hub.add_fault("GET", WEIGHTS_URL, "close", times=1000, closed_ranges=False)
     out = tmp_path / "out"
     command = ("convert", REPO, "--format", "gguf", "--quant", "Q8_0", "--out", out)
     failed = run_cli(*command, "--no-verify")

@@ -84,6 +84,9 @@ class Fault:
     action: str  # an HTTP status ("500", "401", "403"), "close" or "truncate:N"
     times: int = 1
     hits: int = 0
+    # False: a request for a closed byte range (bytes=a-b, how a client reads a
+    # safetensors header) passes untouched; downloads (no Range, or bytes=N-) are hit.
+    closed_ranges: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,11 @@ class FakeHub:
             self._thread.join(timeout=5)
         self.httpd.server_close()
 
-    def add_fault(self, method: str, path_regex: str, action: str, times: int = 1) -> Fault:
-        fault = Fault(method, re.compile(path_regex), action, times)
+    def add_fault(
+        self, method: str, path_regex: str, action: str, times: int = 1, *,
+        closed_ranges: bool = True,
+    ) -> Fault:  # fmt: skip
+        fault = Fault(method, re.compile(path_regex), action, times, closed_ranges=closed_ranges)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -212,6 +218,11 @@ class FakeHub:
 def _is_lfs(path: str, sample: bytes, size: int) -> bool:
     """The Hub's rule for what goes to LFS: weights by name, binaries, big files."""
     return path.endswith(LFS_SUFFIXES) or b"\0" in sample or size > REGULAR_MAX
+
+
+def is_closed_range(header: str | None) -> bool:
+    """A Range of both ends (bytes=a-b): a header read, not a download or its resumption."""
+    return bool(header) and re.fullmatch(r"bytes=\d+-\d+", header.strip()) is not None
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -295,6 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
                     f
                     for f in self.hub.faults
                     if f.method == method and f.path.search(path) and f.hits < f.times
+                    and (f.closed_ranges or not is_closed_range(self.headers.get("Range")))
                 ),
                 None,
             )
