@@ -57,13 +57,17 @@ VLLM_REASONING = "reasoning round trip (vLLM)"
 NAMES = (VLLM_TEMPLATE, VLLM_TOOLS, VLLM_REASONING)
 
 
-def vllm_checks(folder: Path, *, runtime_reason: str | None = None) -> list[Check]:
+def vllm_checks(folder: Path) -> list[Check]:
     """The three checks on one safetensors folder; skipped with the reason when vLLM or a
     GPU is missing. A server that cannot start fails the first and skips the others."""
-    runtime, why = find_vllm() if runtime_reason is None else (None, runtime_reason)
+    runtime, why = find_vllm()
     if runtime is None:
         return [skipped_check(name, why) for name in NAMES]
-    server = VllmServer(folder, reasoning=_has_think_tags(folder))
+    try:
+        reasoning = _has_think_tags(folder)
+    except Exception as exc:  # noqa: BLE001 - the failure is the evidence
+        return _not_started(f"transformers cannot load the folder's tokenizer: {exc}")
+    server = VllmServer(folder, reasoning=reasoning)
     runs = (
         (VLLM_TEMPLATE, lambda: template_check(server, folder)),
         (VLLM_TOOLS, lambda: tool_round_trip(server)),
@@ -73,11 +77,14 @@ def vllm_checks(folder: Path, *, runtime_reason: str | None = None) -> list[Chec
         with server:
             return [_answered(name, run) for name, run in runs]
     except VllmServerError as exc:
-        reason = f"vLLM {runtime.version} did not start on this folder: {exc}"
-        return [
-            Check(VLLM_TEMPLATE, False, clip(reason, 900)),
-            *(skipped_check(name, "vLLM did not start") for name in NAMES[1:]),
-        ]
+        return _not_started(f"vLLM {runtime.version} did not start on this folder: {exc}")
+
+
+def _not_started(reason: str) -> list[Check]:
+    return [
+        Check(VLLM_TEMPLATE, False, clip(reason, 900)),
+        *(skipped_check(name, "vLLM did not start") for name in NAMES[1:]),
+    ]
 
 
 def _has_think_tags(folder: Path) -> bool:
@@ -89,10 +96,12 @@ def _has_think_tags(folder: Path) -> bool:
 
 
 def _answered(name: str, run: Callable[[], Check]) -> Check:
+    """The check, or a failed one when the server stopped answering or the folder's own
+    template does not render in transformers."""
     try:
         return run()
-    except VllmServerError as exc:
-        return Check(name, False, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the failure is the evidence
+        return Check(name, False, clip(f"{type(exc).__name__}: {exc}", 900))
 
 
 # --- the template ------------------------------------------------------------------------
