@@ -72,7 +72,7 @@ def choose_recipe(
         started = time.perf_counter()
         measured = measure_gains(bf16, source, probe, errors, work, imatrix=imatrix,
                                  chunks=probe_chunks, evaluation=evaluation,
-                                 progress=progress)  # fmt: skip
+                                 progress=progress, seconds=seconds)  # fmt: skip
         seconds["probes"] = time.perf_counter() - started
         gains = {role: m["gain"] for role, m in measured.items()}
         method["roles"] = measured
