@@ -1,14 +1,16 @@
 """--quant auto's probes without a model: which tensors each probe changes (every other
-layer of a role), and the shard writer on a tiny F32 file with a 3-D (experts) tensor whose
-importance matrix has one row per matrix. test_auto.py holds the probes to llama.cpp's own
-quantizer on the demo model."""
+layer of a role), what a budget that does not count a tensor leaves unprobed, and the shard
+writer on a tiny F32 file with a 3-D (experts) tensor whose importance matrix has one row
+per matrix. test_auto.py holds the probes to llama.cpp's own quantizer on the demo model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from quantkit.backends.gguf.auto import _probe_types
 from quantkit.backends.gguf.auto.probes import (
     REFERENCE_TYPE,
     _groups,
@@ -16,6 +18,8 @@ from quantkit.backends.gguf.auto.probes import (
     quantize_rows,
 )
 from quantkit.backends.gguf.imatrix.matrix import Imatrix, ImatrixEntry
+from quantkit.planning.budget import FILE, GPU, Budget
+from quantkit.planning.mix import FileLayout
 
 ROW = 256
 
@@ -47,6 +51,22 @@ def test_a_role_changed_only_in_odd_layers_is_probed_there() -> None:
     probe["blk.1.attn_v.weight"] = "Q4_K"
     groups, owners = _groups(names, probe, ("attn_v",))
     assert groups[owners.index("attn_v")] == ["blk.1.attn_v.weight"]
+
+
+@pytest.mark.parametrize(("scope", "tied", "embd_probed"),
+                         [(FILE, False, True), (GPU, False, False), (GPU, True, True)])  # fmt: skip
+def test_a_tensor_the_budget_does_not_count_is_not_probed(scope, tied, embd_probed) -> None:
+    """A GPU budget leaves the input embeddings out (llama.cpp keeps them in RAM): they get
+    their best type whatever their gain, so measuring it would be time spent for nothing."""
+    shapes = {"token_embd.weight": (512, ROW), "blk.0.attn_v.weight": (ROW, ROW)}
+    if not tied:
+        shapes["output.weight"] = (512, ROW)
+    layout = FileLayout("llama", 4096, 0, shapes)
+    errors = {n: {"Q4_K": 0.01, "Q6_K": 0.001, REFERENCE_TYPE: 0.0001} for n in shapes}
+    five_bits = sum(rows * cols for rows, cols in shapes.values()) * 5 // 8  # Q4_K below
+    probe = _probe_types(errors, layout, Budget(4096 + five_bits, scope, "test"))
+    assert probe["blk.0.attn_v.weight"] == "Q4_K"
+    assert (probe["token_embd.weight"] != REFERENCE_TYPE) == embd_probed
 
 
 def test_the_shards_quantize_each_matrix_with_its_own_importance(tmp_path: Path) -> None:
