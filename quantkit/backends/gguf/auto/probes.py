@@ -191,14 +191,14 @@ def _info(tensor, ggml_type: str | None) -> ShardTensor:
 def _write_tensor(
     tensor, targets: list[tuple[str | None, Any, Any]], imatrix: Imatrix | None, pool, workers
 ) -> None:
-    """Quantize `tensor` block by block of rows (`workers` blocks at a time) to the type of
-    each (type or None: copied as it is, writer, file) in `targets`, writing in order."""
+    """Quantize `tensor` block by block of rows (2 x `workers` blocks in flight) to the
+    type of each (type or None: copied as it is, writer, file) in `targets`, in order."""
     row = int(tensor.shape[0])
     n_rows = int(tensor.n_elements) // row
     raw = tensor.data.reshape(-1).view("uint8").reshape(n_rows, -1)
     types = sorted({t for t, _, _ in targets if t is not None})
-    weights = _importance(imatrix, tensor.name, row, n_rows // _rows_per_matrix(tensor))
     per_matrix = _rows_per_matrix(tensor)
+    weights = _importance(imatrix, tensor.name, row, n_rows // per_matrix)
     step = max(1, _BLOCK_BYTES // (4 * row))
 
     def job(start: int, stop: int) -> dict[str | None, Any]:
@@ -211,8 +211,6 @@ def _write_tensor(
                 out[ggml_type] = quantize_rows(ggml_type, rows, w)
         return out
 
-    blocks = [(s, min(s + step, (s // per_matrix + 1) * per_matrix, n_rows))
-              for s in _block_starts(n_rows, step, per_matrix)]  # fmt: skip
     pending: deque = deque()
 
     def flush_one() -> None:
@@ -220,7 +218,7 @@ def _write_tensor(
         for ggml_type, _, fout in targets:
             fout.write(memoryview(done[ggml_type]).cast("B"))
 
-    for start, stop in blocks:
+    for start, stop in _blocks(n_rows, step, per_matrix):
         pending.append(pool.submit(job, start, stop))
         if len(pending) >= 2 * workers:
             flush_one()
@@ -230,12 +228,13 @@ def _write_tensor(
         writer.write_padding(fout, fout.tell())
 
 
-def _block_starts(n_rows: int, step: int, per_matrix: int) -> list[int]:
-    """Block starts of at most `step` rows that never cross a matrix (3-D tensors)."""
-    starts = []
+def _blocks(n_rows: int, step: int, per_matrix: int) -> list[tuple[int, int]]:
+    """(start, stop) of blocks of at most `step` rows that never cross a matrix (3-D)."""
+    out = []
     for first in range(0, n_rows, per_matrix):
-        starts += range(first, min(first + per_matrix, n_rows), step)
-    return starts
+        end = min(first + per_matrix, n_rows)
+        out += [(start, min(start + step, end)) for start in range(first, end, step)]
+    return out
 
 
 def _rows_per_matrix(tensor) -> int:
