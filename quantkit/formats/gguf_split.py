@@ -20,6 +20,7 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gguf import GGUFValueType, Keys
 
@@ -83,32 +84,6 @@ def split_gguf(path: Path, max_bytes: int, out_dir: Path | None = None) -> list[
             if size != plan.bytes:
                 raise SplitError(f"{plan.path.name}: wrote {size} bytes, planned {plan.bytes}.")
     return [plan.path for plan in plans]
-
-
-def write_groups(
-    path: Path,
-    groups: list[list[str]],
-    out_dir: Path,
-    stem: str,
-    *,
-    only: set[int] | None = None,
-) -> list[Path]:
-    """Split `path` into one shard per group of tensor names (groups[0] is the first shard,
-    with the metadata); write only the 1-based shard numbers in `only` (all by default).
-    For scratch files (--quant auto's probes): not synced to disk, not written atomically."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    count = len(groups)
-    written = []
-    for index, names in enumerate(groups):
-        if only is not None and index + 1 not in only:
-            continue
-        target = out_dir / shard_name(stem, index + 1, count)
-        plan = ShardPlan(path=target, tensors=tuple(names), bytes=0)
-        _write_shard(reader, Path(path), target, plan, index, count, durable=False)
-        written.append(target)
-    return written
 
 
 # --- planning -------------------------------------------------------------------------
@@ -202,9 +177,37 @@ def _architecture(reader) -> str:
 # --- writing --------------------------------------------------------------------------
 
 
-def _write_shard(
-    reader, source: Path, target: Path, plan: ShardPlan, index: int, count: int, durable=True
-):
+def _write_shard(reader, source: Path, target: Path, plan: ShardPlan, index: int, count: int):
+    by_name = {t.name: t for t in reader.tensors}
+    tensors = [by_name[name] for name in plan.tensors]
+    infos = [ShardTensor(t.name, _numpy_shape(t), t.tensor_type, int(t.n_bytes)) for t in tensors]
+    writer, fout = open_shard(reader, target, infos, index, count)
+    with source.open("rb") as src:
+        for t in tensors:
+            _copy_range(src, fout, int(t.data_offset), int(t.n_bytes))
+            writer.write_padding(fout, int(t.n_bytes))
+    fout.flush()
+    os.fsync(fout.fileno())
+    writer.close()
+    log.info("wrote %s (%d tensors)", target.name, len(tensors))
+
+
+@dataclass(frozen=True)
+class ShardTensor:
+    """A tensor as a shard's header describes it (shape in numpy order, row length last)."""
+
+    name: str
+    shape: tuple[int, ...]
+    tensor_type: Any  # gguf.GGMLQuantizationType
+    nbytes: int
+
+
+def open_shard(reader, target: Path, tensors: list[ShardTensor], index: int, count: int):
+    """Write the header of shard `index` (0-based) of `count` of the GGUF `reader` reads
+    (all its metadata in the first shard; the split keys in every one) with `tensors`'
+    infos; return the gguf-py writer and its file, positioned where the first tensor's
+    data goes. The caller writes each tensor's bytes in order, each followed by
+    `writer.write_padding(fout, nbytes)`, then closes the writer."""
     import numpy as np
     from gguf import GGUFWriter
 
@@ -223,29 +226,22 @@ def _write_shard(
     writer.add_uint16(SPLIT_NO, index)
     writer.add_uint16(SPLIT_COUNT, count)
     writer.add_int32(SPLIT_TENSORS_COUNT, len(reader.tensors))
-    by_name = {t.name: t for t in reader.tensors}
-    tensors = [by_name[name] for name in plan.tensors]
     for t in tensors:
-        # GGUF stores dims innermost first; the writer takes numpy order. Passing the
-        # byte count with a non-uint8 dtype keeps the shape as given.
-        shape = [int(d) for d in reversed(t.shape.tolist())]
+        # Passing the byte count with a non-uint8 dtype keeps the shape as given.
         writer.add_tensor_info(
-            t.name, shape, np.dtype(np.float32), int(t.n_bytes), raw_dtype=t.tensor_type
+            t.name, list(t.shape), np.dtype(np.float32), t.nbytes, raw_dtype=t.tensor_type
         )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     fout = writer.fout[0]
     writer.write_padding(fout, fout.tell())
-    with source.open("rb") as src:
-        for t in tensors:
-            _copy_range(src, fout, int(t.data_offset), int(t.n_bytes))
-            writer.write_padding(fout, int(t.n_bytes))
-    fout.flush()
-    if durable:
-        os.fsync(fout.fileno())
-    writer.close()
-    log.info("wrote %s (%d tensors)", target.name, len(tensors))
+    return writer, fout
+
+
+def _numpy_shape(tensor) -> tuple[int, ...]:
+    # GGUF stores dims innermost first; the writer takes numpy order
+    return tuple(int(d) for d in reversed(tensor.shape.tolist()))
 
 
 def _copy_range(src, dst, offset: int, length: int) -> None:

@@ -68,9 +68,10 @@ class GGUFBackend:
 
         spec = spec_from_source(source)
         if self._auto is not None:
-            # Q8_0 is auto's largest type: a bound on the file, and on each of the probes'
-            # files; while the all-Q8_0 one is cut into shards it exists twice (probes.py).
-            # All are deleted before the artifact is written.
+            # Q8_0 is auto's largest type: a bound on the file, on the probes' all-Q8_0
+            # shards and on their probe-type shards (every other layer, so about half of
+            # it: 2 x Q8_0 keeps a margin; probes.py). All are deleted before the artifact
+            # is written.
             probing = self._auto.recipe is None and self._auto.probe_chunks > 0
             q8 = gguf_file_bytes(spec, "Q8_0")
             return gguf_file_bytes(spec, "BF16") + (2 * q8 if probing else q8)

@@ -128,8 +128,10 @@ def test_auto_is_not_worse_than_q4_k_m_at_its_size(stock_and_auto, demo_model: P
 
 def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf16_imatrix,
                                                       tmp_path) -> None:  # fmt: skip
-    """measure_gains builds every probe from two quantizations cut into one shard per role:
-    each probe's tensors are what quantizing it on its own writes, and llama.cpp loads it."""
+    """measure_gains builds every probe from two sets of shards written in one pass over the
+    BF16 file: each probe's tensors are what llama.cpp's quantizer writes for it on its own
+    (K-quants and i-quants with the importance matrix too), and llama.cpp loads it. A role's
+    probe changes its tensors in every other layer."""
     from gguf import GGUFReader
 
     from quantkit.backends.gguf.auto.probes import REFERENCE_TYPE, build_probe_set
@@ -140,15 +142,21 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
 
     bf16, imatrix_path = demo_bf16_imatrix
     imatrix = load_imatrix(imatrix_path)
-    # types whose blocks divide the demo's rows of 576, as auto_candidates would allow
+    # types whose blocks divide the demo's rows (576; ffn_down's 1536 takes 256-blocks),
+    # as auto_candidates would allow; IQ2_XS needs the matrix, which covers ffn_down
     shapes = FileLayout.read(bf16).shapes
-    probe = {n: "Q4_0" if tensor_role(n) != "token_embd" else "Q5_0" for n in shapes}
+    special = {"token_embd": "Q5_0", "ffn_down": "IQ2_XS", "attn_q": REFERENCE_TYPE}
+    probe = {n: special.get(tensor_role(n), "Q4_0") for n in shapes}
+    probe.update({n: "Q4_K" for n in shapes if n.startswith("blk.2.ffn_down")})
     probes = build_probe_set(bf16, probe, tmp_path, imatrix)
+    assert "attn_q" not in probes.roles  # nothing to change: no probe
     assert set(probes.roles) >= {"attn_v", "ffn_down", "token_embd"}
-    linked = probes.probe({"attn_v"}, "attn_v")
-    direct = tmp_path / "direct.gguf"
-    types = {n: t if tensor_role(n) == "attn_v" else REFERENCE_TYPE for n, t in probe.items()}
-    quantize_gguf(bf16, direct, REFERENCE_TYPE, imatrix=imatrix, tensor_types=types)
+    assert probes.changed["token_embd"] == ("token_embd.weight",)
+    for role in probes.roles:
+        layers = sorted(int(n.split(".")[1]) for n in probes.changed[role] if n.startswith("blk."))
+        every = sorted(int(n.split(".")[1]) for n in shapes if tensor_role(n) == role
+                       and n.startswith("blk."))  # fmt: skip
+        assert layers == every[::2]
 
     def tensors(paths) -> dict[str, tuple[str, bytes]]:
         out = {}
@@ -157,13 +165,30 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
                 out[t.name] = (t.tensor_type.name, bytes(t.data.tobytes()))
         return out
 
-    shards = sorted(linked.parent.glob("*.gguf"))
-    assert len(shards) == probes.count and all(p.is_symlink() for p in shards)
-    ours, theirs = tensors(shards), tensors([direct])
-    assert ours == theirs
-    assert {ours[n][0] for n in ours if tensor_role(n) == "attn_v"} == {"Q4_0"}
+    # llama.cpp's quantizer: every tensor at Q8_0, and every probed tensor at its probe type
+    changed = {n for names in probes.changed.values() for n in names}
+    base, low = tmp_path / "base.gguf", tmp_path / "low.gguf"
+    quantize_gguf(bf16, base, REFERENCE_TYPE, imatrix=imatrix,
+                  tensor_types=dict.fromkeys(probe, REFERENCE_TYPE))  # fmt: skip
+    quantize_gguf(bf16, low, REFERENCE_TYPE, imatrix=imatrix,
+                  tensor_types={n: probe[n] if n in changed else REFERENCE_TYPE for n in probe})
+    theirs_base, theirs_low = tensors([base]), tensors([low])
+    assert theirs_low["blk.2.ffn_down.weight"][0] == "Q4_K"
+    assert theirs_low["blk.0.ffn_down.weight"][0] == "IQ2_XS"
+    for role in ["baseline", *probes.roles]:
+        linked = probes.probe({role}, role)
+        shards = sorted(linked.parent.glob("*.gguf"))
+        assert len(shards) == len(probes.shards) and all(p.is_symlink() for p in shards)
+        mine = probes.changed.get(role, ())
+        expected = {n: theirs_low[n] if n in mine else theirs_base[n] for n in theirs_base}
+        assert tensors(shards) == expected, role
+    direct = tmp_path / "direct.gguf"
+    quantize_gguf(bf16, direct, REFERENCE_TYPE, imatrix=imatrix,
+                  tensor_types={n: probe[n] if n in probes.changed["attn_v"] else REFERENCE_TYPE
+                                for n in probe})  # fmt: skip
     source = load_source(demo_model)
-    a = evaluate_artifact(linked, source, max_chunks=1, use_cache=False)
+    a = evaluate_artifact(probes.probe({"attn_v"}, "attn_v"), source, max_chunks=1,
+                          use_cache=False)  # fmt: skip
     b = evaluate_artifact(direct, source, max_chunks=1, use_cache=False)
     assert a.kld_mean == b.kld_mean and a.perplexity == b.perplexity
     probes.remove()

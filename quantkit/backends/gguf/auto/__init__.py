@@ -64,7 +64,7 @@ def choose_recipe(
         name: {t: e for t, e in per_type.items() if t in types}
         for name, per_type in measured_errors.items()
     }
-    probe = _probe_types(errors, layout, budget.bytes - layout.overhead(budget))
+    probe = _probe_types(errors, layout, budget)
     method: dict[str, Any] = {"sample_elements": SAMPLE_ELEMENTS, "types": list(types),
                               "probe_chunks": probe_chunks, "seconds": seconds}  # fmt: skip
     gains: dict[str, float] = {}
@@ -72,7 +72,7 @@ def choose_recipe(
         started = time.perf_counter()
         measured = measure_gains(bf16, source, probe, errors, work, imatrix=imatrix,
                                  chunks=probe_chunks, evaluation=evaluation,
-                                 progress=progress)  # fmt: skip
+                                 progress=progress, seconds=seconds)  # fmt: skip
         seconds["probes"] = time.perf_counter() - started
         gains = {role: m["gain"] for role, m in measured.items()}
         method["roles"] = measured
@@ -98,16 +98,22 @@ def gguf_architecture(spec: ModelSpec) -> str:
 
 
 def _probe_types(
-    errors: dict[str, dict[str, float]], layout: FileLayout, room: int
+    errors: dict[str, dict[str, float]], layout: FileLayout, budget: Budget
 ) -> dict[str, str]:
     """Per tensor, the type nearest below the budget's mean bits per weight: gains are
-    measured where the solver will work (KL divergence is quadratic only near zero)."""
+    measured where the solver will work (KL divergence is quadratic only near zero). A
+    tensor the budget does not count (a GPU profile's input embeddings) gets its best type
+    whatever its gain, so it stays at Q8_0 and its role has no probe."""
     from ....formats.gguf_types import bits_per_weight, numel
+    from ....planning.mix import tensor_role
 
     elements = sum(numel(s) for s in layout.shapes.values())
-    target = room * 8 / max(elements, 1)
+    target = (budget.bytes - layout.overhead(budget)) * 8 / max(elements, 1)
     probe = {}
     for name, per_type in errors.items():
+        if not budget.counts(tensor_role(name), layout.tied_head):
+            probe[name] = REFERENCE_TYPE
+            continue
         below = [t for t in per_type if bits_per_weight(t) <= target]
         pool = below or list(per_type)
         probe[name] = max(pool, key=bits_per_weight) if below else min(pool, key=bits_per_weight)

@@ -6,24 +6,24 @@ relative error do not cost the same. To first order KL divergence is quadratic i
 perturbations, and perturbations of different tensors add, so the expected KL divergence of
 a mix is modelled as sum over tensors of gain[role] x relative error[tensor, type].
 
-Each gain is measured: the model is quantized with one role's tensors at the probe type
-(the auto type nearest the budget's bits per weight) and every other tensor at Q8_0, and its
-mean KL divergence against the source, less that of the all-Q8_0 file, divided by the
-role's summed relative errors at the probe type. Two quantizations in all (probes.py builds
-every probe file from them) and one short evaluation per role, on the first chunks of the
-convert's own evaluation corpus (docs/quantization.md gives the costs and where the model
-fails).
+Each gain is measured: the model is quantized with one role's tensors in every other layer
+at the probe type (the auto type nearest the budget's bits per weight) and every other
+tensor at Q8_0, and its mean KL divergence against the source, less that of the all-Q8_0
+file, divided by the summed relative errors of exactly the tensors the probe changed. One
+pass over the BF16 file writes every probe's shards (probes.py), then one short evaluation
+per role, on the first chunks of the convert's own evaluation corpus (docs/quantization.md
+gives the costs and where the model fails).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ....evaluation.options import EvalOptions, reference_dtype
-from ....planning.mix import tensor_role
 from .probes import ProbeSet, build_probe_set
 
 if TYPE_CHECKING:
@@ -47,19 +47,26 @@ def measure_gains(
     chunks: int,
     evaluation: EvalOptions | None = None,
     progress: ProgressFn | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """role -> {gain, kld (the probe file's mean KLD), baseline}: see the module doc.
-    `evaluation`: the convert's own evaluation to come (its corpus and context; the first
-    probe computes its whole reference, which it then reuses), None when there is none."""
+    """role -> {gain, kld (the probe file's mean KLD), baseline, relative_error and tensors
+    (of the tensors the probe changed)}: see the module doc. `evaluation`: the convert's own
+    evaluation to come (its corpus and context; the first probe computes its whole
+    reference, which it then reuses), None when there is none. `seconds` gets the time of
+    the probe files, of the baseline probe (with the reference) and of the role probes."""
+    seconds = {} if seconds is None else seconds
     stage = "quantizing the probe files"
     if progress is not None:
         progress(stage, 0, 1)
+    started = time.perf_counter()
     probes = build_probe_set(bf16, probe, work, imatrix)
+    seconds["probe_files"] = time.perf_counter() - started
     if progress is not None:
         progress(stage, 1, 1)
     shared = evaluation or EvalOptions(enabled=False)
     try:
-        measured = _measure_roles(probes, source, probe, errors, chunks, shared, progress)
+        measured = _measure_roles(probes, source, probe, errors, chunks, shared, progress,
+                                  seconds)  # fmt: skip
     finally:
         probes.remove()
     return _gains(measured)
@@ -73,24 +80,32 @@ def _measure_roles(
     chunks: int,
     evaluation: EvalOptions,
     progress: ProgressFn | None,
+    seconds: dict[str, float],
 ) -> dict[str, dict[str, float]]:
-    """The all-Q8_0 baseline first, then one probe per role: its KLD and summed errors."""
+    """The all-Q8_0 baseline first, then one probe per role: its KLD and the summed errors
+    of the tensors it changed."""
     stage = "measuring KL divergence per tensor role"
 
     def probe_kld(roles: set[str]) -> float:
         path = probes.probe(roles, "-".join(sorted(roles)) or "baseline")
         return _probe_kld(path, source, roles, chunks, evaluation)
 
+    started = time.perf_counter()
     baseline = probe_kld(set())
+    seconds["probe_baseline"] = time.perf_counter() - started
+    started = time.perf_counter()
     if progress is not None:
         progress(stage, 1, probes.count)
     measured: dict[str, dict[str, float]] = {}
     for done, role in enumerate(probes.roles, start=2):
         kld = probe_kld({role})
-        error = sum(errors[n][probe[n]] for n in probe if tensor_role(n) == role)
-        measured[role] = {"kld": kld, "baseline": baseline, "relative_error": error}
+        changed = probes.changed[role]  # every other layer's: probes.py
+        error = sum(errors[n][probe[n]] for n in changed)
+        measured[role] = {"kld": kld, "baseline": baseline, "relative_error": error,
+                          "tensors": len(changed)}  # fmt: skip
         if progress is not None:
             progress(stage, done, probes.count)
+    seconds["probe_roles"] = time.perf_counter() - started
     return measured
 
 

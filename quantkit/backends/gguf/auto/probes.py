@@ -1,86 +1,288 @@
-"""The probe files of measure_gains from two quantizations, whatever the number of roles.
+"""The probe files of measure_gains, written from the BF16 file in one pass.
 
-A probe is the model with one role's tensors at their probe type and every other tensor at
-Q8_0. llama.cpp quantizes each tensor on its own, so every probe's tensors are found in one
-of two files: `base` (every tensor at Q8_0) and `low` (every tensor at its probe type).
-Both are cut into llama.cpp's split format, one shard per role (the first shard holds the
-metadata and the tensors no probe changes); a probe is then a folder of links to shards,
-the probed role's from `low`, the rest from `base`. llama.cpp loads it as it loads any
-split set, and its tensors are the bytes `quantize_gguf(bf16, ..., tensor_types=probe)`
-would write (tests/backends/gguf/test_auto.py compares them). At 8B that is two
-quantizations and ~13 GB copied instead of one 8.5 GB quantization per role.
+A probe is the model with some of one role's tensors at their probe type and every other
+tensor at Q8_0. All the probes are made of two sets of shards in llama.cpp's split format,
+written side by side while the BF16 file is read once:
+
+    base/  every tensor at Q8_0. The first shard holds the metadata and the tensors of no
+           probed role; then, per role, one shard of its probed tensors and one of the rest.
+    low/   only the shards of probed tensors, at their probe types.
+
+A probe is a folder of links to shards, the probed role's from `low`, the rest from `base`;
+llama.cpp loads it as it loads any split set. Each tensor is quantized by ggml's
+`ggml_quantize_chunk` with the importance matrix, the call llama.cpp's quantizer makes, and
+it quantizes every row on its own: a probe's tensors are the bytes
+`quantize_gguf(bf16, ..., tensor_types=<the probe's types>)` writes
+(tests/backends/gguf/test_auto.py compares them). No whole quantized file is written and
+cut, and no tensor is quantized twice.
+
+The probed tensors of a role are those of every PROBE_LAYER_STEP-th layer (0, 2, 4, ...)
+whose probe type is not Q8_0, and the role's tensors outside the layers (token_embd,
+output). The gain is one per role, and measure_gains divides the KL divergence a probe adds
+by the summed errors of exactly the tensors it changed, so half the layers measure it as
+the additive model has all of them do, for half the probe-type quantization.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ....formats.gguf_names import shard_name
-from ....formats.gguf_read import tensor_types
-from ....formats.gguf_split import write_groups
+from ....formats.gguf_split import ShardTensor, open_shard
 from ....planning.mix import tensor_role
-from ..quantize import quantize_gguf
+from ....runtime.interrupts import raise_if_interrupted
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..imatrix.matrix import Imatrix
 
 REFERENCE_TYPE = "Q8_0"  # every tensor not being probed; its own error is the baseline
 STEM = "auto-probe"
+PROBE_LAYER_STEP = 2  # a role's probe changes the tensors of layers 0, 2, 4, ...
+_BLOCK_BYTES = 32 << 20  # float32 bytes of rows per quantization job
+_LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
 @dataclass(frozen=True)
 class ProbeSet:
     folder: Path
-    roles: tuple[str, ...]  # shard k + 2 holds roles[k]'s tensors
+    roles: tuple[str, ...]
+    shards: tuple[str | None, ...]  # per shard, the role whose probed tensors it holds
+    changed: Mapping[str, tuple[str, ...]]  # role -> the tensors its probe changes
 
     @property
     def count(self) -> int:
+        """Probes to measure: the all-Q8_0 baseline and one per role."""
         return len(self.roles) + 1
 
     def probe(self, roles: set[str], name: str) -> Path:
-        """A folder of links: `roles` from `low`, the rest from `base`; its first shard."""
+        """A folder of links: `roles`' probed shards from `low`, the rest from `base`; its
+        first shard."""
         folder = self.folder / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
-        for index in range(1, self.count + 1):
-            low = index > 1 and self.roles[index - 2] in roles
-            shard = shard_name(STEM, index, self.count)
-            (folder / shard).symlink_to(self.folder / ("low" if low else "base") / shard)
-        return folder / shard_name(STEM, 1, self.count)
+        total = len(self.shards)
+        for index, owner in enumerate(self.shards, start=1):
+            shard = shard_name(STEM, index, total)
+            kind = "low" if owner in roles else "base"
+            (folder / shard).symlink_to(self.folder / kind / shard)
+        return folder / shard_name(STEM, 1, total)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def build_probe_set(
-    bf16: Path, probe: dict[str, str], work: Path, imatrix: Imatrix | None
+    bf16: Path,
+    probe: dict[str, str],
+    work: Path,
+    imatrix: Imatrix | None,
+    *,
+    threads: int | None = None,
 ) -> ProbeSet:
-    """Quantize `bf16` twice (every tensor at Q8_0; every tensor at its `probe` type) and cut
-    both into one shard per probed role under work/auto-probe."""
+    """Write the `base` and `low` shards of `bf16` (`probe`: tensor -> probe type) under
+    work/auto-probe."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(bf16)
+    names = [t.name for t in reader.tensors]
     roles = tuple(sorted({tensor_role(n) for n, t in probe.items() if t != REFERENCE_TYPE}))
-    probes = ProbeSet(work / STEM, roles)
+    groups, owners = _groups(names, probe, roles)
+    changed = {
+        role: tuple(n for group, owner in zip(groups, owners, strict=True) if owner == role
+                    for n in group)
+        for role in roles
+    }  # fmt: skip
+    probes = ProbeSet(work / STEM, roles, tuple(owners), changed)
     probes.remove()
     try:
-        for kind, types in (("base", dict.fromkeys(probe, REFERENCE_TYPE)), ("low", probe)):
-            whole = work / f"{STEM}-{kind}.gguf"
-            try:
-                quantize_gguf(bf16, whole, REFERENCE_TYPE, imatrix=imatrix, tensor_types=types)
-                groups = _groups(list(tensor_types(whole)), roles)
-                (probes.folder / kind).mkdir(parents=True)
-                only = None if kind == "base" else set(range(2, probes.count + 1))
-                write_groups(whole, groups, probes.folder / kind, STEM, only=only)
-            finally:
-                whole.unlink(missing_ok=True)
+        for kind in ("base", "low"):
+            (probes.folder / kind).mkdir(parents=True)
+        _write_shards(reader, groups, owners, probe, probes.folder, imatrix, threads)
     except BaseException:
         probes.remove()
         raise
     return probes
 
 
-def _groups(names: list[str], roles: tuple[str, ...]) -> list[list[str]]:
-    """The first shard's tensors (no probed role), then one list per role, in file order."""
-    rest = [n for n in names if tensor_role(n) not in roles]
-    return [rest, *([n for n in names if tensor_role(n) == role] for role in roles)]
+def _groups(
+    names: list[str], probe: dict[str, str], roles: tuple[str, ...]
+) -> tuple[list[list[str]], list[str | None]]:
+    """The shards' tensors in file order and, per shard, the role it probes (None: none).
+    First the tensors of no probed role, then per role its probed tensors and the rest."""
+    groups: list[list[str]] = [[n for n in names if tensor_role(n) not in roles]]
+    owners: list[str | None] = [None]
+    for role in roles:
+        of_role = [n for n in names if tensor_role(n) == role]
+        changeable = [n for n in of_role if probe.get(n, REFERENCE_TYPE) != REFERENCE_TYPE]
+        sampled = [n for n in changeable if _layer(n) % PROBE_LAYER_STEP == 0]
+        probed = sampled or changeable
+        groups.append(probed)
+        owners.append(role)
+        rest = [n for n in of_role if n not in set(probed)]
+        if rest:
+            groups.append(rest)
+            owners.append(None)
+    return groups, owners
+
+
+def _layer(name: str) -> int:
+    """The layer of a `blk.N.` tensor; 0 for the others (token_embd, output)."""
+    match = _LAYER.match(name)
+    return int(match.group(1)) if match else 0
+
+
+def _write_shards(
+    reader,
+    groups: list[list[str]],
+    owners: list[str | None],
+    probe: dict[str, str],
+    folder: Path,
+    imatrix: Imatrix | None,
+    threads: int | None,
+) -> None:
+    """One pass over the tensors: each shard of `base` and, for probed shards, of `low`,
+    each tensor read once and quantized to each type it needs once."""
+    by_name = {t.name: t for t in reader.tensors}
+    total = len(groups)
+    workers = threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, (names, owner) in enumerate(zip(groups, owners, strict=True)):
+            kinds = {"base": {n: REFERENCE_TYPE if n in probe else None for n in names}}
+            if owner is not None:
+                kinds["low"] = {n: probe[n] for n in names}
+            with ExitStack() as stack:
+                outs = []
+                for kind, types in kinds.items():
+                    infos = [_info(by_name[n], types[n]) for n in names]
+                    target = folder / kind / shard_name(STEM, index + 1, total)
+                    writer, fout = open_shard(reader, target, infos, index, total)
+                    stack.callback(writer.close)
+                    outs.append((types, writer, fout))
+                for name in names:
+                    targets = [(types[name], writer, fout) for types, writer, fout in outs]
+                    _write_tensor(by_name[name], targets, imatrix, pool, workers)
+                    raise_if_interrupted()
+
+
+def _info(tensor, ggml_type: str | None) -> ShardTensor:
+    from gguf import GGMLQuantizationType
+
+    from ....runtime.ggml_quant import row_bytes
+
+    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+    if ggml_type is None:
+        return ShardTensor(tensor.name, shape, tensor.tensor_type, int(tensor.n_bytes))
+    rows = int(tensor.n_elements) // shape[-1]
+    return ShardTensor(tensor.name, shape, GGMLQuantizationType[ggml_type],
+                       rows * row_bytes(ggml_type, shape[-1]))  # fmt: skip
+
+
+def _write_tensor(
+    tensor, targets: list[tuple[str | None, Any, Any]], imatrix: Imatrix | None, pool, workers
+) -> None:
+    """Quantize `tensor` block by block of rows (2 x `workers` blocks in flight) to the
+    type of each (type or None: copied as it is, writer, file) in `targets`, in order."""
+    row = int(tensor.shape[0])
+    n_rows = int(tensor.n_elements) // row
+    raw = tensor.data.reshape(-1).view("uint8").reshape(n_rows, -1)
+    types = sorted({t for t, _, _ in targets if t is not None})
+    per_matrix = _rows_per_matrix(tensor)
+    weights = _importance(imatrix, tensor.name, row, n_rows // per_matrix)
+    step = max(1, _BLOCK_BYTES // (4 * row))
+
+    def job(start: int, stop: int) -> dict[str | None, Any]:
+        block = raw[start:stop]
+        out: dict[str | None, Any] = {None: block}
+        if types:
+            rows = _to_float32(block, tensor.tensor_type, row)
+            w = None if weights is None else weights[start // per_matrix]
+            for ggml_type in types:
+                out[ggml_type] = quantize_rows(ggml_type, rows, w)
+        return out
+
+    pending: deque = deque()
+
+    def flush_one() -> None:
+        done = pending.popleft().result()
+        for ggml_type, _, fout in targets:
+            fout.write(memoryview(done[ggml_type]).cast("B"))
+
+    for start, stop in _blocks(n_rows, step, per_matrix):
+        pending.append(pool.submit(job, start, stop))
+        if len(pending) >= 2 * workers:
+            flush_one()
+    while pending:
+        flush_one()
+    for _, writer, fout in targets:
+        writer.write_padding(fout, fout.tell())
+
+
+def _blocks(n_rows: int, step: int, per_matrix: int) -> list[tuple[int, int]]:
+    """(start, stop) of blocks of at most `step` rows that never cross a matrix (3-D)."""
+    out = []
+    for first in range(0, n_rows, per_matrix):
+        end = min(first + per_matrix, n_rows)
+        out += [(start, min(start + step, end)) for start in range(first, end, step)]
+    return out
+
+
+def _rows_per_matrix(tensor) -> int:
+    """Rows of one 2-D matrix: a 3-D (experts) tensor has one importance row per matrix."""
+    dims = [int(d) for d in tensor.shape.tolist()]
+    return dims[1] if len(dims) > 2 else int(tensor.n_elements) // dims[0]
+
+
+def _importance(imatrix: Imatrix | None, name: str, row: int, matrices: int):
+    """Per matrix, the importance values llama.cpp hands the quantizer for `name`, or None."""
+    if imatrix is None or name not in imatrix.entries:
+        return None
+    values = imatrix.entries[name].mean().reshape(-1)
+    if values.size != row * matrices:
+        raise ValueError(f"the importance matrix has {values.size} values for {name}, "
+                         f"which has {matrices} matrices of rows of {row}")  # fmt: skip
+    return values.reshape(matrices, row).astype("float32")
+
+
+def _to_float32(block: np.ndarray, source_type, row: int) -> np.ndarray:
+    """Rows of raw BF16/F16/F32 bytes as float32 (BF16 widened exactly, as ggml does)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+
+    if source_type == Q.BF16:
+        return (block.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if source_type == Q.F16:
+        return block.view(np.float16).astype(np.float32)
+    if source_type == Q.F32:
+        return np.ascontiguousarray(block.view(np.float32))
+    raise ValueError(f"a probe quantizes BF16, F16 or F32 tensors, not {source_type.name}")
+
+
+def quantize_rows(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+    """`rows` (float32 [n, row]) quantized to `ggml_type` by ggml_quantize_chunk with the
+    per-column `importance`: the bytes llama.cpp's quantizer writes for them."""
+    import numpy as np
+
+    from ....runtime.ggml_quant import _libggml, row_bytes, type_id
+
+    lib = _libggml()
+    tid = type_id(ggml_type)
+    src = np.ascontiguousarray(rows, dtype=np.float32)
+    n_rows, n_per_row = src.shape
+    if importance is None and lib.ggml_quantize_requires_imatrix(tid):
+        raise ValueError(f"{ggml_type} cannot be quantized without importance weights.")
+    out = np.empty(n_rows * row_bytes(ggml_type, n_per_row), dtype=np.uint8)
+    weights = None if importance is None else np.ascontiguousarray(importance, np.float32)
+    lib.ggml_quantize_chunk(tid, src.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row,
+                            None if weights is None else weights.ctypes.data)  # fmt: skip
+    return out
