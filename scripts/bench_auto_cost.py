@@ -108,17 +108,18 @@ def fresh_env(cache: Path) -> dict[str, str]:
     return env
 
 
-def measure(label: str, cmd: list[str], env: dict[str, str]) -> tuple[Run, dict]:
-    """Run `cmd` (a `quantkit convert --json`), sampling its tree's RssAnon; its JSON result."""
-    os.sync()
-    run = Run(label)
+def run_sampled(cmd: list[str], env: dict[str, str] | None = None):
+    """Run `cmd`, sampling its process tree's RssAnon every 0.5 s: (returncode, stdout,
+    stderr, wall seconds, peak RssAnon bytes)."""
+    peak = 0
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     done = threading.Event()
 
     def sample() -> None:
+        nonlocal peak
         while not done.is_set():
-            run.peak_anon_bytes = max(run.peak_anon_bytes, tree_rss_anon(proc.pid))
+            peak = max(peak, tree_rss_anon(proc.pid))
             done.wait(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -126,12 +127,19 @@ def measure(label: str, cmd: list[str], env: dict[str, str]) -> tuple[Run, dict]
     out, err = proc.communicate()
     done.set()
     sampler.join()
-    run.seconds = time.perf_counter() - start
-    if proc.returncode != 0:
+    return proc.returncode, out, err, time.perf_counter() - start, peak
+
+
+def measure(label: str, cmd: list[str], env: dict[str, str]) -> tuple[Run, dict]:
+    """Run `cmd` (a `quantkit convert --json`), sampling its tree's RssAnon; its JSON result."""
+    os.sync()
+    run = Run(label)
+    returncode, out, err, run.seconds, run.peak_anon_bytes = run_sampled(cmd, env)
+    if returncode != 0:
         log = Path(tempfile.gettempdir()) / f"bench_auto_cost-{label.replace(' ', '_')}.stderr"
         log.write_bytes(err)
         tail = err.decode(errors="replace").strip().splitlines()[-20:]
-        raise RuntimeError(f"{label} failed ({proc.returncode}), stderr in {log}:\n"
+        raise RuntimeError(f"{label} failed ({returncode}), stderr in {log}:\n"
                            + "\n".join(tail))  # fmt: skip
     return run, json.loads(out)
 

@@ -16,17 +16,15 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from bench_auto_cost import SHAPES, tree_rss_anon  # noqa: E402
+from bench_auto_cost import SHAPES, run_sampled  # noqa: E402
 from bench_convert import build_synthetic, write_section  # noqa: E402
 
 SECTION = "bench_fp8_memory"
@@ -41,25 +39,10 @@ CHILD = (
 def run(model: Path, out: Path, shard_by_shard: bool) -> tuple[float, int]:
     out.mkdir()
     cmd = [sys.executable, "-c", CHILD, str(model), str(out), "yes" if shard_by_shard else "no"]
-    peak = 0
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_rss_anon(proc.pid))
-            done.wait(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
+    returncode, _, err, seconds, peak = run_sampled(cmd)
+    if returncode != 0:
         raise RuntimeError(err.decode(errors="replace")[-3000:])
-    return time.perf_counter() - start, peak
+    return seconds, peak
 
 
 def compare(a: Path, b: Path) -> tuple[bool, int, int]:
