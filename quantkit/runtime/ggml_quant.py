@@ -65,9 +65,10 @@ def row_bytes(ggml_type: str, row: int) -> int:
     return int(_libggml().ggml_row_size(type_id(ggml_type), row))
 
 
-def round_trip(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
-    """`rows` (float32 [n, row]) quantized to `ggml_type` by ggml, with the per-column
-    `importance` (llama.cpp's imatrix values) where given, and dequantized again."""
+def quantize_rows(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+    """`rows` (float32 [n, row]) quantized to `ggml_type` by ggml_quantize_chunk with the
+    per-column `importance` (llama.cpp's imatrix values) where given: the bytes llama.cpp's
+    quantizer writes for them."""
     import numpy as np
 
     lib = _libggml()
@@ -89,7 +90,16 @@ def round_trip(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) 
         tid, src.ctypes.data, packed.ctypes.data, 0, n_rows, n_per_row,
         None if weights is None else weights.ctypes.data,
     )  # fmt: skip
-    out = np.empty_like(src)
-    to_float = _TO_FLOAT(lib.ggml_get_type_traits(tid).contents.to_float)
-    to_float(packed.ctypes.data, out.ctypes.data, src.size)
+    return packed
+
+
+def round_trip(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+    """`rows` quantized by `quantize_rows` and dequantized again."""
+    import numpy as np
+
+    packed = quantize_rows(ggml_type, rows, importance)
+    out = np.empty(np.shape(rows), dtype=np.float32)
+    tid = type_id(ggml_type)
+    to_float = _TO_FLOAT(_libggml().ggml_get_type_traits(tid).contents.to_float)
+    to_float(packed.ctypes.data, out.ctypes.data, out.size)
     return out

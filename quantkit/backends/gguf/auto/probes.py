@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ....formats.gguf_names import shard_name
 from ....formats.gguf_split import ShardTensor, open_shard
 from ....planning.mix import tensor_role
+from ....runtime.ggml_quant import quantize_rows
 from ....runtime.interrupts import raise_if_interrupted
 
 if TYPE_CHECKING:
@@ -266,23 +267,3 @@ def _to_float32(block: np.ndarray, source_type, row: int) -> np.ndarray:
     if source_type == Q.F32:
         return np.ascontiguousarray(block.view(np.float32))
     raise ValueError(f"a probe quantizes BF16, F16 or F32 tensors, not {source_type.name}")
-
-
-def quantize_rows(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
-    """`rows` (float32 [n, row]) quantized to `ggml_type` by ggml_quantize_chunk with the
-    per-column `importance`: the bytes llama.cpp's quantizer writes for them."""
-    import numpy as np
-
-    from ....runtime.ggml_quant import _libggml, row_bytes, type_id
-
-    lib = _libggml()
-    tid = type_id(ggml_type)
-    src = np.ascontiguousarray(rows, dtype=np.float32)
-    n_rows, n_per_row = src.shape
-    if importance is None and lib.ggml_quantize_requires_imatrix(tid):
-        raise ValueError(f"{ggml_type} cannot be quantized without importance weights.")
-    out = np.empty(n_rows * row_bytes(ggml_type, n_per_row), dtype=np.uint8)
-    weights = None if importance is None else np.ascontiguousarray(importance, np.float32)
-    lib.ggml_quantize_chunk(tid, src.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row,
-                            None if weights is None else weights.ctypes.data)  # fmt: skip
-    return out
