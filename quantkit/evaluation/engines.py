@@ -3,7 +3,10 @@
 - `LlamaCppEngine`: a GGUF file in llama.cpp (llama-cpp-python's low-level API), several
   chunks per decode and only the rows asked for (quantkit.evaluation.llama_batch).
 - `TransformersEngine`: any folder transformers loads (BF16/FP16 safetensors, FP8 and GPTQ
-  in the compressed-tensors format, which decompresses on load), on the CPU.
+  in the compressed-tensors format), on the CPU, its decoder layers streamed from the shards
+  one at a time (quantkit.source.streamed_model): a batch of chunks goes through each layer
+  while it is in memory, so memory is bounded by a layer and the batch's activations, and
+  each weight is read once per batch.
 - `MLXEngine`: an MLX folder in mlx (mlx_lm.load's model), on mlx's default device (the
   CPU on Linux, where mlx[cpu] is the only backend).
 
@@ -52,7 +55,7 @@ def open_engine(path: str | Path, *, n_ctx: int, dtype: str = "float32") -> Engi
         return LlamaCppEngine(found.path, n_ctx=n_ctx)
     if found.kind == "mlx":
         return MLXEngine(found.path)
-    return TransformersEngine(found.path, dtype=dtype)
+    return TransformersEngine(found.path, dtype=dtype, n_ctx=n_ctx)
 
 
 def file_sha256(path: Path) -> str:
@@ -229,10 +232,18 @@ class LlamaCppEngine(Engine):
             self._vocab.close()
 
 
+# Memory for one batch's activations in the layer-by-layer transformers pass: a chunk of n_ctx
+# tokens needs about ACTIVATION_WIDTHS x its hidden and MLP widths of values in flight (the
+# residual, the norm, q/k/v and the attention output; gate, up and their product), plus
+# one head's attention scores; the batch is as many chunks as fit.
+ACTIVATION_BUDGET = 1 << 30
+MOST_CHUNKS = 16
+
+
 class TransformersEngine(Engine):
     name = "transformers"
 
-    def __init__(self, folder: Path, *, dtype: str = "float32") -> None:
+    def __init__(self, folder: Path, *, dtype: str = "float32", n_ctx: int = 512) -> None:
         from tokenizers import Tokenizer
 
         from ..formats.safetensors_index import tensor_inventory
@@ -240,6 +251,7 @@ class TransformersEngine(Engine):
 
         self.path = folder
         self.dtype = dtype
+        self.n_ctx = n_ctx
         self.bundle = load_tokenizer_bundle(folder)
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self._model: Any = None
@@ -263,35 +275,57 @@ class TransformersEngine(Engine):
         return digest.hexdigest()
 
     def describe(self) -> str:
-        return f"transformers ({self.dtype}, cpu)"
+        return f"transformers ({self.dtype}, cpu, layer by layer)"
 
     def load(self) -> None:
         require("torch", "torch")
-        import torch
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-
         from ..source.model import load_source
+        from ..source.streamed_model import open_streamed
         from ..source.structure import check_structure
 
-        # transformers fills a missing weight with random values and only warns: a folder
-        # whose shards do not match its config is refused before it is measured.
+        # A folder whose shards do not match its config is refused before it is measured
+        # (transformers would fill a missing weight with random values and only warn).
         check_structure(load_source(self.path))
-        hf_logging.disable_progress_bar()  # "Loading weights" bars would break the CLI output
-        dtype = getattr(torch, self.dtype)
-        self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
-        self._model.eval()
+        self._model = open_streamed(self.path, self.dtype)
 
-    def logits(self, ids: list[int]):
+    def batch_chunks(self, rows_per_chunk: int) -> int:
+        """As many chunks as keep one batch's activations within ACTIVATION_BUDGET."""
+        import torch
+
+        config = self._model.model.config.get_text_config()
+        width = 6 * config.hidden_size + 3 * config.intermediate_size + self.n_ctx
+        per_chunk = self.n_ctx * width * getattr(torch, self.dtype).itemsize
+        return max(1, min(MOST_CHUNKS, ACTIVATION_BUDGET // per_chunk))
+
+    def logits_batch(self, chunks: list[list[int]], rows: slice):
+        """The batch through the model layer by layer now; the output head on each chunk's
+        `rows` only, when the caller reaches that chunk (a generator: the whole batch's
+        logits at once would be n_chunks x rows x vocab floats)."""
         import torch
 
         assert self._model is not None, "load() first"
+        model = self._model.model
         with torch.inference_mode():
-            out = self._model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
-        return out.logits[0].float().numpy()
+            ids = torch.tensor(chunks, dtype=torch.long)
+            hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        return _head_rows(model, hidden, rows)
+
+    def logits(self, ids: list[int]):
+        return next(self.logits_batch([ids], slice(None)))
 
     def close(self) -> None:
+        if self._model is not None:
+            self._model.close()
         self._model = None
+
+
+def _head_rows(model, hidden, rows: slice):
+    import torch
+
+    head = model.get_output_embeddings()
+    for states in hidden:
+        with torch.inference_mode():
+            yield head(states[rows]).float().numpy()
 
 
 class MLXEngine(TransformersEngine):
@@ -307,6 +341,9 @@ class MLXEngine(TransformersEngine):
     def __init__(self, folder: Path) -> None:
         super().__init__(folder, dtype="float32")
         self.parameters = _mlx_parameters(folder) or self.parameters
+
+    batch_chunks = Engine.batch_chunks  # one chunk per call: mlx has no layer streaming
+    logits_batch = Engine.logits_batch
 
     def describe(self) -> str:
         import mlx.core as mx
@@ -329,6 +366,9 @@ class MLXEngine(TransformersEngine):
         out = self._model(mx.array([ids], dtype=mx.int32))[0].astype(mx.float32)
         mx.eval(out)
         return np.array(out, copy=True)
+
+    def close(self) -> None:
+        self._model = None
 
 
 def _mlx_parameters(folder: Path) -> int | None:

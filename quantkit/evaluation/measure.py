@@ -217,9 +217,11 @@ def _scored_logits(
         group = range(first, min(first + step, n_chunks))
         ids = [chunk_input(stream, chunk, n_ctx, _bos(engine)) for chunk in group]
         tick = time.perf_counter()
-        logits = engine.logits_batch(ids, rows)
-        stopwatch.seconds += time.perf_counter() - tick
-        yield from zip(group, logits, strict=True)
+        logits = engine.logits_batch(ids, rows)  # a list, or a generator that computes
+        for chunk_and_rows in zip(group, logits, strict=True):  # each chunk's on demand
+            stopwatch.seconds += time.perf_counter() - tick
+            yield chunk_and_rows
+            tick = time.perf_counter()
     if progress is not None:
         progress(label, n_chunks, n_chunks)
 

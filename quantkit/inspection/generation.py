@@ -3,7 +3,10 @@ in llama.cpp for a GGUF and in transformers (on CPU) for a safetensors folder.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 QUESTION = "What is the capital of France?"
+GENERATION_KEEP_BYTES = 1 << 30
+SPILL_SPARE_BYTES = 1 << 30  # left free on the disk after the decompressed layers
 
 
 def gguf_generation_check(path: Path, reference, max_new_tokens: int = 48) -> Check:
@@ -107,7 +112,10 @@ def _generation_check(llm, ids: list[int] | None, max_new_tokens: int) -> Check:
 
 
 def generation_check(folder: Path, *, max_new_tokens: int = 32) -> Check:
-    """Greedy reply on CPU; stops at an eos id of the artifact's generation_config."""
+    """Greedy reply on CPU, in the folder's own dtype, its decoder layers streamed from the
+    shards (quantkit.source.streamed_model: memory bounded by a layer, each layer read
+    again for every token, the first GENERATION_KEEP_BYTES of them kept); stops at an eos id
+    of the artifact's generation_config."""
     from transformers import AutoTokenizer
 
     name = GENERATION
@@ -119,7 +127,9 @@ def generation_check(folder: Path, *, max_new_tokens: int = 32) -> Check:
         return Check(name, True, "no chat template", False)
     try:
         import torch
-        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers import GenerationConfig
+
+        from ..source.streamed_model import open_streamed
 
         question = [{"role": "user", "content": QUESTION}]
         template = tokenizer.chat_template
@@ -133,14 +143,17 @@ def generation_check(folder: Path, *, max_new_tokens: int = 32) -> Check:
             bos_token=tokenizer.bos_token or "",
             eos_token=tokenizer.eos_token or "",
         )
-        model = AutoModelForCausalLM.from_pretrained(str(folder), device_map=None)
+        streamed = open_streamed(folder, keep_bytes=GENERATION_KEEP_BYTES)
+        model = streamed.model
         gen_config = GenerationConfig.from_pretrained(str(folder))
         gen_config.update(max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                           top_p=None, top_k=None)  # fmt: skip
         if gen_config.pad_token_id is None:
             gen_config.pad_token_id = tokenizer.pad_token_id or _first(gen_config.eos_token_id)
-        with torch.no_grad():
+        with torch.no_grad(), _spill_folder(folder, streamed) as spill:
+            streamed.spill_to(spill)
             out = model.generate(**inputs, generation_config=gen_config)
+        streamed.close()
     except Exception as exc:  # noqa: BLE001 - the evidence is the failure itself
         log.debug("generation check failed", exc_info=True)
         return Check(name, False, f"transformers could not generate: {exc}", False)
@@ -153,6 +166,23 @@ def generation_check(folder: Path, *, max_new_tokens: int = 32) -> Check:
             name, True, f"stopped at id {new[-1]} after {len(new) - 1} tokens: {text!r}", False
         )
     return Check(name, False, f"no eos within {max_new_tokens} tokens: {text!r}", False)
+
+
+@contextlib.contextmanager
+def _spill_folder(folder: Path, streamed):
+    """A temporary folder beside `folder` for its decompressed layers, when it is compressed
+    and the disk has room for them (else None: each token decompresses every layer again,
+    slowly but in the same memory); deleted afterwards, whatever happens."""
+    if not streamed.compressed():
+        yield None
+        return
+    need = streamed.layer_bytes()
+    if shutil.disk_usage(folder.parent).free < need + SPILL_SPARE_BYTES:
+        log.info("no room for %d bytes of decompressed layers: generating without", need)
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=".quantkit-layers-", dir=folder.parent) as tmp:
+        yield Path(tmp)
 
 
 def _first(value):

@@ -37,7 +37,7 @@ def _canned(**overrides):
         source="/x/demo",
         engine="llama.cpp",
         engine_detail="llama.cpp",
-        reference_engine="transformers (float32, cpu)",
+        reference_engine="transformers (float32, cpu, layer by layer)",
         corpus="quantkit-eval",
         corpus_sha256="0" * 64,
         n_ctx=512,

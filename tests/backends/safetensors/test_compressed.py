@@ -152,6 +152,14 @@ def test_gptq_artifact_both_layouts(gptq, demo_model: Path) -> None:
 
 
 @pytest.mark.slow
+def test_gptq_streamed_layer_by_layer_computes_what_transformers_computes(gptq) -> None:
+    """The evaluation's layer-by-layer model (quantkit.source.streamed_model) unpacks the
+    INT4 weights with compressed-tensors as transformers' loader does: the same logits."""
+    from support.logits import streamed_logits, whole_model_logits
+
+    assert torch.equal(streamed_logits(gptq[0], "float32"), whole_model_logits(gptq[0], "float32"))
+
+
 def test_gptq_beats_round_to_nearest(gptq, demo_model: Path, tmp_path: Path) -> None:
     work = gptq[0]
     rtn = tmp_path / "rtn"
