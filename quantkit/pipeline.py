@@ -38,6 +38,7 @@ from .evaluation.options import EvalOptions
 from .formats.quants import AUTO_QUANT
 from .planning.target import Target, resolve_target
 from .runtime.interrupts import raise_if_interrupted
+from .runtime.memory import release_freed_memory
 from .source.hub_download import cache_folder
 from .source.model import SourceModel, load_source
 from .source.structure import check_structure
@@ -151,13 +152,15 @@ def convert(
 
         check_push_access(push_to)
     with _disk_full_is_a_disk_error(out_dir), building_folder(out_dir, replace=False) as work:
-        built = backend.build(source, work, _interruptible(progress))
+        step = _interruptible(progress)
+        built = backend.build(source, work, step)
         raise_if_interrupted()
-        checks = (
-            [c.to_dict() for c in artifact_checks(built, source, checks_wanted.server)]
-            if checks_wanted.enabled
-            else []
-        )
+        checks = []
+        if checks_wanted.enabled:
+            step("checking the artifact", 0, 1)
+            checks = [c.to_dict() for c in artifact_checks(built, source, checks_wanted.server)]
+            release_freed_memory()  # what the generation check's model left behind
+            step("checking the artifact", 1, 1)
         raise_if_interrupted()
         manifest = build_manifest(
             source=source_record(source, str(model)),
@@ -172,7 +175,8 @@ def convert(
         quality = None
         if evaluation.enabled:
             gate_quant = built.gate_quant or target.quant
-            quality, gate_result = _measure(work, out_dir, source, gate_quant, hardware, evaluation)
+            quality, gate_result = _measure(work, out_dir, source, gate_quant, hardware,
+                                            evaluation, step)  # fmt: skip
             manifest["quality"] = quality
             manifest["quality_gate"] = gate_result.to_dict()
             checks.append(gate_result.to_check())
@@ -263,6 +267,7 @@ def _measure(
     quant: str,
     hardware: HardwareProfile | None,
     options: EvalOptions,
+    progress: ProgressFn | None = None,
 ) -> tuple[dict[str, Any], GateResult]:
     """Perplexity, KLD and top-1 agreement against the source, and the quality gate (the
     profile's thresholds when there is one, else quantkit's defaults for `quant`)."""
@@ -272,7 +277,7 @@ def _measure(
     dtype = reference_dtype(source.parameter_count)
     result = evaluate(
         work, source, corpus=options.corpus, n_ctx=options.n_ctx, dtype=dtype,
-        quant=quant, profile=hardware,
+        quant=quant, profile=hardware, progress=progress,
     )  # fmt: skip
     assert result.gate is not None  # the quant is given, so the gate is always checked
     quality = result.report.to_dict()

@@ -59,19 +59,18 @@ PATHS = {
     "bf16": {"format": "safetensors", "quant": "BF16"},
 }
 # The child: quantkit.convert with a progress callback noting each stage's first and last
-# tick; prints one JSON line.
+# tick (wall-clock time, as the parent's memory samples); prints one JSON line.
 CHILD = """
 import json, sys, time
 from quantkit import convert
 from quantkit.evaluation.options import EvalOptions
-stages, start = {}, time.perf_counter()
+stages = {}
 def progress(stage, done, total):
-    now = time.perf_counter() - start
+    now = time.time()
     stages.setdefault(stage, [now, now])[1] = now
 result = convert(sys.argv[1], out=sys.argv[2], evaluation=EvalOptions(gate=False),
                  progress=progress, **json.loads(sys.argv[3]))
-print(json.dumps({"stages": stages, "seconds": time.perf_counter() - start,
-                  "artifact_bytes": sum(f["bytes"] for f in result.files)}))
+print(json.dumps({"stages": stages, "artifact_bytes": sum(f["bytes"] for f in result.files)}))
 """
 
 
@@ -83,7 +82,13 @@ class Run:
     peak_anon: int = 0
     peak_disk: int = 0
     artifact_bytes: int = 0
-    stages: dict[str, list[float]] = field(default_factory=dict)
+    start: float = 0.0  # wall-clock time the child was started
+    stages: dict[str, list[float]] = field(default_factory=dict)  # name -> [first, last]
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (time, tree RssAnon)
+
+    def peak_between(self, first: float, last: float) -> int:
+        """The highest sample from `first` to `last` (wall-clock), or 0 if none fell in."""
+        return max((anon for t, anon in self.samples if first <= t <= last), default=0)
 
 
 def disk_used(path: Path) -> int:
@@ -102,12 +107,15 @@ def measure(shape: str, path: str, model: Path, work: Path) -> Run:
     os.sync()
     base = disk_used(work)
     start = time.perf_counter()
+    run.start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            run.peak_anon = max(run.peak_anon, tree_rss_anon(proc.pid))
+            anon = tree_rss_anon(proc.pid)
+            run.samples.append((time.time(), anon))
+            run.peak_anon = max(run.peak_anon, anon)
             run.peak_disk = max(run.peak_disk, disk_used(work) - base)
             done.wait(0.5)
 
@@ -128,17 +136,22 @@ def measure(shape: str, path: str, model: Path, work: Path) -> Run:
 
 
 def stage_summary(run: Run) -> str:
-    """Each stage's seconds (first to last tick), and the gaps between stages, where the
-    work that reports no progress runs (source checks before the build, the survival checks
-    after it, the card at the end)."""
-    parts, last_end = [], 0.0
+    """Each stage's seconds (first to last tick) and peak RssAnon, and the gaps between
+    stages, where the work that reports no progress runs (source checks before the build,
+    the survival checks and the evaluation after it, the card at the end)."""
+    parts, last_end = [], run.start
+    end = run.start + run.seconds
+
+    def part(name: str, first: float, last: float) -> str:
+        return f"{name} {last - first:.0f} s / {run.peak_between(first, last) / 1e9:.2f} GB"
+
     for name, (first, last) in sorted(run.stages.items(), key=lambda kv: kv[1][0]):
         if first - last_end >= 1:
-            parts.append(f"(other {first - last_end:.0f})")
-        parts.append(f"{name} {last - first:.0f}")
+            parts.append(part("(other)", last_end, first))
+        parts.append(part(name, first, last))
         last_end = last
-    if run.seconds - last_end >= 1:
-        parts.append(f"(other {run.seconds - last_end:.0f})")
+    if end - last_end >= 1:
+        parts.append(part("(other)", last_end, end))
     return ", ".join(parts)
 
 
@@ -157,7 +170,8 @@ def markdown(runs: list[Run], command: str, load_before: str) -> str:
     for r in runs:
         lines.append(f"| {r.shape} | {r.path} | {r.seconds:.0f} | {r.peak_anon / gb:.2f} | "
                      f"{r.peak_disk / gb:.2f} | {r.artifact_bytes / gb:.2f} |")  # fmt: skip
-    lines += ["", 'Stages (seconds; "other": checks and steps without progress):', ""]
+    lines += ["", 'Stages (seconds / peak RssAnon in the stage; "(other)": checks, evaluation and '
+              "steps that report no progress):", ""]
     lines += [f"- {r.shape} {r.path}: {stage_summary(r)}" for r in runs]
     return "\n".join(lines)
 
@@ -191,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for path in paths:
                 runs.append(measure(shape, path, model, work))
-                print(markdown(runs[-1:], "", load_before).splitlines()[-1], flush=True)
+                print(markdown(runs[-1:], "", load_before), flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if not args.keep_model:

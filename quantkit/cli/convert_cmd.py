@@ -77,7 +77,11 @@ def convert_command(
     server_check: ServerCheckFlag = True,
     llama_server: LlamaServerOption = None,
     keep_intermediate: Annotated[
-        bool, typer.Option("--keep-intermediate", help="Keep the BF16 GGUF next to the result.")
+        bool,
+        typer.Option(
+            "--keep-intermediate",
+            help="Quantize through a BF16 GGUF and keep it next to the result.",
+        ),
     ] = False,
     revision: RevisionOption = None,
     allow_pickle: Annotated[

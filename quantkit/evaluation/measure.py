@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import VerificationError
+from ..runtime.memory import release_freed_memory
 from .corpus import (
     CorpusError,
     TokenStream,
@@ -113,6 +114,7 @@ def evaluate_artifact(
             save_reference(key, ref)
     ref = ref.head(n_chunks)
     del src
+    release_freed_memory()  # the reference model's layers, before the artifact's load
     scores, forward_s = _score_artifact(art, stream, ref, n_ctx, n_chunks, progress)
     parameters = ref.meta.get("parameters")
     report = build_report(

@@ -50,6 +50,8 @@ def _libggml() -> ctypes.CDLL:
     lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
     lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
     lib.ggml_row_size.restype = ctypes.c_size_t
+    lib.ggml_validate_row_data.restype = ctypes.c_bool
+    lib.ggml_validate_row_data.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
     lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
     return lib
 
@@ -91,6 +93,13 @@ def quantize_rows(ggml_type: str, rows: np.ndarray, importance: np.ndarray | Non
         None if weights is None else weights.ctypes.data,
     )  # fmt: skip
     return packed
+
+
+def valid_rows(ggml_type: str, packed: np.ndarray) -> bool:
+    """ggml's own check of quantized rows (finite scales, in-range values), which
+    llama.cpp's quantizer runs on every chunk it writes."""
+    return bool(_libggml().ggml_validate_row_data(type_id(ggml_type), packed.ctypes.data,
+                                                  packed.nbytes))  # fmt: skip
 
 
 def round_trip(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) -> np.ndarray:

@@ -7,6 +7,8 @@ calls `silence_llama_cpp()` first, so the CLI's own output is not drowned in loa
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .interrupts import entering_callback, leaving_callback, note_swallowed
 
@@ -16,6 +18,7 @@ _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERR
 _llama_log = logging.getLogger("quantkit.llama_cpp")
 _callback = None  # kept alive: llama.cpp holds a raw pointer to it
 _last_error = [""]  # llama.cpp's last error-level message: failures are told only there
+_captures: list[list[str]] = []  # open captured_log() blocks, innermost last
 
 
 def last_error() -> str:
@@ -44,7 +47,10 @@ def silence_llama_cpp() -> None:
         try:
             py_level = last_level[0] if level == 5 else _LEVELS.get(level, logging.DEBUG)
             last_level[0] = py_level
-            message = text.decode(errors="replace").rstrip()
+            raw = text.decode(errors="replace")
+            for capture in _captures:
+                capture.append(raw)
+            message = raw.rstrip()
             if py_level >= logging.ERROR and message:
                 _last_error[0] = message
             _llama_log.log(min(py_level, logging.INFO), "%s", message)
@@ -55,3 +61,17 @@ def silence_llama_cpp() -> None:
 
     _callback = llama_cpp.llama_log_callback(forward)
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+@contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """Every piece of llama.cpp's log written inside the block, as written (a message may
+    come in several pieces: join them). For the few answers llama.cpp gives only in its
+    log, such as the per-tensor types of a quantization dry run."""
+    silence_llama_cpp()
+    pieces: list[str] = []
+    _captures.append(pieces)
+    try:
+        yield pieces
+    finally:
+        _captures[:] = [c for c in _captures if c is not pieces]  # by identity

@@ -92,8 +92,10 @@ def test_dry_run_prints_one_json_object_and_writes_nothing(
     assert payload["dry_run"] is True
     assert payload["format"] == "gguf" and payload["quant"] == "Q4_K_M"
     assert payload["files"] == [] and payload["checks"] == [] and payload["out"] is None
-    # Peak disk use includes the BF16 intermediate llama.cpp quantizes from.
-    assert payload["estimated_bytes"] >= payload["source"]["weight_bytes"]
+    # Peak disk use: the Q4_K_M file (about 0.41 of the BF16 source here), plus, with the
+    # profile's importance matrix, the Q8_0 file it is computed from (about 0.53).
+    ratio = payload["estimated_bytes"] / payload["source"]["weight_bytes"]
+    assert (ratio > 0.9) if "--profile" in target else (0.4 < ratio < 0.5)
     if "--profile" in target:
         assert payload["profile"] == "rtx4090-4bit"
         assert payload["plan"]["fit"] == "full"

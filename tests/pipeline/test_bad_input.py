@@ -331,7 +331,8 @@ def test_output_inside_the_source_is_refused(demo_model: Path, tmp_path: Path) -
 
 
 def interrupt_convert(demo_model: Path, out: Path) -> tuple[int, str]:
-    """Start `quantkit convert`, press Ctrl-C (SIGINT) while the GGUF is being written."""
+    """Start `quantkit convert`, press Ctrl-C (SIGINT) while the GGUF is being written
+    (quantized from the shards)."""
     partial = out.with_name(out.name + ".partial")
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("QUANTKIT_DEBUG", None)
@@ -355,11 +356,11 @@ def interrupt_convert(demo_model: Path, out: Path) -> tuple[int, str]:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            # quantkit's own BF16 writer, not llama.cpp's quantizer or model load, where
-            # Ctrl-C lands inside ctypes callbacks (see the log-callback test above)
-            ggufs = list(partial.glob("*-BF16.gguf")) if partial.is_dir() else []
+            # quantkit's own writer quantizing from the shards, not llama.cpp's model load,
+            # where Ctrl-C lands inside ctypes callbacks (see the log-callback test above)
+            ggufs = list(partial.glob("*-Q4_K_M.gguf")) if partial.is_dir() else []
             if any(p.stat().st_size > 1_000_000 for p in ggufs):
-                break  # the BF16 file is being written
+                break  # the artifact is being written
             time.sleep(0.005)
         assert proc.poll() is None, "finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
@@ -477,27 +478,27 @@ class Boom(RuntimeError):
 
 
 @pytest.mark.slow
-def test_crash_in_llama_cpp_quantize_leaves_nothing(
+def test_crash_in_the_quantizer_leaves_nothing(
     demo_model: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import quantkit.backends.gguf.backend as gguf_pipeline
+    from quantkit.runtime import ggml_quant
 
     out = tmp_path / "out"
-    seen: list[str] = []
+    real = ggml_quant.quantize_rows
+    seen: list[list[str]] = []
 
-    def crash(src: Path, dst: Path, quant: str, **kwargs) -> None:
-        # We are in the middle: the BF16 file is written in the work folder.
-        assert src.parent == tmp_path / "out.partial" and src.stat().st_size > 1_000_000
-        seen.append(src.name)
-        dst.write_bytes(b"GGUF half-written")
-        raise Boom("quantizer crashed")
+    def crash(ggml_type: str, rows, importance):
+        seen.append(sorted(p.name for p in (tmp_path / "out.partial").iterdir()))
+        if len(seen) == 5:  # in the middle: some tensors of the artifact are written
+            raise Boom("quantizer crashed")
+        return real(ggml_type, rows, importance)
 
-    monkeypatch.setattr(gguf_pipeline, "quantize_gguf", crash)
+    monkeypatch.setattr(ggml_quant, "quantize_rows", crash)
     with pytest.raises(Boom):
         quantkit.convert(
             demo_model, out=out, format="gguf", quant="Q4_K_M", verify=False, evaluation=NO_EVAL
         )
-    assert seen, "the quantizer was never reached"
+    assert seen and seen[-1] == [f"{demo_model.name}-Q4_K_M.gguf"], seen[-1:]
     assert_nothing_written(out)
 
 

@@ -17,8 +17,10 @@ from ..base import BackendResult, BuildOptions
 from .auto.build import quantize_auto, recipe_section
 from .auto.request import AutoRequest, check_auto_flags, resolve_auto
 from .export import export_gguf
+from .imatrix.request import AUTO as IMATRIX_AUTO
 from .imatrix.request import ImatrixRequest, apply_imatrix, prepare_imatrix, resolve_imatrix
 from .quantize import quantize_gguf
+from .stream_quantize import quantize_from_shards
 
 if TYPE_CHECKING:
     from ...planning.profiles import HardwareProfile
@@ -61,24 +63,28 @@ class GGUFBackend:
         )  # fmt: skip
 
     def estimate_bytes(self, source: SourceModel) -> int:
-        """Peak disk use: the final file plus, for llama.cpp types, the BF16 intermediate
-        that exists until quantization ends; sizes from the tensor inventory."""
+        """Peak disk use, from the tensor inventory: the final file, plus what exists beside
+        it for a while: the Q8_0 file an importance matrix is computed from, or the BF16
+        intermediate (--keep-intermediate, --quant auto)."""
         from ...planning.memory import gguf_file_bytes
         from ...planning.model_spec import spec_from_source
 
         spec = spec_from_source(source)
+        q8 = gguf_file_bytes(spec, "Q8_0")
         if self._auto is not None:
             # Q8_0 is auto's largest type: a bound on the file, on the probes' all-Q8_0
             # shards and on their probe-type shards (every other layer, so about half of
             # it: 2 x Q8_0 keeps a margin; probes.py). All are deleted before the artifact
             # is written.
             probing = self._auto.recipe is None and self._auto.probe_chunks > 0
-            q8 = gguf_file_bytes(spec, "Q8_0")
             return gguf_file_bytes(spec, "BF16") + (2 * q8 if probing else q8)
         final = gguf_file_bytes(spec, self.quant)
         if gguf_quant(self.quant).written_directly:
             return final
-        return gguf_file_bytes(spec, "BF16") + final
+        if self.options.gguf.keep_intermediate:
+            return gguf_file_bytes(spec, "BF16") + final
+        computes_imatrix = self._imatrix_setting == IMATRIX_AUTO
+        return final + (q8 if computes_imatrix else 0)
 
     def build(self, source: SourceModel, work: Path, progress=None) -> BackendResult:
         gguf = self.options.gguf
@@ -102,57 +108,111 @@ def make_gguf(
     progress=None,
 ) -> BackendResult:
     """Write `<Model>-<QUANT>.gguf` (and the importance matrix it used) into `work`; for
-    --quant auto also the recipe (`auto`: its budget, or the recipe to apply)."""
+    --quant auto also the recipe (`auto`: its budget, or the recipe to apply).
+
+    F32/F16/BF16/Q8_0 are written directly. The llama.cpp types are quantized straight from
+    the shards (stream_quantize), with a Q8_0 file only while an importance matrix is
+    computed; --keep-intermediate and --quant auto go through a BF16 GGUF and llama.cpp's
+    quantizer instead (the same bytes: the test suite proves it)."""
     spec = gguf_quant(quant)
     policy = TokenTypePolicy().with_overrides(token_types or {})
-    direct_type = spec.name if spec.written_directly else "BF16"
-    direct_path = work / artifact_name(source, direct_type)
+    if spec.written_directly:
+        path = work / artifact_name(source, spec.name)
+        _export(source, path, spec.name, policy, pre_tokenizer, progress)
+        return BackendResult(path, [_gguf_record(path, spec.name, role="artifact")],
+                             manifest={}, token_policy=policy)  # fmt: skip
+    if auto is None and not keep_intermediate:
+        return _quantize_streamed(source, spec.name, work, policy, pre_tokenizer, imatrix,
+                                  progress)  # fmt: skip
+    return _quantize_via_bf16(source, spec.name, work, policy, pre_tokenizer, imatrix, auto,
+                              keep_intermediate, progress)  # fmt: skip
+
+
+def _export(source, path: Path, out_type: str, policy, pre_tokenizer, progress) -> None:
+    def on_tensor(done: int, total: int) -> None:
+        if progress is not None:
+            progress(f"writing {out_type} GGUF", done, total)
+
+    export_gguf(source, path, out_type=out_type, token_policy=policy,
+                pre_tokenizer=pre_tokenizer, progress=on_tensor)  # fmt: skip
+
+
+def _stem(source: SourceModel, quant: str) -> str:
+    return artifact_name(source, quant).removesuffix(f"-{quant}.gguf")
+
+
+def _quantize_streamed(
+    source, quant: str, work: Path, policy, pre_tokenizer, imatrix, progress
+) -> BackendResult:
+    """The shards quantized tensor by tensor; a computed importance matrix is drawn from a
+    Q8_0 file, removed as soon as the matrix exists (docs/gguf.md gives the measured
+    difference from one drawn in BF16)."""
+    matrix, label, extra_files, imatrix_info = None, "", [], None
+    if imatrix is not None:
+        model = None
+        if imatrix.mode == IMATRIX_AUTO:
+            model = work / artifact_name(source, "Q8_0")
+            _export(source, model, "Q8_0", policy, pre_tokenizer, progress)
+        try:
+            matrix, label, extra_files, imatrix_info = apply_imatrix(
+                imatrix, model, work, _stem(source, quant), progress, model_type="Q8_0"
+            )
+        finally:
+            if model is not None:
+                model.unlink(missing_ok=True)
+    final_path = work / artifact_name(source, quant)
 
     def on_tensor(done: int, total: int) -> None:
         if progress is not None:
-            progress(f"writing {direct_type} GGUF", done, total)
+            progress(f"quantizing to {quant}", done, total)
 
-    export_gguf(
-        source,
-        direct_path,
-        out_type=direct_type,
-        token_policy=policy,
-        pre_tokenizer=pre_tokenizer,
-        progress=on_tensor,
-    )
-    final_path = direct_path
+    quantize_from_shards(source, final_path, quant, token_policy=policy,
+                         pre_tokenizer=pre_tokenizer, imatrix=matrix, imatrix_file=label,
+                         progress=on_tensor)  # fmt: skip
+    files = [_gguf_record(final_path, quant, role="artifact"), *extra_files]
+    sections: dict[str, Any] = {}
+    if imatrix_info:
+        files[0]["imatrix"] = sections["imatrix"] = imatrix_info
+    return BackendResult(final_path, files, manifest=sections, token_policy=policy)
+
+
+def _quantize_via_bf16(
+    source, quant: str, work: Path, policy, pre_tokenizer, imatrix, auto, keep_intermediate,
+    progress,
+) -> BackendResult:
+    """A BF16 GGUF, then llama.cpp's quantizer on it (or --quant auto's probes and build)."""
+    bf16_path = work / artifact_name(source, "BF16")
+    _export(source, bf16_path, "BF16", policy, pre_tokenizer, progress)
     extra_files: list[dict[str, Any]] = []
     imatrix_info = None
     sections: dict[str, Any] = {}
     gate_quant = None
-    if not spec.written_directly:
-        matrix, label = None, ""
-        stem = artifact_name(source, spec.name).removesuffix(f"-{spec.name}.gguf")
-        if imatrix is not None:
-            matrix, label, extra_files, imatrix_info = apply_imatrix(
-                imatrix, direct_path, work, stem, progress
-            )
-        final_path = work / artifact_name(source, spec.name)
-        if auto is not None:
-            recipe, recipe_files = quantize_auto(source, auto, direct_path, final_path, work,
-                                                 stem, matrix, label, progress)  # fmt: skip
-            extra_files += recipe_files
-            sections["recipe"] = recipe_section(recipe, recipe_files, label)
-            gate_quant = recipe.file_type
-        else:
-            if progress is not None:
-                progress(f"llama.cpp quantize to {spec.name}", 0, 1)
-            quantize_gguf(direct_path, final_path, spec.name, imatrix=matrix, imatrix_file=label)
-            if progress is not None:
-                progress(f"llama.cpp quantize to {spec.name}", 1, 1)
-    files = [_gguf_record(final_path, spec.name, role="artifact"), *extra_files]
+    matrix, label = None, ""
+    stem = _stem(source, quant)
+    if imatrix is not None:
+        matrix, label, extra_files, imatrix_info = apply_imatrix(
+            imatrix, bf16_path, work, stem, progress, model_type="BF16"
+        )
+    final_path = work / artifact_name(source, quant)
+    if auto is not None:
+        recipe, recipe_files = quantize_auto(source, auto, bf16_path, final_path, work,
+                                             stem, matrix, label, progress)  # fmt: skip
+        extra_files += recipe_files
+        sections["recipe"] = recipe_section(recipe, recipe_files, label)
+        gate_quant = recipe.file_type
+    else:
+        if progress is not None:
+            progress(f"llama.cpp quantize to {quant}", 0, 1)
+        quantize_gguf(bf16_path, final_path, quant, imatrix=matrix, imatrix_file=label)
+        if progress is not None:
+            progress(f"llama.cpp quantize to {quant}", 1, 1)
+    files = [_gguf_record(final_path, quant, role="artifact"), *extra_files]
     if imatrix_info is not None:
         files[0]["imatrix"] = imatrix_info
-    if final_path != direct_path:
-        if keep_intermediate:
-            files.append(_gguf_record(direct_path, direct_type, role="intermediate"))
-        else:
-            direct_path.unlink()
+    if keep_intermediate:
+        files.append(_gguf_record(bf16_path, "BF16", role="intermediate"))
+    else:
+        bf16_path.unlink()
     if imatrix_info:
         sections["imatrix"] = imatrix_info
     return BackendResult(final_path, files, manifest=sections, token_policy=policy,

@@ -12,7 +12,7 @@ file is removed and NonFiniteWeightsError names the tensors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +46,7 @@ class ExportResult:
 
 
 @dataclass(frozen=True)
-class _Job:
+class TensorJob:
     gguf_name: str
     shape: tuple[int, ...]
     qtype: Q
@@ -59,17 +59,23 @@ class _Job:
 ProgressFn = Callable[[int, int], None]  # (done, total) tensors
 
 
-def export_gguf(
+@dataclass(frozen=True)
+class ExportPlan:
+    """What a GGUF of `source` holds before any weight is read: the architecture, the
+    tokenizer block and each tensor's name, shape, type and source."""
+
+    spec: ArchSpec
+    vocab: GGUFVocab
+    jobs: list[TensorJob]
+
+
+def plan_export(
     source: SourceModel,
-    out_file: Path,
-    *,
     out_type: str = "BF16",
+    *,
     token_policy: TokenTypePolicy | None = None,
     pre_tokenizer: str | None = None,
-    progress: ProgressFn | None = None,
-) -> ExportResult:
-    """Write `source` as a GGUF file of type F32, F16, BF16 or Q8_0. Raises
-    NonFiniteWeightsError, leaving no file, when the source holds NaN or infinity."""
+) -> ExportPlan:
     spec = _arch_spec(source)
     qtype = _direct_type(out_type)
     if source.tokenizer is None:
@@ -83,22 +89,43 @@ def export_gguf(
         policy=token_policy,
         pre_tokenizer=pre_tokenizer,
     )
-    jobs = _plan_jobs(source, spec, qtype)
-    writer = gguf.GGUFWriter(out_file, arch_name(spec))
-    _write_metadata(writer, source, spec, vocab, gguf_quant(out_type).ftype)
-    for job in jobs:
+    return ExportPlan(spec, vocab, _plan_jobs(source, spec, qtype))
+
+
+def metadata_writer(source: SourceModel, plan: ExportPlan, out_file: Path, ftype: int):
+    """A GGUFWriter holding the file's metadata (architecture, hyperparameters, tokenizer),
+    no tensors yet."""
+    writer = gguf.GGUFWriter(out_file, arch_name(plan.spec))
+    _write_metadata(writer, source, plan.spec, plan.vocab, ftype)
+    return writer
+
+
+def export_gguf(
+    source: SourceModel,
+    out_file: Path,
+    *,
+    out_type: str = "BF16",
+    token_policy: TokenTypePolicy | None = None,
+    pre_tokenizer: str | None = None,
+    progress: ProgressFn | None = None,
+) -> ExportResult:
+    """Write `source` as a GGUF file of type F32, F16, BF16 or Q8_0. Raises
+    NonFiniteWeightsError, leaving no file, when the source holds NaN or infinity."""
+    plan = plan_export(source, out_type, token_policy=token_policy, pre_tokenizer=pre_tokenizer)
+    writer = metadata_writer(source, plan, out_file, gguf_quant(out_type).ftype)
+    for job in plan.jobs:
         writer.add_tensor_info(
             job.gguf_name, job.shape, np.dtype(np.float32), job.nbytes, raw_dtype=job.qtype
         )
     tally = NonFiniteTally()
-    _write_file(writer, out_file, jobs, progress, tally)
+    write_tensors(writer, out_file, plan.jobs, lambda job: job_blocks(job, tally), progress)
     if tally:
         out_file.unlink(missing_ok=True)
         tally.raise_if_any()
     counts: dict[str, int] = {}
-    for job in jobs:
+    for job in plan.jobs:
         counts[job.qtype.name] = counts.get(job.qtype.name, 0) + 1
-    return ExportResult(out_file, out_type.upper(), counts, vocab)
+    return ExportResult(out_file, out_type.upper(), counts, plan.vocab)
 
 
 def _arch_spec(source: SourceModel) -> ArchSpec:
@@ -121,14 +148,14 @@ def _direct_type(out_type: str) -> Q:
     return _DIRECT_TYPES[key]
 
 
-def _plan_jobs(source: SourceModel, spec: ArchSpec, qtype: Q) -> list[_Job]:
+def _plan_jobs(source: SourceModel, spec: ArchSpec, qtype: Q) -> list[TensorJob]:
     geo = source.geometry
     name_map = gguf.get_tensor_name_map(spec.gguf_arch, geo.num_layers)
-    jobs: list[_Job] = []
+    jobs: list[TensorJob] = []
     rope = llama3_rope_factors(geo.rope, geo.head_dim)
     if rope is not None:
         rope_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
-        jobs.append(_Job(rope_name, rope.shape, Q.F32, rope.nbytes, None, generated=rope))
+        jobs.append(TensorJob(rope_name, rope.shape, Q.F32, rope.nbytes, None, generated=rope))
     tensors = index_source_tensors(shard_files(source.path))
     for hf_name, tensor in tensors.items():
         if hf_name.endswith(_SKIPPED_SUFFIXES):
@@ -142,7 +169,7 @@ def _plan_jobs(source: SourceModel, spec: ArchSpec, qtype: Q) -> list[_Job]:
             )
         tensor_qtype = _tensor_type(gguf_name, tensor, qtype)
         jobs.append(
-            _Job(
+            TensorJob(
                 gguf_name,
                 tensor.shape,
                 tensor_qtype,
@@ -215,33 +242,41 @@ def _write_sampling_defaults(writer: gguf.GGUFWriter, source: SourceModel) -> No
             setter(gen[key])
 
 
-def _write_file(
+def write_tensors(
     writer: gguf.GGUFWriter,
     out_file: Path,
-    jobs: list[_Job],
+    jobs: list[TensorJob],
+    blocks: Callable[[TensorJob], Iterator[bytes]],
     progress: ProgressFn | None,
-    tally: NonFiniteTally,
 ) -> None:
+    """The header, then each job's data from `blocks(job)` in the order of `jobs` (the
+    order of the writer's tensor infos), each padded to the alignment. A job that yields
+    nothing (the source is damaged, the file will be removed) is not checked."""
     writer.write_header_to_file(out_file)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     assert writer.fout is not None and len(writer.fout) == 1
     fout = writer.fout[0]
+    expected = {name: info.nbytes for name, info in writer.tensors[0].items()}
     for done, job in enumerate(jobs, start=1):
         writer.write_padding(fout, fout.tell())
         written = 0
-        for chunk in _job_blocks(job, tally):  # none once the source is known damaged
+        for chunk in blocks(job):
             fout.write(chunk)
             written += len(chunk)
-        if written != job.nbytes and not tally:
-            raise ConversionError(f"{job.gguf_name}: wrote {written} bytes, expected {job.nbytes}.")
+        if written and written != expected[job.gguf_name]:
+            raise ConversionError(
+                f"{job.gguf_name}: wrote {written} bytes, expected {expected[job.gguf_name]}."
+            )
         writer.write_padding(fout, written)
         if progress is not None:
             progress(done, len(jobs))
     writer.close()
 
 
-def _job_blocks(job: _Job, tally: NonFiniteTally):
+def job_blocks(job: TensorJob, tally: NonFiniteTally) -> Iterator[bytes]:
+    """The job's data in its own type, block by block (none once the source is known
+    damaged)."""
     if job.generated is not None:
         yield job.generated.astype(np.float32).tobytes()
         return

@@ -15,7 +15,7 @@ PROBE_CHUNKS = 1
 
 @dataclass(frozen=True)
 class GGUFOptions:
-    keep_intermediate: bool = False  # keep the BF16 GGUF the quantizer read
+    keep_intermediate: bool = False  # quantize through a BF16 GGUF, and keep it
     token_types: Mapping[str, str] = field(default_factory=dict)  # '<think>': 'control'
     pre_tokenizer: str | None = None  # skip detection (only if you know better)
     imatrix: str | Path | None = None  # "auto", a file, "none"; None: the type/profile default

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from ...formats.gguf_keys import (
 )
 from ...formats.quants import gguf_quant
 from ...runtime.interrupts import raise_if_interrupted
-from ...runtime.llama_cpp import last_error, silence_llama_cpp
+from ...runtime.llama_cpp import captured_log, last_error, silence_llama_cpp
 
 if TYPE_CHECKING:
     from .imatrix.matrix import Imatrix
@@ -55,15 +56,8 @@ def quantize_gguf(
         )
     llama_cpp = require("llama_cpp", "gguf")
     silence_llama_cpp()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = spec.ftype
-    params.nthread = threads or os.cpu_count() or 1
     keep: list[Any] = []  # ctypes buffers that must outlive the call
-    if imatrix is not None:
-        matrix, overrides = _imatrix_params(llama_cpp, imatrix, imatrix_file, keep)
-        params.imatrix, params.kv_overrides = matrix, overrides
-    if tensor_types:
-        params.tt_overrides = _tensor_overrides(llama_cpp, tensor_types, keep)
+    params = _quantize_params(llama_cpp, spec, threads, imatrix, imatrix_file, tensor_types, keep)
     log.info("llama.cpp: quantizing %s -> %s (%s%s)", src.name, dst.name, spec.name,
              ", with an importance matrix" if imatrix is not None else "")  # fmt: skip
     status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
@@ -71,6 +65,68 @@ def quantize_gguf(
     raise_if_interrupted()  # a Ctrl-C during quantization lands in llama.cpp's log callback
     if status != 0 or not dst.is_file():
         _raise_quantize_failure(src, dst, spec.name, status, failed_errno)
+
+
+def _quantize_params(
+    llama_cpp: Any,
+    spec: Any,
+    threads: int | None,
+    imatrix: Imatrix | None,
+    imatrix_file: str,
+    tensor_types: Mapping[str, str] | None,
+    keep: list[Any],
+):
+    """llama_model_quantize's parameters, as llama-quantize sets them from its flags."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = spec.ftype
+    params.nthread = threads or os.cpu_count() or 1
+    if imatrix is not None:
+        matrix, overrides = _imatrix_params(llama_cpp, imatrix, imatrix_file, keep)
+        params.imatrix, params.kv_overrides = matrix, overrides
+    if tensor_types:
+        params.tt_overrides = _tensor_overrides(llama_cpp, tensor_types, keep)
+    return params
+
+
+# One line per tensor of llama_model_quantize's log (llama-quant.cpp's main loop), e.g.
+# "[  12/ 201] blk.1.attn_v.weight - [ 4096,  1024,     1,     1], type =   bf16, size =
+# 8.000 MiB -> 2.25 MiB (q4_K)"; a tensor kept as it is has no "-> ... (type)".
+_TENSOR_LINE = re.compile(
+    r"\[\s*\d+/\s*\d+\]\s+(?P<name>\S+)\s+- \[[^\]]*\], type =\s*(?P<old>\w+), "
+    r"size =\s*[\d.]+ MiB(?: ->\s*[\d.]+ MiB \((?P<new>\w+)\))?"
+)
+
+
+def llama_tensor_types(
+    header: Path,
+    quant: str,
+    *,
+    imatrix: Imatrix | None = None,
+    tensor_types: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The ggml type llama.cpp's quantizer gives each tensor of the GGUF `header` for
+    `quant` (GGUF name -> type name, e.g. "Q6_K"), from a dry run: llama.cpp decides and
+    logs every tensor's type from the tensor table alone, reading no weight, so `header`
+    may be a sparse file holding only the metadata. The importance matrix matters, as it
+    changes some choices."""
+    spec = gguf_quant(quant)
+    llama_cpp = require("llama_cpp", "gguf")
+    keep: list[Any] = []
+    params = _quantize_params(llama_cpp, spec, 1, imatrix, "", tensor_types, keep)
+    params.dry_run = True
+    with captured_log() as pieces:
+        status = llama_cpp.llama_model_quantize(str(header).encode(), b"", params)
+    raise_if_interrupted()
+    types = {m["name"]: (m["new"] or m["old"]).upper()
+             for m in _TENSOR_LINE.finditer("".join(pieces))}  # fmt: skip
+    if status != 0 or not types:
+        detail = last_error()
+        raise ConversionError(
+            f"llama.cpp's dry run for {spec.name} failed (status {status}"
+            + (f": {detail})." if detail else ")."),
+            hint="Run with QUANTKIT_DEBUG=1 to see llama.cpp's log.",
+        )
+    return types
 
 
 def _raise_quantize_failure(
@@ -152,26 +208,33 @@ def _imatrix_params(llama_cpp: Any, imatrix: Imatrix, file: str, keep: list[Any]
     entries[len(imatrix.entries)].name = None  # terminator
     keep.append(entries)
 
-    overrides: list[tuple[str, int, Any]] = [(QUANTIZE_IMATRIX_FILE, str_tag, kv_string(file))]
-    if imatrix.datasets:
-        overrides.append((QUANTIZE_IMATRIX_DATASET, str_tag, kv_string(imatrix.datasets[0])))
-    overrides.append((QUANTIZE_IMATRIX_ENTRIES, int_tag, len(imatrix.entries)))
-    if imatrix.chunk_count > 0:
-        overrides.append((QUANTIZE_IMATRIX_CHUNKS, int_tag, imatrix.chunk_count))
+    overrides = imatrix_metadata(imatrix, file)
     kv = (llama_cpp.llama_model_kv_override * (len(overrides) + 1))()
-    for i, (key, tag, value) in enumerate(overrides):
+    for i, (key, value) in enumerate(overrides):
         kv[i].key = key.encode()
-        kv[i].tag = tag
-        if tag == str_tag:
-            kv[i].value.val_str = value
+        if isinstance(value, bytes):
+            kv[i].tag, kv[i].value.val_str = str_tag, value
         else:
-            kv[i].value.val_i64 = value
+            kv[i].tag, kv[i].value.val_i64 = int_tag, value
     kv[len(overrides)].key = b""  # terminator: key[0] == 0
     keep.append(kv)
     return (
         ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data)),
         ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override)),
     )
+
+
+def imatrix_metadata(imatrix: Imatrix, file: str) -> list[tuple[str, bytes | int]]:
+    """The `quantize.imatrix.*` keys llama-quantize records, in its order: the file, the
+    first dataset, the entry and chunk counts (strings as the bytes llama.cpp keeps;
+    llama.cpp stores the integers as UINT32)."""
+    pairs: list[tuple[str, bytes | int]] = [(QUANTIZE_IMATRIX_FILE, kv_string(file))]
+    if imatrix.datasets:
+        pairs.append((QUANTIZE_IMATRIX_DATASET, kv_string(imatrix.datasets[0])))
+    pairs.append((QUANTIZE_IMATRIX_ENTRIES, len(imatrix.entries)))
+    if imatrix.chunk_count > 0:
+        pairs.append((QUANTIZE_IMATRIX_CHUNKS, imatrix.chunk_count))
+    return pairs
 
 
 KV_STRING_BYTES = 127  # llama_model_kv_override.val_str is char[128], NUL-terminated

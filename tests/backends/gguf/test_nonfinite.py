@@ -1,5 +1,6 @@
-"""NaN and infinity in the source fail a GGUF convert (written directly: Q8_0, BF16) with
-NonFiniteWeightsError naming the tensor and its counts, and leave nothing at --out."""
+"""NaN and infinity in the source fail a GGUF convert (written directly: Q8_0, BF16;
+quantized from the shards: Q4_K_M) with NonFiniteWeightsError naming the tensor and its
+counts, and leave nothing at --out."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def damaged_demo(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return nonfinite_copy(demo_model, tmp_path_factory.mktemp("nonfinite") / "demo", DAMAGED)
 
 
-@pytest.mark.parametrize("quant", ["Q8_0", "BF16"])
+@pytest.mark.parametrize("quant", ["Q8_0", "BF16", "Q4_K_M"])  # Q4_K_M: from the shards
 def test_nonfinite_source_fails_gguf_convert(damaged_demo: Path, tmp_path: Path, quant: str):
     out = tmp_path / "out"
     with pytest.raises(NonFiniteWeightsError) as info:

@@ -171,11 +171,18 @@ def _cannot_compute(
 
 
 def apply_imatrix(
-    request: ImatrixRequest, bf16: Path, work: Path, stem: str, progress: Any = None
+    request: ImatrixRequest,
+    model: Path | None,
+    work: Path,
+    stem: str,
+    progress: Any = None,
+    *,
+    model_type: str = "BF16",
 ) -> tuple[Imatrix | None, str, list[dict[str, Any]], dict[str, Any]]:
     """The matrix to quantize with, its name for `quantize.imatrix.file` (a file name in
     the artifact folder, never the user's path), the file records to add to the manifest
-    and the description of what was used."""
+    and the description of what was used. `model` (a GGUF of type `model_type`) is run
+    only to compute a matrix (AUTO)."""
     from ....artifact.manifest import file_record
 
     if request.mode == SKIPPED:
@@ -184,13 +191,13 @@ def apply_imatrix(
         from .compute import compute_imatrix
         from .matrix import save_imatrix
 
-        assert request.data is not None
+        assert request.data is not None and model is not None
 
         def on_chunk(done: int, total: int) -> None:
             if progress is not None:
                 progress("importance matrix (llama.cpp)", done, total)
 
-        imatrix = compute_imatrix(bf16, request.data, progress=on_chunk)
+        imatrix = compute_imatrix(model, request.data, progress=on_chunk)
         path = save_imatrix(imatrix, work / f"{stem}{IMATRIX_SUFFIX}")
         records = [file_record(path, format="gguf", quant="imatrix", role="imatrix")]
         label = path.name
@@ -205,7 +212,7 @@ def apply_imatrix(
         described = {"source": "file", "file": path.name, "sha256": record["sha256"]}
     described.update(
         origin=request.origin,
-        method="llama.cpp cb_eval on the BF16 GGUF (as llama-imatrix)"
+        method=f"llama.cpp cb_eval on the {model_type} GGUF (as llama-imatrix)"
         if request.mode == AUTO
         else "given",
         **imatrix.describe(),

@@ -1,0 +1,254 @@
+"""K-quants and the other llama.cpp types straight from the safetensors shards: no BF16
+file of the whole model on the way.
+
+The artifact is byte for byte what `llama_model_quantize` makes from our BF16 GGUF
+(tests/backends/gguf/test_stream_quantize.py), built from llama.cpp's own parts:
+
+- each tensor's type is llama.cpp's choice, from a quantizer dry run over a sparse BF16
+  file that holds the metadata and tensor table and no weight bytes on disk;
+- each tensor's rows are the BF16 values that file would hold, as float32, quantized by
+  `ggml_quantize_chunk` with the importance matrix and checked by `ggml_validate_row_data`,
+  as llama.cpp's quantizer does, a block of rows at a time;
+- the header is the BF16 file's metadata changed as llama.cpp changes it (the quantization
+  version and file type moved to the end, the `quantize.imatrix.*` keys added) and the
+  tensors in llama.cpp's order (by layer, then by name).
+
+Memory holds one block of rows, disk the artifact and, for a moment, the sparse header.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import gguf
+import numpy as np
+
+from ...errors import ConversionError, ImatrixError
+from ...formats.nonfinite import NonFiniteTally
+from ...formats.quants import gguf_quant
+from ...runtime import ggml_quant
+from ...source.model import SourceModel
+from .export import ExportPlan, ProgressFn, TensorJob, job_blocks, metadata_writer, plan_export
+from .export import write_tensors as write_gguf_tensors
+from .quantize import imatrix_metadata, llama_tensor_types
+from .tensors import converted_blocks
+
+if TYPE_CHECKING:
+    from ...formats.tokens import TokenTypePolicy
+    from .imatrix.matrix import Imatrix
+
+Q = gguf.GGMLQuantizationType
+ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT  # llama.cpp's quantizer always writes this one
+_LAYER = re.compile(r"blk\.(\d+)\.")
+
+
+def quantize_from_shards(
+    source: SourceModel,
+    out_file: Path,
+    quant: str,
+    *,
+    token_policy: TokenTypePolicy | None = None,
+    pre_tokenizer: str | None = None,
+    imatrix: Imatrix | None = None,
+    imatrix_file: str = "",
+    tensor_types: Mapping[str, str] | None = None,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Write `source` quantized to `quant` at `out_file`, as llama.cpp's quantizer would
+    from its BF16 GGUF with the same importance matrix (`imatrix_file` names it in the
+    metadata) and per-tensor overrides `tensor_types`. NonFiniteWeightsError, leaving no
+    file, when the source holds NaN or infinity."""
+    spec = gguf_quant(quant)
+    if spec.needs_imatrix and imatrix is None:
+        raise ImatrixError(
+            f"{spec.name} needs an importance matrix (llama.cpp refuses to make it without).",
+            hint="Pass --imatrix auto (computed from the calibration set) or --imatrix FILE.",
+        )
+    plan = plan_export(source, "BF16", token_policy=token_policy, pre_tokenizer=pre_tokenizer)
+    types = _llama_types(source, plan, out_file, spec.name, imatrix, tensor_types)
+    writer = metadata_writer(source, plan, out_file, spec.ftype)
+    _as_llama_quantizer_writes(writer.kv_data[0], spec.ftype, imatrix, imatrix_file)
+    jobs = sorted(plan.jobs, key=loader_order)
+    for job in jobs:
+        qtype = Q[types[job.gguf_name]]
+        nbytes = (
+            int(np.prod(job.shape))
+            // gguf.GGML_QUANT_SIZES[qtype][0]
+            * (gguf.GGML_QUANT_SIZES[qtype][1])
+        )
+        writer.add_tensor_info(job.gguf_name, job.shape, np.dtype(np.float32), nbytes,
+                               raw_dtype=qtype)  # fmt: skip
+    tally = NonFiniteTally()
+    quantizer = _RowQuantizer(threads or os.cpu_count() or 1)
+    try:
+        write_gguf_tensors(
+            writer, out_file, jobs,
+            lambda job: _tensor_blocks(job, types[job.gguf_name], imatrix, tally, quantizer),
+            progress,
+        )  # fmt: skip
+    except BaseException:
+        out_file.unlink(missing_ok=True)
+        raise
+    finally:
+        quantizer.close()
+    if tally:
+        out_file.unlink(missing_ok=True)
+        tally.raise_if_any()
+
+
+def loader_order(job: TensorJob) -> tuple[int, str]:
+    """llama.cpp's model loader keeps tensors sorted by layer (none first), then by name;
+    its quantizer writes them in that order."""
+    layer = _LAYER.match(job.gguf_name)
+    return (int(layer.group(1)) if layer else -1, job.gguf_name)
+
+
+def _llama_types(
+    source: SourceModel,
+    plan: ExportPlan,
+    out_file: Path,
+    quant: str,
+    imatrix: Imatrix | None,
+    tensor_types: Mapping[str, str] | None,
+) -> dict[str, str]:
+    """llama.cpp's type for every tensor, from a dry run over a sparse BF16 file beside
+    `out_file` (removed afterwards)."""
+    sparse = out_file.with_name(f".quantkit-types-{out_file.name}")
+    try:
+        _write_sparse_bf16(source, plan, sparse)
+        types = llama_tensor_types(sparse, quant, imatrix=imatrix, tensor_types=tensor_types)
+    finally:
+        sparse.unlink(missing_ok=True)
+    missing = [job.gguf_name for job in plan.jobs if job.gguf_name not in types]
+    if missing:
+        raise ConversionError(
+            f"llama.cpp's dry run named no type for {len(missing)} tensor(s): {missing[0]}, ..."
+        )
+    return types
+
+
+def _write_sparse_bf16(source: SourceModel, plan: ExportPlan, path: Path) -> None:
+    """The BF16 GGUF's metadata and tensor table, then a hole as long as its data: the
+    loader checks every tensor lies within the file, the dry run reads none of them."""
+    writer = metadata_writer(source, plan, path, gguf_quant("BF16").ftype)
+    for job in plan.jobs:
+        writer.add_tensor_info(job.gguf_name, job.shape, np.dtype(np.float32), job.nbytes,
+                               raw_dtype=job.qtype)  # fmt: skip
+    writer.write_header_to_file(path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    assert writer.fout is not None
+    data_start = writer.ggml_pad(writer.fout[0].tell(), ALIGNMENT)
+    data = sum(writer.ggml_pad(job.nbytes, ALIGNMENT) for job in plan.jobs)
+    writer.close()
+    os.truncate(path, data_start + data)
+
+
+def _as_llama_quantizer_writes(
+    kv: dict[str, gguf.GGUFValue], ftype: int, imatrix: Imatrix | None, imatrix_file: str
+) -> None:
+    """The BF16 file's metadata changed in place as llama_model_quantize changes it: each
+    key it sets is removed and appended (gguf_set_val_*), in its order."""
+    settings: list[tuple[str, gguf.GGUFValue]] = [
+        (gguf.Keys.General.QUANTIZATION_VERSION,
+         gguf.GGUFValue(gguf.GGML_QUANT_VERSION, gguf.GGUFValueType.UINT32)),
+        (gguf.Keys.General.FILE_TYPE, gguf.GGUFValue(ftype, gguf.GGUFValueType.UINT32)),
+    ]  # fmt: skip
+    if imatrix is not None:
+        for key, value in imatrix_metadata(imatrix, imatrix_file):
+            if isinstance(value, bytes):
+                settings.append((key, gguf.GGUFValue(value.decode(), gguf.GGUFValueType.STRING)))
+            else:
+                settings.append((key, gguf.GGUFValue(abs(value), gguf.GGUFValueType.UINT32)))
+    for key, value in settings:
+        kv.pop(key, None)
+        kv[key] = value
+
+
+def _tensor_blocks(
+    job: TensorJob,
+    target: str,
+    imatrix: Imatrix | None,
+    tally: NonFiniteTally,
+    quantizer: _RowQuantizer,
+) -> Iterator[bytes]:
+    """The job's data in llama.cpp's type `target`: copied where llama.cpp keeps the BF16
+    file's type, else quantized from the BF16 file's values a block of rows at a time."""
+    if target == job.qtype.name:
+        yield from job_blocks(job, tally)
+        return
+    row = job.shape[-1]
+    importance = _importance(job, row, imatrix)
+    for block in _float_rows(job, tally):
+        packed = quantizer.quantize(target, block.reshape(-1, row), importance)
+        if not ggml_quant.valid_rows(target, packed):
+            raise ConversionError(f"{job.gguf_name}: ggml rejected its own {target} rows.")
+        yield packed.tobytes()
+
+
+def _float_rows(job: TensorJob, tally: NonFiniteTally) -> Iterator[np.ndarray]:
+    """The values the BF16 file holds for the job, as float32 blocks (BF16 widens exactly,
+    as llama.cpp's quantizer reads it)."""
+    if job.generated is not None:
+        yield job.generated.astype(np.float32)
+        return
+    assert job.source is not None
+    for chunk in converted_blocks(job.source, job.qtype, job.heads, tally):
+        bits = np.frombuffer(chunk, dtype=np.uint16) if job.qtype == Q.BF16 else None
+        if bits is None:  # an F32 tensor that llama.cpp quantizes anyway
+            yield np.frombuffer(chunk, dtype=np.float32)
+        else:
+            yield (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _importance(job: TensorJob, row: int, imatrix: Imatrix | None) -> np.ndarray | None:
+    """The tensor's importance weights as llama.cpp picks them: none without a matrix or an
+    entry; an entry of the wrong length is an error, except for the token embeddings,
+    which llama.cpp then quantizes without one."""
+    if imatrix is None or job.gguf_name not in imatrix.entries:
+        return None
+    values = imatrix.entries[job.gguf_name].mean()
+    if values.size == row:
+        return values
+    if job.gguf_name.startswith("token_embd."):
+        return None
+    raise ImatrixError(
+        f"The importance matrix has {values.size} values for {job.gguf_name}, which has "
+        f"rows of {row}.",
+        hint="It was computed for another model; pass a matching file or --imatrix auto.",
+    )
+
+
+class _RowQuantizer:
+    """ggml_quantize_chunk over a block's rows split between threads (ctypes releases the
+    GIL; rows are quantized independently, so the split does not change the bytes)."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def quantize(self, ggml_type: str, rows: np.ndarray, importance: np.ndarray | None):
+        try:
+            if self._pool is None or len(rows) < 2 * self.threads:
+                return ggml_quant.quantize_rows(ggml_type, rows, importance)
+            parts = np.array_split(rows, self.threads)
+            packed = self._pool.map(
+                lambda part: ggml_quant.quantize_rows(ggml_type, part, importance), parts
+            )
+            return np.concatenate(list(packed))
+        except ValueError as exc:  # a type that needs importance weights, given none
+            raise ImatrixError(
+                f"{ggml_type} needs an importance matrix entry for every tensor it quantizes "
+                f"({exc})",
+                hint="Pass --imatrix auto or a matrix computed for this model.",
+            ) from exc
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()

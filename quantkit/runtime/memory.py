@@ -1,0 +1,32 @@
+"""Memory a finished stage freed, handed back to the system.
+
+A stage that ran a model leaves two kinds of garbage: Python objects kept alive only by
+reference cycles (transformers modules and their hooks point at each other), which wait
+for the cyclic collector, and freed heap pages that glibc's malloc keeps for reuse. Both
+count as the process's resident anonymous memory, so the next stage's peak would sit on
+top of them (1B FP8 convert: 2.2 GB left over by the generation check before the
+evaluation began; docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+from functools import cache
+
+
+def release_freed_memory() -> None:
+    """Collect cyclic garbage, then ask glibc to return its free heap pages (a no-op on
+    other C libraries)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None

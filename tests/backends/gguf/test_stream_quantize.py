@@ -1,0 +1,137 @@
+"""llama.cpp types quantized straight from the shards (quantkit.backends.gguf.stream_quantize):
+the file is byte for byte what llama.cpp's own quantizer makes from the BF16 GGUF, no BF16
+file is written on the way, and bad input leaves no file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from quantkit.backends.gguf.backend import make_gguf
+from quantkit.backends.gguf.export import export_gguf, plan_export
+from quantkit.backends.gguf.imatrix.matrix import Imatrix, ImatrixEntry, load_imatrix
+from quantkit.backends.gguf.imatrix.request import ImatrixRequest
+from quantkit.backends.gguf.quantize import llama_tensor_types, quantize_gguf
+from quantkit.backends.gguf.stream_quantize import _write_sparse_bf16, quantize_from_shards
+from quantkit.errors import ImatrixError
+from quantkit.source.model import load_source
+
+
+def random_imatrix(bf16: Path, seed: int = 0) -> Imatrix:
+    """Positive importance for every 2-D tensor but the token embeddings (as llama-imatrix
+    collects them), with a dataset and chunk count for the metadata."""
+    rng = np.random.default_rng(seed)
+    entries = {
+        t.name: ImatrixEntry(rng.random((1, int(t.shape[0])), dtype=np.float32) * 10,
+                             np.array([64.0]))
+        for t in gguf.GGUFReader(bf16).tensors
+        if len(t.shape) > 1 and t.name != "token_embd.weight"
+    }  # fmt: skip
+    return Imatrix(entries, datasets=("calibration.jsonl",), chunk_count=3, chunk_size=512)
+
+
+def llama_cpp_from_bf16(
+    source, folder: Path, quant: str, imatrix: Imatrix | None, label: str = "m.imatrix"
+) -> bytes:
+    bf16 = export_gguf(source, folder / "m-BF16.gguf").path
+    quantize_gguf(bf16, folder / "ref.gguf", quant, imatrix=imatrix, imatrix_file=label)
+    return (folder / "ref.gguf").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("model", "quant", "with_imatrix"),
+    [("llama31_model", "Q4_K_M", True), ("qwen3_model", "Q3_K_S", False),
+     ("demo_model", "IQ2_XS", True)],
+    ids=["llama31-Q4_K_M-imatrix", "qwen3-Q3_K_S", "demo-IQ2_XS-imatrix"],
+)  # fmt: skip
+def test_streamed_file_is_llama_cpps_byte_for_byte(
+    request: pytest.FixtureRequest, tmp_path: Path, model: str, quant: str, with_imatrix: bool
+) -> None:
+    # The reference: our BF16 GGUF, then llama_model_quantize on it (llama-quantize's call).
+    source = load_source(request.getfixturevalue(model))
+    imatrix = None
+    if with_imatrix:
+        export_gguf(source, tmp_path / "for-names.gguf")
+        imatrix = random_imatrix(tmp_path / "for-names.gguf")
+        (tmp_path / "for-names.gguf").unlink()
+    expected = llama_cpp_from_bf16(source, tmp_path, quant, imatrix)
+    streamed = tmp_path / "streamed" / "m.gguf"
+    streamed.parent.mkdir()
+    quantize_from_shards(source, streamed, quant, imatrix=imatrix, imatrix_file="m.imatrix",
+                         threads=2)  # fmt: skip
+    assert streamed.read_bytes() == expected
+    assert [p.name for p in streamed.parent.iterdir()] == ["m.gguf"]  # the sparse file is gone
+    types = {t.tensor_type.name for t in gguf.GGUFReader(streamed).tensors}
+    assert types - {"F32"}, "nothing was quantized"
+
+
+def test_dry_run_types_need_no_weight_bytes(llama31_model: Path, tmp_path: Path) -> None:
+    source = load_source(llama31_model)
+    plan = plan_export(source)
+    sparse = tmp_path / "sparse.gguf"
+    _write_sparse_bf16(source, plan, sparse)
+    size = sparse.stat().st_size
+    assert size > sum(job.nbytes for job in plan.jobs)  # as long as the BF16 file...
+    assert sparse.stat().st_blocks * 512 < size / 4  # ...but a hole where the weights are
+    types = llama_tensor_types(sparse, "Q4_K_M")
+    assert set(types) == {job.gguf_name for job in plan.jobs}
+    # llama.cpp's Q4_K_M mix: Q6_K for the output, some attn_v and ffn_down; Q4_K else.
+    assert types["output.weight"] == "Q6_K" and types["blk.0.attn_q.weight"] == "Q4_K"
+    assert types["blk.0.attn_norm.weight"] == "F32"
+
+
+def test_a_type_that_needs_an_imatrix_fails_before_writing(demo_model: Path, tmp_path: Path):
+    out = tmp_path / "m.gguf"
+    with pytest.raises(ImatrixError, match="needs an importance matrix"):
+        quantize_from_shards(load_source(demo_model), out, "IQ2_XS")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_imatrix_of_another_model_fails_and_leaves_no_file(demo_model: Path, tmp_path: Path):
+    source = load_source(demo_model)
+    export_gguf(source, tmp_path / "names.gguf")
+    imatrix = random_imatrix(tmp_path / "names.gguf")
+    (tmp_path / "names.gguf").unlink()
+    name = "blk.0.attn_q.weight"
+    imatrix.entries[name] = ImatrixEntry(np.ones((1, 7), dtype=np.float32), np.array([1.0]))
+    with pytest.raises(ImatrixError, match=f"7 values for {name}"):
+        quantize_from_shards(source, tmp_path / "m.gguf", "Q4_K_M", imatrix=imatrix)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_gguf_never_writes_a_bf16_file(demo_model: Path, tmp_path: Path) -> None:
+    """With a computed importance matrix: a Q8_0 file while it is computed, removed, then
+    the artifact; the disk never holds a BF16 GGUF. The artifact is what llama.cpp's
+    quantizer makes from the BF16 file with the matrix that was drawn."""
+    from quantkit.backends.gguf.imatrix.compute import prepare_imatrix_data
+
+    source = load_source(demo_model)
+    data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=2, chunk_size=256,
+                                seed=0)  # fmt: skip
+    request = ImatrixRequest(mode="auto", origin="test", data=data)
+    work = tmp_path / "work"
+    work.mkdir()
+    seen: dict[str, set[str]] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        seen.setdefault(stage, set()).update(p.name for p in work.iterdir())
+
+    result = make_gguf(source, "Q4_K_M", work, imatrix=request, progress=progress)
+    assert list(seen) == ["writing Q8_0 GGUF", "importance matrix (llama.cpp)",
+                          "quantizing to Q4_K_M"]  # fmt: skip
+    assert not any("BF16" in name for names in seen.values() for name in names)
+    assert f"{source.name}-Q8_0.gguf" in seen["importance matrix (llama.cpp)"]
+    names = sorted(p.name for p in work.iterdir())
+    assert names == sorted([result.artifact.name, f"{source.name}.imatrix.gguf"])
+    method = result.manifest["imatrix"]["method"]
+    assert method == "llama.cpp cb_eval on the Q8_0 GGUF (as llama-imatrix)"
+    # The same bytes as llama.cpp quantizing the BF16 file with the matrix that was drawn.
+    label = f"{source.name}.imatrix.gguf"
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    expected = llama_cpp_from_bf16(source, reference, "Q4_K_M", load_imatrix(work / label),
+                                   label)  # fmt: skip
+    assert result.artifact.read_bytes() == expected
