@@ -172,3 +172,9 @@ class RecipeError(QuantkitError):
     """A `--quant auto` recipe cannot be read, or does not fit the model it is applied to."""
 
     exit_code = 19
+
+
+class MemoryShortError(QuantkitError):
+    """The conversion's estimated peak memory is more than the machine has available."""
+
+    exit_code = 20

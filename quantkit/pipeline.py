@@ -33,12 +33,14 @@ from .backends.safetensors.options import GPTQOptions, SafetensorsOptions
 from .calibration.options import CalibrationOptions
 from .disk.atomic import building_folder
 from .disk.atomic import quarantine as quarantine_folder
-from .errors import DiskSpaceError, QualityGateError, VerificationError
+from .errors import DiskSpaceError, MemoryShortError, QualityGateError, VerificationError
 from .evaluation.options import EvalOptions
 from .formats.quants import AUTO_QUANT
+from .planning.cost import ConvertCost, CostRequest, StageClock, convert_cost
+from .planning.rates import load_rates, record_rates
 from .planning.target import Target, resolve_target
 from .runtime.interrupts import raise_if_interrupted
-from .runtime.memory import release_freed_memory
+from .runtime.memory import available_memory, release_freed_memory
 from .source.hub_download import cache_folder
 from .source.model import SourceModel, load_source
 from .source.structure import check_structure
@@ -66,6 +68,7 @@ class ConvertResult:
     quality: dict[str, Any] | None = None
     recipe: dict[str, Any] | None = None  # --quant auto: the manifest's recipe section
     download_bytes: int = 0  # a Hub source's weights not in the Hugging Face cache yet
+    cost: ConvertCost | None = None  # the estimate made before any weight was read
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +86,7 @@ class ConvertResult:
             "published": self.published,
             "quality": self.quality,
             "recipe": self.recipe,
+            "cost": self.cost.to_dict() if self.cost else None,
         }
 
 
@@ -139,11 +143,14 @@ def convert(
     plan = _make_plan(source, hardware, context, force, target.quant)
     backend.prepare(source)
     estimate = int(backend.estimate_bytes(source) * DISK_MARGIN)
+    cost = _estimate_cost(source, target, backend, estimate, calibration, checks_wanted.enabled,
+                          evaluation)  # fmt: skip
     download = source.download.missing_bytes if source.download else 0
     if dry_run:
         return ConvertResult(None, target, source, plan, estimated_bytes=estimate, dry_run=True,
-                             download_bytes=download)  # fmt: skip
+                             download_bytes=download, cost=cost)  # fmt: skip
     check_disk_space(out_dir, estimate)
+    check_memory(cost, force=force)
     if source.download is not None:  # a Hub source: its weights come now, if there is room
         check_download_space(cache_folder(source.download.repo_id), download, out_dir, estimate)
         source = source.with_weights()
@@ -152,7 +159,8 @@ def convert(
 
         check_push_access(push_to)
     with _disk_full_is_a_disk_error(out_dir), building_folder(out_dir, replace=False) as work:
-        step = _interruptible(progress)
+        clock = StageClock()
+        step = _interruptible(clock.wrap(progress))
         built = backend.build(source, work, step)
         raise_if_interrupted()
         checks = []
@@ -186,11 +194,67 @@ def convert(
                 _stop_on_failed_gate(gate_result, work, out_dir)
         _write_card(work)
         raise_if_interrupted()  # the last chance: after this the folder is renamed into place
+    record_rates(cost.stages, clock.seconds())  # the next estimate's rates: this machine's
     published = _publish(out_dir, push_to, source) if push_to else None
     return ConvertResult(
         out_dir, target, source, plan, built.files, checks, estimate, published=published,
-        quality=quality, recipe=built.manifest.get("recipe"),
+        quality=quality, recipe=built.manifest.get("recipe"), cost=cost,
     )  # fmt: skip
+
+
+def _estimate_cost(
+    source: SourceModel,
+    target: Target,
+    backend: Any,
+    disk_peak: int,
+    calibration: CalibrationOptions | None,
+    verify: bool,
+    evaluation: EvalOptions,
+) -> ConvertCost:
+    """The conversion's memory, time and disk on this machine (planning.cost), from the
+    source's headers and the stages the options turn on."""
+    from .planning.memory import artifact_weights_bytes
+    from .planning.model_spec import spec_from_source
+
+    spec = spec_from_source(source)
+    calib = calibration or CalibrationOptions()
+    auto = target.quant == AUTO_QUANT.name
+    request = CostRequest(
+        fmt=target.format, quant=target.quant, auto=auto,
+        imatrix=bool(getattr(backend, "computes_imatrix", False)),
+        keep_intermediate=bool(getattr(getattr(backend, "options", None), "gguf", None)
+                               and backend.options.gguf.keep_intermediate),
+        verify=verify, evaluate=evaluation.enabled, n_ctx=evaluation.n_ctx,
+        calibration_tokens=(calib.samples or 256) * (calib.seq_len or 2048),  # oneshot's
+        gpu=Path("/dev/nvidia0").exists(),
+    )  # fmt: skip
+    final = disk_peak if auto else artifact_weights_bytes(spec, target.format, target.quant)
+    return convert_cost(spec, request, load_rates(), disk_peak=disk_peak, disk_final=final)
+
+
+def check_memory(cost: ConvertCost, *, force: bool = False) -> None:
+    """Refuse, before any weight is read, a convert whose estimated peak memory is more
+    than the machine has available; say what would fit. `force` tries anyway."""
+    available = available_memory()
+    if force or available is None or cost.peak_bytes <= available:
+        return
+    raise MemoryShortError(
+        f"This convert needs about {cost.peak_bytes / 1e9:.1f} GB of memory at its peak "
+        f"({cost.peak_stage}); {available / 1e9:.1f} GB are available.",
+        hint=_memory_hint(cost.peak_stage),
+    )
+
+
+def _memory_hint(stage: str) -> str:
+    if "artifact" in stage and "checking" in stage:
+        return "Skip the checks with --no-verify, free some memory, or pass --force to try anyway."
+    if "reference" in stage or "evaluating" in stage:
+        return ("Skip the evaluation with --no-eval (run `quantkit eval` later on a larger "
+                "machine), free some memory, or pass --force to try anyway.")  # fmt: skip
+    if "llmcompressor" in stage:
+        return ("Use a GPU profile, or FP8_DYNAMIC (--format fp8 --quant FP8_DYNAMIC), which "
+                "works shard by shard; or pass --force to try anyway.")  # fmt: skip
+    return "Free some memory or use a machine with more; --force tries anyway."
 
 
 def _interruptible(progress: ProgressFn | None) -> ProgressFn:

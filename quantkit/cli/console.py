@@ -215,3 +215,28 @@ class _BarTask:
             self._bar.reset(self._task_id, total=total, completed=done, description=stage)
             return
         self._bar.update(self._task_id, description=stage, completed=done, total=total)
+
+
+def print_cost(cost: dict) -> None:
+    """The estimate of memory, time and disk on this machine, stage by stage."""
+    from rich.markup import escape
+
+    print_text(
+        f"cost here: peak memory about {cost['peak_ram_bytes'] / 1e9:.1f} GB "
+        f"({cost['peak_ram_stage']}), about {_minutes(cost['seconds'])}, disk "
+        f"{cost['disk_peak_bytes'] / 1e9:.2f} GB at the peak and "
+        f"{cost['disk_final_bytes'] / 1e9:.2f} GB kept"
+        + (f", GPU {cost['gpu_bytes'] / 1e9:.1f} GB" if cost.get("gpu_bytes") else "")
+    )
+    for stage in cost["stages"]:
+        print_text(
+            f"  {escape(stage['stage'])}: {_minutes(stage['seconds'])}, "
+            f"{stage['peak_ram_bytes'] / 1e9:.1f} GB"
+        )
+    print_text(f"  times from {cost['rates_from']}", soft_wrap=True)
+    for note in cost.get("notes", []):
+        print_text(f"  {escape(note)}", soft_wrap=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

@@ -308,6 +308,8 @@ def _render(payload: dict[str, Any]) -> None:
             f"dry run: would write about {payload['estimated_bytes'] / 1e9:.2f} GB{fetch}; "
             "nothing written."
         )
+        if payload.get("cost"):
+            console.print_cost(payload["cost"])
         return
     console.print_text(f"artifact: {escape(str(payload['out']))}", soft_wrap=True)
     rows = [
@@ -355,3 +357,4 @@ def _render(payload: dict[str, Any]) -> None:
     if payload.get("published"):
         pub = payload["published"]
         console.print_text(f"uploaded to {escape(pub['repo_id'])} ({escape(pub['revision'])})")
+

@@ -153,6 +153,9 @@ def _render_details(plan: Plan) -> None:
         console.print_text(f"note: {note}", style="dim")
     if plan.auto:
         _render_auto(plan.auto)
+    if plan.convert:
+        console.print_text(f"\nConverting to it here (quantkit convert --profile {plan.profile}):")
+        console.print_cost(plan.convert)
 
 
 _AUTO_COLUMNS = (console.Col("tensor role", keep=True), console.Col("types (tensors)"))

@@ -36,6 +36,14 @@ class GGUFQuant:
         profile's `imatrix = "auto"` applies to (docs/profiles.md)."""
         return self.bits <= 4
 
+    def computes_imatrix(self, profile_setting: str | None) -> bool:
+        """Whether a convert to this type computes an importance matrix when the user says
+        nothing: when llama.cpp needs one, or when a profile's `imatrix = "auto"` applies
+        (a type llama.cpp quantizes, of 4 bits or lower)."""
+        if self.needs_imatrix:
+            return True
+        return not self.written_directly and profile_setting == "auto" and self.low_bit
+
 
 _GGUF_QUANTS = (
     GGUFQuant("F32", 0, written_directly=True, bits=32),

@@ -58,6 +58,7 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     inventory: str = "safetensors"  # where the tensor list came from
     auto: dict[str, Any] | None = None  # --quant auto: planning.mix.auto_preview
+    convert: dict[str, Any] | None = None  # planning.cost: converting to it on this machine
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -121,7 +122,25 @@ def make_plan(
         smaller_models=tuple(smaller or ()),
         notes=tuple(notes),
         inventory=spec.inventory,
+        convert=conversion_cost(spec, profile, artifact_quant).to_dict(),
     )
+
+
+def conversion_cost(spec: ModelSpec, profile: HardwareProfile, artifact_quant: str | None):
+    """What `quantkit convert --profile` costs this machine with its defaults (importance
+    matrix as the profile says, checks and evaluation on): planning.cost."""
+    from ..formats.quants import AUTO_QUANT, gguf_quant
+    from .cost import CostRequest, convert_cost, gguf_disk_peak
+    from .rates import load_rates
+
+    quant = artifact_quant or profile.quant
+    auto = quant == AUTO_QUANT.name
+    imatrix = profile.format == "gguf" and gguf_quant(quant).computes_imatrix(profile.imatrix)
+    request = CostRequest(fmt=profile.format, quant=quant, imatrix=imatrix, auto=auto)
+    final = 0 if auto else mem.artifact_weights_bytes(spec, profile.format, quant)
+    peak = (gguf_disk_peak(spec, quant, imatrix=imatrix, via_bf16=auto, probes=auto)
+            if profile.format == "gguf" else final)  # fmt: skip
+    return convert_cost(spec, request, load_rates(), disk_peak=peak, disk_final=final or peak)
 
 
 def recommend_profile(

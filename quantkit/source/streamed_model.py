@@ -13,7 +13,9 @@ memory), as transformers does before it loads weights, and replaces each decoder
    the first forward pass,
 4. runs it and drops it.
 
-Everything else (embeddings, final norm, output head, rotary tables) is loaded once. The
+Everything else (embeddings, final norm, output head, rotary tables) is loaded once; where
+the model computes in float32 over a 16-bit file, the embeddings and head stay views of the
+file, widened where used (WidenedEmbedding, WidenedHead), not copied whole. The
 quantization schemes are applied to the skeleton as transformers' compressed-tensors
 quantizer applies them (`apply_quantization_config(..., run_compressed=False)`, then the
 compressed layout), so a layer computes exactly what the whole model loaded by
@@ -301,12 +303,15 @@ def _load_the_rest(model, reader: ShardReader, config) -> None:
     embeddings when the config ties them and the shards have no head), rotary tables
     computed on the CPU."""
     tied = bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
+    _widen_vocab_matrices(model, reader, tied)
     head = model.get_output_embeddings()
     for name, module in model.named_children():
         if module is head and tied and "lm_head.weight" not in reader:
             continue
         load_module_tensors(module, name, reader)
     if head is not None and tied and "lm_head.weight" not in reader:
+        head.weight = model.get_input_embeddings().weight
+    if isinstance(head, WidenedHead) and head.weight.is_meta:  # tied to a widened embedding
         head.weight = model.get_input_embeddings().weight
     computed = [
         (path, module)
@@ -322,3 +327,70 @@ def _load_the_rest(model, reader: ShardReader, config) -> None:
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
         raise StreamedModelError(f"{reader.folder}: no weights for {', '.join(left[:5])}.")
+
+
+# --- the vocabulary matrices in a wider dtype ------------------------------------------------
+
+class WidenedEmbedding(torch.nn.Module):
+    """An embedding kept in its file's 16-bit dtype (a view of the file's pages) whose
+    looked-up rows are widened to the model's dtype: the same values as a widened copy of
+    the whole matrix (bf16/f16 -> f32 is exact), without holding that copy (1 GB for a
+    128k x 2048 float32 matrix)."""
+
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.out_dtype = dtype
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(input_ids, self.weight).to(self.out_dtype)
+
+
+class WidenedHead(torch.nn.Module):
+    """The output head kept in its file's 16-bit dtype, widened for the moment it is
+    applied: the widened copy exists while the head runs (after the decoder layers, whose
+    activations are gone by then), not beside them. Widened whole, not in slices: the
+    matrix product then runs as the whole model's does, to the same bits."""
+
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.out_dtype = dtype
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.weight.to(self.out_dtype))
+
+
+def _widen_vocab_matrices(model, reader: ShardReader, tied: bool) -> None:
+    """Where the model computes in a wider dtype than its file holds the embeddings and
+    head in (a float32 evaluation of a BF16 folder), keep them as file views and widen
+    what is used (WidenedEmbedding, WidenedHead), rather than copy the two largest
+    matrices whole."""
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    for module, kind in ((embed, WidenedEmbedding), (head, WidenedHead)):
+        if module is None or getattr(module, "bias", None) is not None:
+            continue
+        name = _module_name(model, module)
+        key = f"{name}.weight"
+        if key not in reader:
+            if kind is WidenedHead and tied and isinstance(model.get_input_embeddings(),
+                                                           WidenedEmbedding):  # fmt: skip
+                weight = torch.empty(module.weight.shape, device="meta")
+                _replace(model, name, WidenedHead(weight, module.weight.dtype))
+            continue
+        stored = reader.tensor(key)
+        wanted = module.weight.dtype
+        if stored.dtype.itemsize >= wanted.itemsize or not wanted.is_floating_point:
+            continue
+        if tuple(stored.shape) != tuple(module.weight.shape):
+            continue  # load_module_tensors names the mismatch
+        _replace(model, name, kind(stored, wanted))
+
+
+def _module_name(model, module) -> str:
+    return next(name for name, sub in model.named_modules() if sub is module)
+
+
+def _replace(model, name: str, module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)

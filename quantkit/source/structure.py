@@ -21,6 +21,8 @@ from ..errors import SourceModelError
 from ..formats.safetensors_index import DTYPE_BITS, TensorInfo, index_weight_map
 from .model import SUPPORTED_ARCHITECTURES, ModelGeometry, SourceModel
 
+DERIVED_FILE = "(derived)"  # the shard of a tensor known from the config alone
+
 # Buffers some exports carry next to the parameters; every converter drops them (rotary
 # frequencies are recomputed from the config at load time), so they are not "unexpected".
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
@@ -59,7 +61,7 @@ def derived_tensors(geometry: ModelGeometry, dtype: str = "BF16") -> tuple[Tenso
     if not g.tie_word_embeddings:
         shapes.append(("lm_head.weight", (g.vocab_size, g.hidden_size)))
     bits = DTYPE_BITS[dtype]
-    return tuple(TensorInfo(n, dtype, s, "(derived)", prod(s) * bits // 8) for n, s in shapes)
+    return tuple(TensorInfo(n, dtype, s, DERIVED_FILE, prod(s) * bits // 8) for n, s in shapes)
 
 
 def expected_shapes(source: SourceModel) -> dict[str, tuple[int, ...]]:

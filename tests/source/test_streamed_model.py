@@ -40,6 +40,23 @@ def test_streamed_logits_are_transformers_logits(
     assert torch.equal(streamed_logits(folder, dtype), whole_model_logits(folder, dtype))
 
 
+def test_a_float32_pass_keeps_the_vocabulary_matrices_as_file_views(demo_model: Path) -> None:
+    """float32 over a BF16 folder (the evaluation below 2B parameters): the embeddings and
+    the tied head stay one BF16 view of the file, widened where used, not a float32 copy
+    of 128k-row matrices; the logits are still transformers' bit for bit."""
+    streamed = open_streamed(demo_model, dtype="float32")
+    try:
+        embed = streamed.model.get_input_embeddings()
+        head = streamed.model.get_output_embeddings()
+        assert embed.weight.dtype == torch.bfloat16 and head.weight is embed.weight
+        vocab_sized = embed.weight.numel()
+        assert all(t.numel() < vocab_sized for t in streamed.model.parameters())
+    finally:
+        streamed.close()
+    assert torch.equal(streamed_logits(demo_model, "float32"),
+                       whole_model_logits(demo_model, "float32"))  # fmt: skip
+
+
 def test_one_layer_in_memory_at_a_time(llama31_fp8: Path) -> None:
     """Each layer is built when it runs and gone before the next is built."""
     streamed = open_streamed(llama31_fp8, "float32")

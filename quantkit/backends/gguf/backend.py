@@ -62,29 +62,23 @@ class GGUFBackend:
             seed=calib.seed, think_share=calib.think_share, tool_share=calib.tool_share,
         )  # fmt: skip
 
+    @property
+    def computes_imatrix(self) -> bool:
+        """An importance matrix is computed during the build (not read from a file)."""
+        return self._imatrix_setting == IMATRIX_AUTO
+
     def estimate_bytes(self, source: SourceModel) -> int:
-        """Peak disk use, from the tensor inventory: the final file, plus what exists beside
-        it for a while: the Q8_0 file an importance matrix is computed from, or the BF16
-        intermediate (--keep-intermediate, --quant auto)."""
-        from ...planning.memory import gguf_file_bytes
+        """Peak disk use, from the tensor inventory (planning.cost.gguf_disk_peak)."""
+        from ...planning.cost import gguf_disk_peak
         from ...planning.model_spec import spec_from_source
 
-        spec = spec_from_source(source)
-        q8 = gguf_file_bytes(spec, "Q8_0")
-        if self._auto is not None:
-            # Q8_0 is auto's largest type: a bound on the file, on the probes' all-Q8_0
-            # shards and on their probe-type shards (every other layer, so about half of
-            # it: 2 x Q8_0 keeps a margin; probes.py). All are deleted before the artifact
-            # is written.
-            probing = self._auto.recipe is None and self._auto.probe_chunks > 0
-            return gguf_file_bytes(spec, "BF16") + (2 * q8 if probing else q8)
-        final = gguf_file_bytes(spec, self.quant)
-        if gguf_quant(self.quant).written_directly:
-            return final
-        if self.options.gguf.keep_intermediate:
-            return gguf_file_bytes(spec, "BF16") + final
-        computes_imatrix = self._imatrix_setting == IMATRIX_AUTO
-        return final + (q8 if computes_imatrix else 0)
+        auto = self._auto
+        return gguf_disk_peak(
+            spec_from_source(source), self.quant,
+            imatrix=self.computes_imatrix,
+            via_bf16=self.options.gguf.keep_intermediate or auto is not None,
+            probes=auto is not None and auto.recipe is None and auto.probe_chunks > 0,
+        )  # fmt: skip
 
     def build(self, source: SourceModel, work: Path, progress=None) -> BackendResult:
         gguf = self.options.gguf

@@ -67,7 +67,7 @@ def resolve_imatrix(
             return AUTO, ("--quant auto measures and quantizes with one"
                           if quant == AUTO_QUANT.name else f"{quant} needs one")  # fmt: skip
         if llama_made and getattr(hardware, "imatrix", None) == AUTO:
-            if spec.low_bit:
+            if spec.computes_imatrix(AUTO):
                 return AUTO, f"{PROFILE_ORIGIN}{hardware.name}"
             return None, (
                 f"off: profile {hardware.name}'s imatrix = auto is for types of 4 bits and "

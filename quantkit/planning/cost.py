@@ -1,0 +1,370 @@
+"""What a conversion costs this machine, before it starts: each stage's peak resident
+memory and time, the temporary and final disk, and the GPU memory when a GPU does the work.
+
+Memory: each stage's peak anonymous memory (what the process itself holds; the weights
+that llama.cpp and safetensors memory-map are the page cache's, not counted), from the
+model's geometry and the sizes the code works in: the block a writer converts, the layer
+the streamed evaluation holds, the batch of chunks it runs, llama.cpp's buffers. Time: each
+stage's work (bytes written, parameter-tokens evaluated, elements quantized) divided by
+that stage's throughput on this machine, measured by the last convert that ran the stage
+(planning.rates; the reference machine's figures until then). docs/profiles.md explains
+both; scripts/bench_scale.py measures them against real converts.
+Nothing here reads weights or imports a heavy library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..formats.quants import AUTO_QUANT, gguf_quant
+from ..source.structure import DERIVED_FILE
+from .memory import GIB, MIB, kv_cache_bytes, llama_cpp_compute_bytes
+from .model_spec import ModelSpec
+from .rates import Rates
+
+# The Python process with torch, transformers, tokenizers and llama.cpp imported, and the
+# tokenized evaluation corpus (bench_scale: 0.4-0.6 GB before any weight is read).
+PROCESS_BYTES = 600 * MIB
+WRITER_BLOCK_BYTES = 32 * MIB  # export/tensors.py's block of float32 rows
+ACTIVATION_BUDGET = GIB  # evaluation/engines.py: one batch of chunks' activations
+MOST_CHUNKS = 16  # evaluation/engines.py
+GENERATION_KEEP_BYTES = GIB  # inspection/generation.py: decoder layers kept resident
+LLAMA_EVAL_SEQUENCES = 4  # evaluation/llama_batch.py: 512-token chunks per llama_decode
+IMATRIX_CHUNK = 512
+IMATRIX_CHUNKS = 4  # backends/gguf/imatrix: the default draw (8 samples, ~4 chunks)
+GENERATED_TOKENS = 48  # the generation check's reply, at most
+GENERATION_EXTRA_BYTES = 400 * MIB  # transformers' tokenizer and generate() around the model
+EVAL_CHUNKS = 9  # the shipped corpus in 512-token chunks (demo and Llama 3 tokenizers)
+CHECK_CONTEXT = 2048  # runtime.llama_server's context for the round-trip checks
+SERVER_PROCESS_BYTES = 100 * MIB  # llama-server itself, beside its context
+
+
+@dataclass(frozen=True)
+class StageCost:
+    label: str  # as the progress bar names the stage
+    rate_key: str  # planning.rates: which measured throughput applies
+    work: float  # units of that throughput (bytes, elements, parameter-tokens)
+    peak_bytes: int  # anonymous memory of the process tree while it runs
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ConvertCost:
+    stages: tuple[StageCost, ...]
+    disk_peak_bytes: int  # temporary + final, at the worst moment
+    disk_final_bytes: int
+    gpu_bytes: int | None = None  # None: no GPU does the work
+    rates_from: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((s.peak_bytes for s in self.stages), default=PROCESS_BYTES)
+
+    @property
+    def peak_stage(self) -> str:
+        return max(self.stages, key=lambda s: s.peak_bytes).label if self.stages else ""
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "peak_ram_bytes": self.peak_bytes,
+            "peak_ram_stage": self.peak_stage,
+            "seconds": round(self.seconds),
+            "disk_peak_bytes": self.disk_peak_bytes,
+            "disk_final_bytes": self.disk_final_bytes,
+            "gpu_bytes": self.gpu_bytes,
+            "rates_from": self.rates_from,
+            "stages": [
+                {"stage": s.label, "seconds": round(s.seconds), "peak_ram_bytes": s.peak_bytes}
+                for s in self.stages
+            ],  # fmt: skip
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class CostRequest:
+    """What decides the stages: the target, and what runs beside the build."""
+
+    fmt: str
+    quant: str
+    imatrix: bool = False  # an importance matrix is computed (not read from a file)
+    keep_intermediate: bool = False
+    auto: bool = False  # --quant auto
+    verify: bool = True
+    evaluate: bool = True
+    n_ctx: int = 512
+    eval_chunks: int = EVAL_CHUNKS
+    calibration_tokens: int = 0  # FP8 static / GPTQ
+    gpu: bool = False
+
+
+def convert_cost(
+    spec: ModelSpec, request: CostRequest, rates: Rates, *, disk_peak: int, disk_final: int
+) -> ConvertCost:
+    """Every stage of the convert `request` describes, with its memory and time."""
+    stages = [*_build_stages(spec, request)]
+    if request.verify:
+        stages.append(_checks(spec, request))
+    if request.evaluate:
+        stages += _evaluation(spec, request)
+    timed = tuple(
+        StageCost(s.label, s.rate_key, s.work, s.peak_bytes, s.work / rates.rate(s.rate_key))
+        for s in stages
+    )
+    notes = []
+    if request.auto:
+        # #14's measurement at the 8B shape: probes and relative errors cost 0.87x a plain
+        # convert (docs/benchmarks.md); they are not broken down further here.
+        plain = sum(s.seconds for s in timed)
+        timed += (StageCost("--quant auto: probes and relative errors", "", 0.0,
+                            _llama_eval_bytes(spec, request.n_ctx), 0.87 * plain),)  # fmt: skip
+        notes.append("--quant auto's probes are estimated as 0.87x the rest (measured at 8B)")
+    return ConvertCost(timed, disk_peak, disk_final, _gpu_bytes(spec, request),
+                       rates.origin, tuple(notes))  # fmt: skip
+
+
+# --- the build ------------------------------------------------------------------------------
+
+
+def _build_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
+    if r.fmt == "gguf":
+        return _gguf_stages(spec, r)
+    if r.fmt == "mlx":
+        return [StageCost("mlx-lm convert", "mlx_convert", spec.parameter_count,
+                          PROCESS_BYTES + spec.source_bytes)]  # fmt: skip
+    return _safetensors_stages(spec, r)
+
+
+def _gguf_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
+    quant = gguf_quant(r.quant) if not r.auto else None
+    writer = PROCESS_BYTES + 4 * WRITER_BLOCK_BYTES
+    if quant is not None and quant.written_directly:
+        return [StageCost(f"writing {quant.name} GGUF", f"write:gguf:{quant.name}",
+                          spec.source_bytes, writer)]  # fmt: skip
+    via_bf16 = r.keep_intermediate or r.auto
+    model_type = "BF16" if via_bf16 else "Q8_0"
+    stages = []
+    if via_bf16 or r.imatrix:
+        stages.append(StageCost(f"writing {model_type} GGUF", f"write:gguf:{model_type}",
+                                spec.source_bytes, writer))  # fmt: skip
+    if r.imatrix:
+        tokens = IMATRIX_CHUNKS * IMATRIX_CHUNK
+        stages.append(StageCost(
+            "importance matrix (llama.cpp)", f"llama_forward:{model_type}",
+            tokens * spec.parameter_count, _imatrix_bytes(spec)))  # fmt: skip
+    label = f"llama.cpp quantize to {r.quant}" if via_bf16 else f"quantizing to {r.quant}"
+    stages.append(StageCost(label, f"quantize:{r.quant}", spec.parameter_count,
+                            writer + _llama_quantize_buffers(via_bf16)))  # fmt: skip
+    return stages
+
+
+def _llama_quantize_buffers(llama_cpp: bool) -> int:
+    # llama.cpp's quantizer works in slabs of at most LLAMA_QUANT_MAX_BUF_SIZE (256 MiB)
+    # of source, float32 and output rows; ours in 32 MB blocks of float32 rows.
+    return 3 * 256 * MIB if llama_cpp else 4 * WRITER_BLOCK_BYTES
+
+
+def _imatrix_bytes(spec: ModelSpec) -> int:
+    """llama.cpp on a memory-mapped file, 512 tokens a pass, logits for every position
+    (copied once into Python), and the callback's sums."""
+    g = spec.geometry
+    logits = IMATRIX_CHUNK * g.vocab_size * 4
+    sums = 7 * g.num_layers * max(g.hidden_size, g.intermediate_size) * 4
+    return (PROCESS_BYTES + llama_cpp_compute_bytes(g, IMATRIX_CHUNK) + 2 * logits + sums
+            + kv_cache_bytes(g, IMATRIX_CHUNK))  # fmt: skip
+
+
+def _safetensors_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
+    largest_shard = max(_shard_sizes(spec), default=spec.source_bytes)
+    if r.quant in ("BF16", "FP16"):
+        return [StageCost(f"writing {r.quant} safetensors", "write:safetensors", spec.source_bytes,
+                          PROCESS_BYTES + 4 * WRITER_BLOCK_BYTES)]  # fmt: skip
+    if r.quant == "FP8_DYNAMIC":
+        # model_free_ptq memory-maps one source shard and builds its FP8 copy (half its
+        # bytes) in memory, with float32 work space for the tensor being quantized.
+        shard = PROCESS_BYTES + largest_shard // 2 + _largest_tensor(spec) * 2
+        return [StageCost("FP8_DYNAMIC shard by shard (model_free_ptq)", "fp8_shards",
+                          spec.parameter_count, shard)]  # fmt: skip
+    # FP8 static and GPTQ: llmcompressor's oneshot over a model loaded to the CPU (offloaded
+    # to disk beyond free RAM), one decoder layer onloaded at a time with its float32
+    # Hessians (GPTQ).
+    return [StageCost(f"{r.quant} calibration (llmcompressor)", f"calibrate:{r.quant}",
+                      r.calibration_tokens * spec.parameter_count,
+                      PROCESS_BYTES + spec.source_bytes + _layer_bytes(spec, 4))]  # fmt: skip
+
+
+# --- checks and evaluation ------------------------------------------------------------------
+
+
+def _checks(spec: ModelSpec, r: CostRequest) -> StageCost:
+    """The survival checks: tokenizer checks, and a short greedy reply (llama.cpp for GGUF,
+    plus llama-server's round trip; the streamed model for safetensors)."""
+    work = GENERATED_TOKENS * spec.parameter_count
+    if r.fmt == "gguf":
+        return StageCost("checking the artifact", "checks:gguf", work, _llama_check_bytes(spec))
+    if r.fmt == "mlx":
+        return StageCost("checking the artifact", "checks:mlx", work,
+                         PROCESS_BYTES + _artifact_bytes(spec, r))  # fmt: skip
+    # The reply runs in the folder's dtype: uncompressed layers are views of the file's
+    # pages; decompressed ones (FP8, INT4) are the process's, the first
+    # GENERATION_KEEP_BYTES of them kept, the next built (and spilled) one at a time.
+    layer = _layer_bytes(spec, 2)
+    compressed = r.quant not in ("BF16", "FP16")
+    kept = min(GENERATION_KEEP_BYTES, layer * spec.geometry.num_layers) if compressed else 0
+    return StageCost("checking the artifact", f"checks:{r.quant}", work,
+                     PROCESS_BYTES + GENERATION_EXTRA_BYTES + kept
+                     + (4 if compressed else 2) * layer)  # fmt: skip
+
+
+def _evaluation(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
+    dtype_bytes = 4 if spec.parameter_count < 2e9 else 2  # evaluation.options.reference_dtype
+    work = r.eval_chunks * r.n_ctx * spec.parameter_count
+    dtype = "float32" if dtype_bytes == 4 else "bfloat16"
+    reference = StageCost("reference logits (source)", f"reference:{dtype}", work,
+                          _streamed_eval_bytes(spec, r, dtype_bytes, compressed=False))  # fmt: skip
+    if r.fmt == "gguf":
+        artifact = StageCost("evaluating artifact (llama.cpp)", f"eval:gguf:{r.quant}", work,
+                             _llama_eval_bytes(spec, r.n_ctx))  # fmt: skip
+    elif r.fmt == "mlx":
+        artifact = StageCost("evaluating artifact (mlx)", "eval:mlx", work,
+                             PROCESS_BYTES + _artifact_bytes(spec, r))  # fmt: skip
+    else:
+        compressed = r.quant not in ("BF16", "FP16")
+        artifact = StageCost("evaluating artifact (transformers)",
+                             f"eval:{r.quant}:{dtype}", work,
+                             _streamed_eval_bytes(spec, r, dtype_bytes, compressed))  # fmt: skip
+    return [reference, artifact]
+
+
+def _streamed_eval_bytes(spec: ModelSpec, r: CostRequest, dtype_bytes: int, compressed: bool):
+    """The layer-by-layer transformers model (source.streamed_model), in two phases: the
+    decoder (one layer, plus its compressed form, and a batch of chunks' activations),
+    then the head on one chunk's scored rows (its float32 widening of the 16-bit head,
+    below 2B parameters, and the logits). The batch's hidden states span both."""
+    g = spec.geometry
+    per_chunk = r.n_ctx * (6 * g.hidden_size + 3 * g.intermediate_size + r.n_ctx) * dtype_bytes
+    batch = max(1, min(MOST_CHUNKS, r.eval_chunks, ACTIVATION_BUDGET // per_chunk))
+    # Dynamic FP8 quantizes every Linear's input on the fly: copies of the activations.
+    decoder = batch * per_chunk * (2 if compressed else 1)
+    decoder += _layer_bytes(spec, dtype_bytes) * (2 if compressed else 1)
+    widened = g.vocab_size * g.hidden_size * 4 if dtype_bytes == 4 else 0
+    head = widened + 3 * (r.n_ctx // 2) * g.vocab_size * 4
+    hidden = batch * r.n_ctx * g.hidden_size * dtype_bytes
+    return PROCESS_BYTES + hidden + max(decoder, head)
+
+
+def _llama_eval_bytes(spec: ModelSpec, n_ctx: int) -> int:
+    """llama.cpp scoring LLAMA_EVAL_SEQUENCES chunks per decode: the KV cache, the compute
+    buffer, the output buffer (llama.cpp reserves logits for every token of the batch),
+    quantkit's float32 copy of the scored rows and one chunk's log-softmax."""
+    g = spec.geometry
+    tokens = LLAMA_EVAL_SEQUENCES * n_ctx
+    row = g.vocab_size * 4
+    outputs = tokens * row + tokens // 2 * row + 2 * (n_ctx // 2) * row
+    return (PROCESS_BYTES + kv_cache_bytes(g, tokens) + llama_cpp_compute_bytes(g, tokens)
+            + outputs)  # fmt: skip
+
+
+def _llama_check_bytes(spec: ModelSpec) -> int:
+    """The GGUF checks: a greedy reply in llama.cpp in-process (512 tokens of context), and
+    llama-server's round trip in a process of its own (CHECK_CONTEXT tokens)."""
+    g = spec.geometry
+
+    def context(tokens: int) -> int:
+        return kv_cache_bytes(g, tokens) + llama_cpp_compute_bytes(g, tokens)
+
+    return PROCESS_BYTES + context(512) + SERVER_PROCESS_BYTES + context(CHECK_CONTEXT)
+
+
+# --- sizes ----------------------------------------------------------------------------------
+
+
+def _layer_bytes(spec: ModelSpec, dtype_bytes: int) -> int:
+    g = spec.geometry
+    attention = g.hidden_size * g.head_dim * (2 * g.num_heads + 2 * g.num_kv_heads)
+    return (attention + 3 * g.hidden_size * g.intermediate_size) * dtype_bytes
+
+
+def _largest_tensor(spec: ModelSpec) -> int:
+    """The largest decoder weight as float32 (what FP8 quantization works on; the
+    embeddings and head are copied as they are)."""
+    return max((t.numel * 4 for t in spec.tensors if ".layers." in t.name), default=0)
+
+
+HUB_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default max_shard_size
+
+
+def _shard_sizes(spec: ModelSpec) -> list[int]:
+    """Bytes per shard file; a spec from a config alone knows no files: the Hub's usual
+    5 GB shards."""
+    sizes: dict[str, int] = {}
+    for t in spec.tensors:
+        sizes[t.file] = sizes.get(t.file, 0) + t.nbytes
+    if set(sizes) <= {DERIVED_FILE}:
+        return [min(spec.source_bytes, HUB_SHARD_BYTES)]
+    return list(sizes.values())
+
+
+def _artifact_bytes(spec: ModelSpec, r: CostRequest) -> int:
+    from .memory import artifact_weights_bytes
+
+    return artifact_weights_bytes(spec, r.fmt, r.quant)
+
+
+def _gpu_bytes(spec: ModelSpec, r: CostRequest) -> int | None:
+    """A GPU calibrating FP8 static or GPTQ holds one decoder layer in BF16, its float32
+    Hessians (GPTQ) and the calibration batch's activations."""
+    if not r.gpu or r.fmt != "safetensors" or r.quant in ("BF16", "FP16"):
+        return None
+    g = spec.geometry
+    hessians = 4 * (3 * g.hidden_size**2 + g.intermediate_size**2) if "W4" in r.quant else 0
+    return _layer_bytes(spec, 2) + hessians + 2048 * g.intermediate_size * 4 * 4
+
+
+class StageClock:
+    """Wraps a progress callback; notes when each stage first and last reported, so a
+    finished convert can record each stage's rate (planning.rates)."""
+
+    def __init__(self) -> None:
+        self._spans: dict[str, list[float]] = {}
+
+    def wrap(self, progress):
+        import time
+
+        def tick(stage: str, done: int, total: int) -> None:
+            now = time.perf_counter()
+            self._spans.setdefault(stage, [now, now])[1] = now
+            if progress is not None:
+                progress(stage, done, total)
+
+        return tick
+
+    def seconds(self) -> dict[str, float]:
+        return {stage: last - first for stage, (first, last) in self._spans.items()}
+
+
+def gguf_disk_peak(
+    spec: ModelSpec, quant: str, *, imatrix: bool, via_bf16: bool, probes: bool = False
+) -> int:
+    """Peak disk of a GGUF build: the final file, plus what exists beside it for a while:
+    the Q8_0 file an importance matrix is computed from, or the BF16 intermediate
+    (--keep-intermediate, --quant auto). For --quant auto (`quant` AUTO) Q8_0, its
+    largest type, bounds the file; while its probes run their all-Q8_0 shards and
+    probe-type shards (every other layer: 2 x Q8_0 keeps a margin) exist too."""
+    from .memory import gguf_file_bytes
+
+    q8 = gguf_file_bytes(spec, "Q8_0")
+    if quant == AUTO_QUANT.name:
+        return gguf_file_bytes(spec, "BF16") + (2 * q8 if probes else q8)
+    final = gguf_file_bytes(spec, quant)
+    if gguf_quant(quant).written_directly:
+        return final
+    if via_bf16:
+        return gguf_file_bytes(spec, "BF16") + final
+    return final + (q8 if imatrix else 0)

@@ -1,0 +1,159 @@
+"""What a conversion costs this machine (quantkit.planning.cost and .rates): the stages each
+path runs, memory that follows the largest layer and not the model, times from the rates
+this machine measured, and the preflight that refuses a convert the memory cannot hold."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import quantkit
+from quantkit.errors import MemoryShortError
+from quantkit.planning.cost import CostRequest, StageCost, convert_cost, gguf_disk_peak
+from quantkit.planning.model_spec import spec_from_config
+from quantkit.planning.rates import REFERENCE_RATES, Rates, load_rates, record_rates
+
+LLAMA = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "torch_dtype": "bfloat16",
+}  # fmt: skip
+SHAPES = {
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+               num_attention_heads=32, head_dim=64, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+               num_attention_heads=32, head_dim=128, tie_word_embeddings=False),
+    "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                num_attention_heads=64, head_dim=128, tie_word_embeddings=False),
+}  # fmt: skip
+REFERENCE = Rates({}, "reference")
+
+
+def spec(shape: str):
+    return spec_from_config({**LLAMA, **SHAPES[shape]}, f"llama-{shape}")
+
+
+def cost(shape: str, **request):
+    fields = {"fmt": "gguf", "quant": "Q4_K_M", **request}
+    return convert_cost(spec(shape), CostRequest(**fields), REFERENCE, disk_peak=1, disk_final=1)
+
+
+def labels(result) -> list[str]:
+    return [s.label for s in result.stages]
+
+
+def test_each_path_names_the_stages_its_progress_reports() -> None:
+    assert labels(cost("1b", imatrix=True)) == [
+        "writing Q8_0 GGUF", "importance matrix (llama.cpp)", "quantizing to Q4_K_M",
+        "checking the artifact", "reference logits (source)", "evaluating artifact (llama.cpp)",
+    ]  # fmt: skip
+    assert labels(cost("1b", verify=False, evaluate=False)) == ["quantizing to Q4_K_M"]
+    assert labels(cost("1b", keep_intermediate=True, verify=False, evaluate=False)) == [
+        "writing BF16 GGUF", "llama.cpp quantize to Q4_K_M"]  # fmt: skip
+    assert labels(cost("1b", quant="Q8_0", verify=False, evaluate=False)) == ["writing Q8_0 GGUF"]
+    fp8 = cost("1b", fmt="fp8", quant="FP8_DYNAMIC")
+    assert labels(fp8)[0] == "FP8_DYNAMIC shard by shard (model_free_ptq)"
+    assert labels(fp8)[-1] == "evaluating artifact (transformers)"
+
+
+def test_memory_follows_the_layer_not_the_model() -> None:
+    """From 8B to 70B the model grows 8.8x; the peak of every path grows with the largest
+    layer and the vocabulary (about 2x), far below the model."""
+    for request in ({"imatrix": True}, {"fmt": "fp8", "quant": "FP8_DYNAMIC"}):
+        small, large = cost("8b", **request), cost("70b", **request)
+        model_growth = spec("70b").source_bytes / spec("8b").source_bytes
+        assert model_growth > 8
+        assert large.peak_bytes < 2.5 * small.peak_bytes
+        assert large.peak_bytes < spec("70b").source_bytes / 10
+
+
+def test_a_float32_evaluation_widens_the_head_only_while_it_runs() -> None:
+    """Below 2B parameters the reference runs in float32: the BF16 head is widened while
+    it is applied, after the decoder's activations are gone, so the peak is the larger of
+    the two phases, not their sum; above 2B nothing is widened."""
+    s = spec("1b")
+    widened = s.geometry.vocab_size * s.geometry.hidden_size * 4
+    reference = cost("1b").stages[-2]
+    assert reference.label == "reference logits (source)"
+    assert widened < reference.peak_bytes < widened + 2 * 1024**3
+    eight = cost("8b").stages[-2]
+    assert eight.peak_bytes < reference.peak_bytes + 1024**3  # 6.5x the parameters
+
+
+def test_time_is_work_over_this_machines_rate() -> None:
+    request = CostRequest(fmt="gguf", quant="Q4_K_M", verify=False, evaluate=False)
+    base = convert_cost(spec("8b"), request, REFERENCE, disk_peak=1, disk_final=1)
+    (stage,) = base.stages
+    reference = REFERENCE.rate("quantize:Q4_K_M")
+    assert stage.seconds == pytest.approx(spec("8b").parameter_count / reference)
+    faster = Rates({"quantize:Q4_K_M": 4 * reference}, "this machine")
+    quick = convert_cost(spec("8b"), request, faster, disk_peak=1, disk_final=1)
+    assert quick.seconds == pytest.approx(base.seconds / 4)
+    assert quick.rates_from == "this machine"
+
+
+def test_a_rate_not_measured_falls_back_to_its_family() -> None:
+    rates = Rates({"eval:gguf": 5.0}, "this machine")
+    assert rates.rate("eval:gguf:Q4_K_M") == 5.0  # this machine's GGUF evaluation
+    assert rates.rate("eval:FP8_DYNAMIC:bfloat16") == REFERENCE_RATES.get(
+        "eval:FP8_DYNAMIC:bfloat16", REFERENCE_RATES["eval"])  # fmt: skip
+    assert rates.rate("no-such-stage") == REFERENCE_RATES["eval"]
+
+
+def test_rates_are_recorded_from_timed_stages(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path))
+    assert load_rates().measured == {}
+    stages = [StageCost("quantizing to Q4_K_M", "quantize:Q4_K_M", 8e9, 0),
+              StageCost("checking the artifact", "checks:gguf", 1e9, 0)]  # fmt: skip
+    record_rates(stages, {"quantizing to Q4_K_M": 400.0, "checking the artifact": 0.5})
+    rates = load_rates()
+    assert rates.measured == {"quantize:Q4_K_M": pytest.approx(2e7)}  # 0.5 s says too little
+    assert rates.origin.startswith("this machine")
+    (tmp_path / "rates.json").write_text("{not json", encoding="utf-8")
+    assert load_rates().measured == {}  # a damaged file is ignored, not fatal
+
+
+def test_gguf_disk_peak_holds_q8_only_while_a_matrix_is_computed() -> None:
+    from quantkit.planning.memory import gguf_file_bytes
+
+    s = spec("8b")
+    final, q8, bf16 = (gguf_file_bytes(s, t) for t in ("Q4_K_M", "Q8_0", "BF16"))
+    assert gguf_disk_peak(s, "Q4_K_M", imatrix=False, via_bf16=False) == final
+    assert gguf_disk_peak(s, "Q4_K_M", imatrix=True, via_bf16=False) == final + q8
+    assert gguf_disk_peak(s, "Q4_K_M", imatrix=True, via_bf16=True) == final + bf16
+
+
+def test_preflight_refuses_what_memory_cannot_hold(demo_model: Path, tmp_path: Path,
+                                                    monkeypatch) -> None:  # fmt: skip
+    import quantkit.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 200 * 1024**2)
+    out = tmp_path / "out"
+    with pytest.raises(MemoryShortError) as info:
+        quantkit.convert(demo_model, out=out, format="gguf", quant="Q4_K_M", verify=False)
+    message = str(info.value)
+    assert "\n" not in message and "GB are available" in message
+    assert "(evaluating artifact" in message or "(reference logits" in message
+    assert "--no-eval" in info.value.hint  # the evaluation is the peak here
+    assert info.value.exit_code == 20
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    dry = quantkit.convert(demo_model, out=out, format="gguf", quant="Q4_K_M", dry_run=True)
+    assert dry.cost is not None and dry.cost.peak_bytes > 200 * 1024**2
+
+
+def test_a_finished_convert_records_its_rates(demo_model: Path, tmp_path: Path,
+                                              monkeypatch) -> None:  # fmt: skip
+    """The stages the estimate names are the ones the convert reports, so each one's rate
+    is kept for the next estimate."""
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    started = time.time()
+    seen: list[str] = []
+    result = quantkit.convert(demo_model, out=tmp_path / "out", format="gguf", quant="Q8_0",
+                              verify=False, progress=lambda s, d, t: seen.append(s))  # fmt: skip
+    assert result.cost is not None
+    assert set(labels(result.cost)) <= set(seen)
+    recorded = json.loads((tmp_path / "cache" / "rates.json").read_text(encoding="utf-8"))
+    assert "reference:float32" in recorded and recorded["reference:float32"]["when"] >= started
