@@ -149,8 +149,10 @@ def convert(
     if dry_run:
         return ConvertResult(None, target, source, plan, estimated_bytes=estimate, dry_run=True,
                              download_bytes=download, cost=cost)  # fmt: skip
+    clock = StageClock()  # from here on, every second is a stage's or the rest's
     check_disk_space(out_dir, estimate)
-    check_memory(cost, force=force)
+    if cost is not None:
+        check_memory(cost, force=force)
     if source.download is not None:  # a Hub source: its weights come now, if there is room
         check_download_space(cache_folder(source.download.repo_id), download, out_dir, estimate)
         source = source.with_weights()
@@ -159,7 +161,6 @@ def convert(
 
         check_push_access(push_to)
     with _disk_full_is_a_disk_error(out_dir), building_folder(out_dir, replace=False) as work:
-        clock = StageClock()
         step = _interruptible(clock.wrap(progress))
         built = backend.build(source, work, step)
         raise_if_interrupted()
@@ -194,7 +195,8 @@ def convert(
                 _stop_on_failed_gate(gate_result, work, out_dir)
         _write_card(work)
         raise_if_interrupted()  # the last chance: after this the folder is renamed into place
-    record_rates(cost.stages, clock.seconds())  # the next estimate's rates: this machine's
+    if cost is not None:
+        record_rates(cost.stages, clock.seconds())  # the next estimate's rates: this machine's
     published = _publish(out_dir, push_to, source) if push_to else None
     return ConvertResult(
         out_dir, target, source, plan, built.files, checks, estimate, published=published,
@@ -210,9 +212,18 @@ def _estimate_cost(
     calibration: CalibrationOptions | None,
     verify: bool,
     evaluation: EvalOptions,
-) -> ConvertCost:
+) -> ConvertCost | None:
     """The conversion's memory, time and disk on this machine (planning.cost), from the
-    source's headers and the stages the options turn on."""
+    source's headers and the stages the options turn on; None (logged) where the model
+    defeats the estimate, which must never stop a convert by itself."""
+    try:
+        return _cost_of(source, target, backend, disk_peak, calibration, verify, evaluation)
+    except Exception:  # noqa: BLE001 - an estimate, not a precondition
+        log.warning("could not estimate this convert's memory and time", exc_info=True)
+        return None
+
+
+def _cost_of(source, target, backend, disk_peak, calibration, verify, evaluation) -> ConvertCost:
     from .planning.memory import artifact_weights_bytes
     from .planning.model_spec import spec_from_source
 

@@ -15,6 +15,8 @@ call) with a progress callback that records when each stage starts and ends:
   fp8   --profile a100-fp8                     FP8_DYNAMIC, shard by shard
   bf16  --format safetensors --quant BF16
 
+Before it, the parent asks `convert --dry-run` for its estimate (planning.cost, with the
+reference machine's rates), printed beside the measurement with the relative error.
 Measured around the child: wall time; peak RssAnon of the whole process tree, sampled every
 0.5 s (llama.cpp's and safetensors' memory-mapped file pages are not anonymous and do not
 count); peak disk used, as the growth of the output file system's used bytes (nothing else
@@ -82,6 +84,7 @@ class Run:
     peak_anon: int = 0
     peak_disk: int = 0
     artifact_bytes: int = 0
+    estimate: dict = field(default_factory=dict)  # convert --dry-run's cost, before the run
     start: float = 0.0  # wall-clock time the child was started
     stages: dict[str, list[float]] = field(default_factory=dict)  # name -> [first, last]
     samples: list[tuple[float, int]] = field(default_factory=list)  # (time, tree RssAnon)
@@ -96,11 +99,31 @@ def disk_used(path: Path) -> int:
     return usage.total - usage.free
 
 
+def estimate(model: Path, path: str, work: Path) -> dict:
+    """What `convert --dry-run` predicts for the run, with the reference machine's rates
+    (the child's QUANTKIT_CACHE is fresh, so it has measured none)."""
+    import quantkit
+    from quantkit.evaluation.options import EvalOptions
+
+    saved = os.environ.get("QUANTKIT_CACHE")
+    os.environ["QUANTKIT_CACHE"] = str(work / "estimate-cache")  # empty: no measured rates
+    try:
+        result = quantkit.convert(model, out=work / "estimate", dry_run=True,
+                                  evaluation=EvalOptions(gate=False), **PATHS[path])  # fmt: skip
+    finally:
+        if saved is None:
+            os.environ.pop("QUANTKIT_CACHE")
+        else:
+            os.environ["QUANTKIT_CACHE"] = saved
+    assert result.cost is not None
+    return result.cost.to_dict()
+
+
 def measure(shape: str, path: str, model: Path, work: Path) -> Run:
     """One convert in a child process, its tree's RssAnon and the disk's growth sampled."""
     import subprocess
 
-    run = Run(shape, path)
+    run = Run(shape, path, estimate=estimate(model, path, work))
     out = work / f"{shape}-{path}"
     env = fresh_env(work / f"cache-{shape}-{path}")
     cmd = [sys.executable, "-c", CHILD, str(model), str(out), json.dumps(PATHS[path])]
@@ -164,12 +187,19 @@ def markdown(runs: list[Run], command: str, load_before: str) -> str:
         f"Machine: {machine()}; load average (1, 5, 15 min) before: {load_before}, after: "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
         "",
-        "| shape | path | wall s | peak RssAnon GB | peak disk GB | artifact GB |",
-        "|---|---|---:|---:|---:|---:|",
+        "| shape | path | wall s | peak RssAnon GB | peak disk GB | artifact GB | "
+        "dry run: s | dry run: peak GB | dry run: disk GB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
-        lines.append(f"| {r.shape} | {r.path} | {r.seconds:.0f} | {r.peak_anon / gb:.2f} | "
-                     f"{r.peak_disk / gb:.2f} | {r.artifact_bytes / gb:.2f} |")  # fmt: skip
+        e = r.estimate
+        lines.append(
+            f"| {r.shape} | {r.path} | {r.seconds:.0f} | {r.peak_anon / gb:.2f} | "
+            f"{r.peak_disk / gb:.2f} | {r.artifact_bytes / gb:.2f} | "
+            f"{e['seconds']} ({e['seconds'] / r.seconds - 1:+.0%}) | "
+            f"{e['peak_ram_bytes'] / gb:.2f} ({e['peak_ram_bytes'] / r.peak_anon - 1:+.0%}) | "
+            f"{e['disk_peak_bytes'] / gb:.2f} |"
+        )
     lines += ["", 'Stages (seconds / peak RssAnon in the stage; "(other)": checks, evaluation and '
               "steps that report no progress):", ""]
     lines += [f"- {r.shape} {r.path}: {stage_summary(r)}" for r in runs]
@@ -214,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     body = markdown(runs, command.strip(), load_before)
     print(body)
     if args.write_doc:
-        write_section(args.write_doc, body, SECTION)
+        write_section(args.write_doc, body, f"{SECTION} {args.shapes}")  # one per shape set
     return 0
 
 

@@ -36,7 +36,9 @@ IMATRIX_CHUNKS = 4  # backends/gguf/imatrix: the default draw (8 samples, ~4 chu
 GENERATED_TOKENS = 48  # the generation check's reply, at most
 GENERATION_EXTRA_BYTES = 400 * MIB  # transformers' tokenizer and generate() around the model
 EVAL_CHUNKS = 9  # the shipped corpus in 512-token chunks (demo and Llama 3 tokenizers)
+OVERHEAD_LABEL = "the rest (loading, tokenizing, the manifest and card)"
 CHECK_CONTEXT = 2048  # runtime.llama_server's context for the round-trip checks
+REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})  # see _repacked_bytes
 SERVER_PROCESS_BYTES = 100 * MIB  # llama-server itself, beside its context
 
 
@@ -113,6 +115,9 @@ def convert_cost(
         stages.append(_checks(spec, request))
     if request.evaluate:
         stages += _evaluation(spec, request)
+    # Loading the source, tokenizing, writing the manifest and card: the time between the
+    # stages that report progress, which grows with the model's bytes.
+    stages.append(StageCost(OVERHEAD_LABEL, "overhead", spec.source_bytes, PROCESS_BYTES))
     timed = tuple(
         StageCost(s.label, s.rate_key, s.work, s.peak_bytes, s.work / rates.rate(s.rate_key))
         for s in stages
@@ -123,7 +128,7 @@ def convert_cost(
         # convert (docs/benchmarks.md); they are not broken down further here.
         plain = sum(s.seconds for s in timed)
         timed += (StageCost("--quant auto: probes and relative errors", "", 0.0,
-                            _llama_eval_bytes(spec, request.n_ctx), 0.87 * plain),)  # fmt: skip
+                            _llama_eval_bytes(spec, request), 0.87 * plain),)  # fmt: skip
         notes.append("--quant auto's probes are estimated as 0.87x the rest (measured at 8B)")
     return ConvertCost(timed, disk_peak, disk_final, _gpu_bytes(spec, request),
                        rates.origin, tuple(notes))  # fmt: skip
@@ -207,7 +212,7 @@ def _checks(spec: ModelSpec, r: CostRequest) -> StageCost:
     plus llama-server's round trip; the streamed model for safetensors)."""
     work = GENERATED_TOKENS * spec.parameter_count
     if r.fmt == "gguf":
-        return StageCost("checking the artifact", "checks:gguf", work, _llama_check_bytes(spec))
+        return StageCost("checking the artifact", "checks:gguf", work, _llama_check_bytes(spec, r))
     if r.fmt == "mlx":
         return StageCost("checking the artifact", "checks:mlx", work,
                          PROCESS_BYTES + _artifact_bytes(spec, r))  # fmt: skip
@@ -218,8 +223,7 @@ def _checks(spec: ModelSpec, r: CostRequest) -> StageCost:
     compressed = r.quant not in ("BF16", "FP16")
     kept = min(GENERATION_KEEP_BYTES, layer * spec.geometry.num_layers) if compressed else 0
     return StageCost("checking the artifact", f"checks:{r.quant}", work,
-                     PROCESS_BYTES + GENERATION_EXTRA_BYTES + kept
-                     + (4 if compressed else 2) * layer)  # fmt: skip
+                     PROCESS_BYTES + GENERATION_EXTRA_BYTES + kept + 2 * layer)  # fmt: skip
 
 
 def _evaluation(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
@@ -230,7 +234,7 @@ def _evaluation(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
                           _streamed_eval_bytes(spec, r, dtype_bytes, compressed=False))  # fmt: skip
     if r.fmt == "gguf":
         artifact = StageCost("evaluating artifact (llama.cpp)", f"eval:gguf:{r.quant}", work,
-                             _llama_eval_bytes(spec, r.n_ctx))  # fmt: skip
+                             _llama_eval_bytes(spec, r))  # fmt: skip
     elif r.fmt == "mlx":
         artifact = StageCost("evaluating artifact (mlx)", "eval:mlx", work,
                              PROCESS_BYTES + _artifact_bytes(spec, r))  # fmt: skip
@@ -259,27 +263,43 @@ def _streamed_eval_bytes(spec: ModelSpec, r: CostRequest, dtype_bytes: int, comp
     return PROCESS_BYTES + hidden + max(decoder, head)
 
 
-def _llama_eval_bytes(spec: ModelSpec, n_ctx: int) -> int:
-    """llama.cpp scoring LLAMA_EVAL_SEQUENCES chunks per decode: the KV cache, the compute
-    buffer, the output buffer (llama.cpp reserves logits for every token of the batch),
-    quantkit's float32 copy of the scored rows and one chunk's log-softmax."""
+def _llama_eval_bytes(spec: ModelSpec, r: CostRequest) -> int:
+    """llama.cpp scoring LLAMA_EVAL_SEQUENCES chunks per decode: the repacked weights, the
+    KV cache, the compute buffer, the output buffer (llama.cpp reserves logits for every
+    token of the batch), quantkit's float32 copy of the scored rows and one chunk's
+    log-softmax."""
     g = spec.geometry
-    tokens = LLAMA_EVAL_SEQUENCES * n_ctx
+    tokens = LLAMA_EVAL_SEQUENCES * r.n_ctx
     row = g.vocab_size * 4
-    outputs = tokens * row + tokens // 2 * row + 2 * (n_ctx // 2) * row
-    return (PROCESS_BYTES + kv_cache_bytes(g, tokens) + llama_cpp_compute_bytes(g, tokens)
-            + outputs)  # fmt: skip
+    outputs = tokens * row + tokens // 2 * row + 2 * (r.n_ctx // 2) * row
+    return (PROCESS_BYTES + _repacked_bytes(spec, r) + kv_cache_bytes(g, tokens)
+            + llama_cpp_compute_bytes(g, tokens) + outputs)  # fmt: skip
 
 
-def _llama_check_bytes(spec: ModelSpec) -> int:
-    """The GGUF checks: a greedy reply in llama.cpp in-process (512 tokens of context), and
-    llama-server's round trip in a process of its own (CHECK_CONTEXT tokens)."""
+def _llama_check_bytes(spec: ModelSpec, r: CostRequest) -> int:
+    """The GGUF checks, one after the other: a greedy reply in llama.cpp in-process (512
+    tokens of context), then llama-server's round trip in a process of its own
+    (CHECK_CONTEXT tokens); each holds the repacked weights while it runs."""
     g = spec.geometry
 
     def context(tokens: int) -> int:
         return kv_cache_bytes(g, tokens) + llama_cpp_compute_bytes(g, tokens)
 
-    return PROCESS_BYTES + context(512) + SERVER_PROCESS_BYTES + context(CHECK_CONTEXT)
+    server = SERVER_PROCESS_BYTES + context(CHECK_CONTEXT)
+    return PROCESS_BYTES + _repacked_bytes(spec, r) + max(context(512), server)
+
+
+def _repacked_bytes(spec: ModelSpec, r: CostRequest) -> int:
+    """llama.cpp's CPU backend copies the weight matrices of some types into interleaved
+    layouts for its faster kernels when it loads a model: anonymous memory as large as
+    those tensors, beside the memory-mapped file (ggml-cpu's repack.cpp; with AVX2, the
+    build's instruction set: Q4_0, Q4_K and IQ4_NL). At 8B Q4_K_M, 2.9 GB."""
+    from .memory import gguf_tensors
+
+    if r.auto or gguf_quant(r.quant).written_directly:  # none of them repacked
+        return 0
+    return sum(t.nbytes for t in gguf_tensors(spec, r.quant)
+               if t.layer is not None and t.ggml_type in REPACKED_TYPES)  # fmt: skip
 
 
 # --- sizes ----------------------------------------------------------------------------------
@@ -329,10 +349,14 @@ def _gpu_bytes(spec: ModelSpec, r: CostRequest) -> int | None:
 
 class StageClock:
     """Wraps a progress callback; notes when each stage first and last reported, so a
-    finished convert can record each stage's rate (planning.rates)."""
+    finished convert can record each stage's rate (planning.rates). The time outside the
+    stages since the clock was made is OVERHEAD_LABEL's."""
 
     def __init__(self) -> None:
+        import time
+
         self._spans: dict[str, list[float]] = {}
+        self._started = time.perf_counter()
 
     def wrap(self, progress):
         import time
@@ -346,7 +370,11 @@ class StageClock:
         return tick
 
     def seconds(self) -> dict[str, float]:
-        return {stage: last - first for stage, (first, last) in self._spans.items()}
+        import time
+
+        spans = {stage: last - first for stage, (first, last) in self._spans.items()}
+        spans[OVERHEAD_LABEL] = time.perf_counter() - self._started - sum(spans.values())
+        return spans
 
 
 def gguf_disk_peak(

@@ -25,17 +25,32 @@ SHORTEST_TIMED_S = 2.0  # a stage over faster than this says little about the ra
 REFERENCE_MACHINE = "the reference machine (2-core AMD EPYC, docs/benchmarks.md)"
 
 # Units per second on the reference machine; a key not listed falls back to its family's
-# entry (drop the last ":part"), e.g. quantize:Q5_K_M to quantize.
+# entry (drop the last ":part"), e.g. quantize:Q5_K_M to quantize. Measured by
+# `scripts/bench_scale.py --shapes 8b --paths gguf,fp8` (the 8B shape: 8.03e9 parameters,
+# 16.06 GB) and, for what only the 1B shape runs (a float32 evaluation below 2B
+# parameters, the BF16 safetensors path), `--shapes 1b` (docs/benchmarks.md, "Real sizes").
 REFERENCE_RATES: dict[str, float] = {
-    "write": 400e6,  # bytes of source read, converted and written
-    "llama_forward": 20e9,  # parameter-tokens through llama.cpp (Q8_0/BF16 weights)
-    "quantize": 25e6,  # elements quantized (K-quants with an importance matrix)
-    "checks": 20e9,
-    "reference": 10e9,  # parameter-tokens through the streamed transformers model
-    "eval": 10e9,
-    "fp8_shards": 60e6,
-    "calibrate": 5e9,
-    "mlx_convert": 50e6,
+    "write:gguf:Q8_0": 2.9e8,  # bytes of source read, converted and written
+    "write:gguf": 6.0e8,  # BF16, F16: copied or widened, not quantized
+    "write:safetensors": 6.0e8,
+    "write": 2.9e8,
+    "llama_forward": 9.2e10,  # parameter-tokens through llama.cpp (the importance matrix)
+    "quantize": 1.9e7,  # elements (K-quants with an importance matrix)
+    "checks:gguf": 6.5e9,  # parameter-tokens of the 48-token reply, with everything else
+    "checks:FP8_DYNAMIC": 2.3e9,  # the reply decompresses (and spills) every layer
+    "checks": 4.6e9,
+    "reference:bfloat16": 1.7e11,  # parameter-tokens through the streamed model
+    "reference:float32": 7.7e10,
+    "reference": 1.7e11,
+    "eval:gguf": 1.1e11,
+    "eval:FP8_DYNAMIC:bfloat16": 1.3e11,
+    "eval:FP8_DYNAMIC:float32": 6.8e10,
+    "eval:BF16:float32": 8.0e10,
+    "eval": 1.3e11,
+    "fp8_shards": 8.0e7,  # parameters
+    "calibrate": 5e9,  # not measured here: llmcompressor's oneshot on a CPU
+    "mlx_convert": 5e7,  # not measured here
+    "overhead": 2.1e8,  # bytes of source: loading, tokenizing, the steps without progress
 }
 
 

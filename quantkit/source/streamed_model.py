@@ -107,7 +107,10 @@ class StreamedLayer(torch.nn.Module):
             layer = self.materialize()
         if self.keep:
             self.__dict__["kept"] = layer
-        return layer(*args, **kwargs)
+            return layer(*args, **kwargs)
+        out = layer(*args, **kwargs)
+        _free_tensors(layer)
+        return out
 
     def __getattr__(self, name: str):
         try:
@@ -281,6 +284,17 @@ def _stream_layers(model, reader: ShardReader, keep_bytes: int, spill: Path | No
         keep = kept + size <= keep_bytes
         kept += size if keep else 0
         layers[index] = StreamedLayer(template, f"{prefix}.{index}", reader, keep, spill)
+
+
+def _free_tensors(layer) -> None:
+    """Drop a used layer's parameters and buffers now. The module itself may live on in a
+    reference cycle (compressed-tensors' forward closures point back at it) until Python's
+    collector runs, which counts objects, not bytes: a generation pass over 32 decompressed
+    8B layers held 6 GB of them before it ran."""
+    for module in layer.modules():
+        for store in (module._parameters, module._buffers):
+            for name in store:
+                store[name] = None
 
 
 def layer_bytes(template) -> int:

@@ -311,7 +311,7 @@ def test_bad_input_is_a_clear_error(demo_q8: Path, tmp_path: Path) -> None:
 def test_convert_quarantines_an_artifact_that_fails_inspection(
     demo_model: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    """The real checks, not a stub: llama.cpp's quantizer output is corrupted on the way
+    """The real checks, not a stub: the quantizer's output is corrupted on the way
     (<think> retyped CONTROL), convert's inspection catches it, the artifact is kept as
     out.quarantine/ and VerificationError (exit 11) names the check."""
     import json
@@ -319,14 +319,14 @@ def test_convert_quarantines_an_artifact_that_fails_inspection(
     from quantkit.backends.gguf import backend as gguf_pipeline
     from quantkit.errors import VerificationError
 
-    real_quantize = gguf_pipeline.quantize_gguf
+    real_quantize = gguf_pipeline.quantize_from_shards
 
-    def corrupting_quantize(src, dst, *args, **kwargs):
-        real_quantize(src, dst, *args, **kwargs)
+    def corrupting_quantize(source, dst, *args, **kwargs):
+        real_quantize(source, dst, *args, **kwargs)
         edited_copy(dst, dst.with_name("tmp.gguf"), lambda f: set_token_type(f, "<think>", 3))
         dst.with_name("tmp.gguf").replace(dst)
 
-    monkeypatch.setattr(gguf_pipeline, "quantize_gguf", corrupting_quantize)
+    monkeypatch.setattr(gguf_pipeline, "quantize_from_shards", corrupting_quantize)
     out = tmp_path / "out"
     with pytest.raises(VerificationError) as info:
         quantkit.convert(demo_model, out=out, format="gguf", quant="Q4_K_M", evaluation=NO_EVAL)
