@@ -122,19 +122,26 @@ def make_plan(
         smaller_models=tuple(smaller or ()),
         notes=tuple(notes),
         inventory=spec.inventory,
-        convert=conversion_cost(spec, profile, artifact_quant).to_dict(),
+        convert=_cost_dict(conversion_cost(spec, profile, artifact_quant)),
     )
+
+
+def _cost_dict(cost) -> dict[str, Any] | None:
+    return cost.to_dict() if cost is not None else None
 
 
 def conversion_cost(spec: ModelSpec, profile: HardwareProfile, artifact_quant: str | None):
     """What `quantkit convert --profile` costs this machine with its defaults (importance
-    matrix as the profile says, checks and evaluation on): planning.cost."""
+    matrix as the profile says, checks and evaluation on): planning.cost. None for
+    `--quant auto` on a profile that is not a GGUF one (the plan refuses it)."""
     from ..formats.quants import AUTO_QUANT, gguf_quant
     from .cost import CostRequest, convert_cost, gguf_disk_peak
     from .rates import load_rates
 
     quant = artifact_quant or profile.quant
     auto = quant == AUTO_QUANT.name
+    if auto and profile.format != "gguf":
+        return None
     imatrix = profile.format == "gguf" and gguf_quant(quant).computes_imatrix(profile.imatrix)
     request = CostRequest(fmt=profile.format, quant=quant, imatrix=imatrix, auto=auto)
     final = 0 if auto else mem.artifact_weights_bytes(spec, profile.format, quant)
