@@ -121,7 +121,7 @@ STAGES = {  # stage -> (module, function it starts with, whether the convert eva
     "source": ("quantkit.pipeline", "load_source", False),
     "writer": ("quantkit.backends.gguf.export", "export_gguf", False),
     "imatrix": ("quantkit.backends.gguf.imatrix.compute", "compute_imatrix", False),
-    "quantize": ("quantkit.backends.gguf.quantize", "quantize_gguf", False),
+    "quantize": ("quantkit.backends.gguf.backend", "quantize_from_shards", False),
     "checks": ("quantkit.inspection.convert_checks", "check_converted", False),
     "evaluation": ("quantkit.evaluation.measure", "evaluate_artifact", True),
     "card": ("quantkit.pipeline", "_write_card", False),
