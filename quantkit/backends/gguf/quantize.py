@@ -49,11 +49,7 @@ def quantize_gguf(
     `tensor_types` (GGUF name -> ggml type) overrides llama.cpp's choice per tensor, as
     llama-quantize's --tensor-type-file does; `quant` is then the recorded file type."""
     spec = gguf_quant(quant)
-    if spec.needs_imatrix and imatrix is None:
-        raise ImatrixError(
-            f"{spec.name} needs an importance matrix (llama.cpp refuses to make it without).",
-            hint="Pass --imatrix auto (computed from the calibration set) or --imatrix FILE.",
-        )
+    require_imatrix_if_needed(spec, imatrix)
     llama_cpp = require("llama_cpp", "gguf")
     silence_llama_cpp()
     keep: list[Any] = []  # ctypes buffers that must outlive the call
@@ -65,6 +61,15 @@ def quantize_gguf(
     raise_if_interrupted()  # a Ctrl-C during quantization lands in llama.cpp's log callback
     if status != 0 or not dst.is_file():
         _raise_quantize_failure(src, dst, spec.name, status, failed_errno)
+
+
+def require_imatrix_if_needed(spec: Any, imatrix: Imatrix | None) -> None:
+    """The types llama.cpp refuses to make without an importance matrix, refused first."""
+    if spec.needs_imatrix and imatrix is None:
+        raise ImatrixError(
+            f"{spec.name} needs an importance matrix (llama.cpp refuses to make it without).",
+            hint="Pass --imatrix auto (computed from the calibration set) or --imatrix FILE.",
+        )
 
 
 def _quantize_params(

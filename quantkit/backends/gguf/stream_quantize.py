@@ -35,7 +35,7 @@ from ...runtime import ggml_quant
 from ...source.model import SourceModel
 from .export import ExportPlan, ProgressFn, TensorJob, job_blocks, metadata_writer, plan_export
 from .export import write_tensors as write_gguf_tensors
-from .quantize import imatrix_metadata, llama_tensor_types
+from .quantize import imatrix_metadata, llama_tensor_types, require_imatrix_if_needed
 from .tensors import converted_blocks
 
 if TYPE_CHECKING:
@@ -65,11 +65,7 @@ def quantize_from_shards(
     metadata) and per-tensor overrides `tensor_types`. NonFiniteWeightsError, leaving no
     file, when the source holds NaN or infinity."""
     spec = gguf_quant(quant)
-    if spec.needs_imatrix and imatrix is None:
-        raise ImatrixError(
-            f"{spec.name} needs an importance matrix (llama.cpp refuses to make it without).",
-            hint="Pass --imatrix auto (computed from the calibration set) or --imatrix FILE.",
-        )
+    require_imatrix_if_needed(spec, imatrix)
     plan = plan_export(source, "BF16", token_policy=token_policy, pre_tokenizer=pre_tokenizer)
     types = _llama_types(source, plan, out_file, spec.name, imatrix, tensor_types)
     writer = metadata_writer(source, plan, out_file, spec.ftype)
