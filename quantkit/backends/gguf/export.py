@@ -173,7 +173,7 @@ def _plan_jobs(source: SourceModel, spec: ArchSpec, qtype: Q) -> list[TensorJob]
                 gguf_name,
                 tensor.shape,
                 tensor_qtype,
-                output_nbytes(tensor, tensor_qtype),
+                output_nbytes(tensor.shape, tensor_qtype),
                 tensor,
                 heads=qk_heads(spec, hf_name, geo),
             )

@@ -36,7 +36,7 @@ from ...source.model import SourceModel
 from .export import ExportPlan, ProgressFn, TensorJob, job_blocks, metadata_writer, plan_export
 from .export import write_tensors as write_gguf_tensors
 from .quantize import imatrix_metadata, llama_tensor_types, require_imatrix_if_needed
-from .tensors import converted_blocks
+from .tensors import converted_blocks, output_nbytes, to_float32
 
 if TYPE_CHECKING:
     from ...formats.tokens import TokenTypePolicy
@@ -73,11 +73,7 @@ def quantize_from_shards(
     jobs = sorted(plan.jobs, key=loader_order)
     for job in jobs:
         qtype = Q[types[job.gguf_name]]
-        nbytes = (
-            int(np.prod(job.shape))
-            // gguf.GGML_QUANT_SIZES[qtype][0]
-            * (gguf.GGML_QUANT_SIZES[qtype][1])
-        )
+        nbytes = output_nbytes(job.shape, qtype)
         writer.add_tensor_info(job.gguf_name, job.shape, np.dtype(np.float32), nbytes,
                                raw_dtype=qtype)  # fmt: skip
     tally = NonFiniteTally()
@@ -196,11 +192,10 @@ def _float_rows(job: TensorJob, tally: NonFiniteTally) -> Iterator[np.ndarray]:
         return
     assert job.source is not None
     for chunk in converted_blocks(job.source, job.qtype, job.heads, tally):
-        bits = np.frombuffer(chunk, dtype=np.uint16) if job.qtype == Q.BF16 else None
-        if bits is None:  # an F32 tensor that llama.cpp quantizes anyway
+        if job.qtype == Q.BF16:
+            yield to_float32(np.frombuffer(chunk, dtype=np.uint16), "BF16")
+        else:  # an F32 tensor that llama.cpp quantizes anyway
             yield np.frombuffer(chunk, dtype=np.float32)
-        else:
-            yield (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _importance(job: TensorJob, row: int, imatrix: Imatrix | None) -> np.ndarray | None:

@@ -62,9 +62,10 @@ def index_source_tensors(shards: list[Path]) -> dict[str, SourceTensor]:
     return index
 
 
-def output_nbytes(tensor: SourceTensor, qtype: Q) -> int:
+def output_nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    """Bytes of a tensor of `shape` in GGUF type `qtype`."""
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    return prod(tensor.shape) // block * type_size
+    return prod(shape) // block * type_size
 
 
 def converted_blocks(
@@ -110,7 +111,7 @@ def _convert(block: np.ndarray, src_dtype: str, qtype: Q) -> bytes:
         return block.tobytes()  # already the right bits: copy, no rounding
     if qtype == Q.F16 and src_dtype == "F16":
         return block.tobytes()
-    as_f32 = _to_float32(block, src_dtype)
+    as_f32 = to_float32(block, src_dtype)
     if qtype == Q.F32:
         return as_f32.tobytes()
     if qtype == Q.F16:
@@ -119,7 +120,7 @@ def _convert(block: np.ndarray, src_dtype: str, qtype: Q) -> bytes:
     return np.ascontiguousarray(gguf.quants.quantize(as_f32, qtype)).tobytes()
 
 
-def _to_float32(block: np.ndarray, src_dtype: str) -> np.ndarray:
+def to_float32(block: np.ndarray, src_dtype: str) -> np.ndarray:
     if src_dtype == "BF16":
         return (block.astype(np.uint32) << 16).view(np.float32)
     return block.astype(np.float32)
