@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from .planning.cost import ConvertCost, CostRequest, StageClock, convert_cost
 from .planning.rates import load_rates, record_rates
 from .planning.target import Target, resolve_target
 from .runtime.interrupts import raise_if_interrupted
+from .runtime.llama_cpp import weights_repacked
 from .runtime.memory import available_memory, release_freed_memory
 from .source.hub_download import cache_folder
 from .source.model import SourceModel, load_source
@@ -112,13 +114,17 @@ def convert(
     dry_run: bool = False,
     push_to: str | None = None,
     progress: ProgressFn | None = None,
+    repack: bool | None = None,
 ) -> ConvertResult:
     """Convert `model` (folder or Hub id) into a checked artifact folder at `out`.
 
     `profile` picks format and quant for a piece of hardware (and the plan must fit unless
     `force`); or name them with `format` and `quant`. Each stage's knobs come as its own
     option object; None means that stage's defaults. `verify`: the checks in the artifact's
-    runtime (True, False, or VerifyOptions with the llama-server round trip's knobs)."""
+    runtime (True, False, or VerifyOptions with the llama-server round trip's knobs).
+    `repack`: llama.cpp's weight repacking while a GGUF is checked and evaluated
+    (runtime.llama_cpp); None: on, unless its copy of the weights would not fit the RAM
+    (`choose_repack`)."""
     from .inspection.options import VerifyOptions
 
     out_dir = Path(out).expanduser()
@@ -143,8 +149,9 @@ def convert(
     plan = _make_plan(source, hardware, context, force, target.quant)
     backend.prepare(source)
     estimate = int(backend.estimate_bytes(source) * DISK_MARGIN)
-    cost = _estimate_cost(source, target, backend, estimate, calibration, checks_wanted.enabled,
-                          evaluation)  # fmt: skip
+    cost_of = partial(_estimate_cost, source, target, backend, estimate, calibration,
+                      checks_wanted.enabled, evaluation)  # fmt: skip
+    repack, cost = choose_repack(repack, cost_of)
     download = source.download.missing_bytes if source.download else 0
     if dry_run:
         return ConvertResult(None, target, source, plan, estimated_bytes=estimate, dry_run=True,
@@ -160,7 +167,11 @@ def convert(
         from .hub.publish import check_push_access
 
         check_push_access(push_to)
-    with _disk_full_is_a_disk_error(out_dir), building_folder(out_dir, replace=False) as work:
+    with (
+        _disk_full_is_a_disk_error(out_dir),
+        building_folder(out_dir, replace=False) as work,
+        weights_repacked(repack),
+    ):
         step = _interruptible(clock.wrap(progress))
         built = backend.build(source, work, step)
         raise_if_interrupted()
@@ -204,6 +215,30 @@ def convert(
     )  # fmt: skip
 
 
+def choose_repack(
+    wanted: bool | None, cost_of: Callable[..., ConvertCost | None]
+) -> tuple[bool, ConvertCost | None]:
+    """llama.cpp's weight repacking for the checks and the evaluation, and the cost with
+    it: as `wanted`, or, when None, on unless the convert does not fit the available RAM
+    with it and needs less without it (a 70B Q4_K_M repacks about 40 GB; if it fits
+    neither way, the preflight refuses the lighter one)."""
+    cost = cost_of(repack=wanted is not False)
+    if wanted is not None or cost is None:
+        return wanted is not False, cost
+    available = available_memory()
+    if available is None or cost.peak_bytes <= available:
+        return True, cost
+    lighter = cost_of(repack=False)
+    if lighter is None or lighter.peak_bytes >= cost.peak_bytes:
+        return True, cost
+    note = (f"llama.cpp's weight repacking is off: with it the convert needs "
+            f"{cost.peak_bytes / 1e9:.1f} GB, {available / 1e9:.1f} GB are available; "
+            "the checks and the evaluation keep the GGUF memory-mapped (slower, and "
+            "figures from llama.cpp's plain kernels; --repack forces it)")  # fmt: skip
+    log.warning("%s", note)
+    return False, replace(lighter, notes=(*lighter.notes, note))
+
+
 def _estimate_cost(
     source: SourceModel,
     target: Target,
@@ -212,18 +247,22 @@ def _estimate_cost(
     calibration: CalibrationOptions | None,
     verify: bool,
     evaluation: EvalOptions,
+    *,
+    repack: bool = True,
 ) -> ConvertCost | None:
     """The conversion's memory, time and disk on this machine (planning.cost), from the
     source's headers and the stages the options turn on; None (logged) where the model
     defeats the estimate, which must never stop a convert by itself."""
     try:
-        return _cost_of(source, target, backend, disk_peak, calibration, verify, evaluation)
+        return _cost_of(source, target, backend, disk_peak, calibration, verify, evaluation,
+                        repack)  # fmt: skip
     except Exception:  # noqa: BLE001 - an estimate, not a precondition
         log.warning("could not estimate this convert's memory and time", exc_info=True)
         return None
 
 
-def _cost_of(source, target, backend, disk_peak, calibration, verify, evaluation) -> ConvertCost:
+def _cost_of(source, target, backend, disk_peak, calibration, verify, evaluation,
+             repack) -> ConvertCost:  # fmt: skip
     from .planning.memory import artifact_weights_bytes
     from .planning.model_spec import spec_from_source
 
@@ -237,7 +276,7 @@ def _cost_of(source, target, backend, disk_peak, calibration, verify, evaluation
                                and backend.options.gguf.keep_intermediate),
         verify=verify, evaluate=evaluation.enabled, n_ctx=evaluation.n_ctx,
         calibration_tokens=(calib.samples or 256) * (calib.seq_len or 2048),  # oneshot's
-        gpu=Path("/dev/nvidia0").exists(),
+        gpu=Path("/dev/nvidia0").exists(), repack=repack,
     )  # fmt: skip
     final = disk_peak if auto else artifact_weights_bytes(spec, target.format, target.quant)
     return convert_cost(spec, request, load_rates(), disk_peak=disk_peak, disk_final=final)
@@ -264,7 +303,7 @@ def _memory_hint(stage: str) -> str:
                 "machine), free some memory, or pass --force to try anyway.")  # fmt: skip
     if "llmcompressor" in stage:
         return ("Use a GPU profile, or FP8_DYNAMIC (--format fp8 --quant FP8_DYNAMIC), which "
-                "works shard by shard; or pass --force to try anyway.")  # fmt: skip
+                "works tensor by tensor; or pass --force to try anyway.")  # fmt: skip
     return "Free some memory or use a machine with more; --force tries anyway."
 
 

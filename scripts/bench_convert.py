@@ -92,12 +92,14 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def plan_shards(tensors: list[tuple[str, tuple[int, ...]]]) -> list[list[tuple[str, tuple]]]:
+def plan_shards(
+    tensors: list[tuple[str, tuple[int, ...]]], shard_bytes: int = SHARD_BYTES
+) -> list[list[tuple[str, tuple]]]:
     shards: list[list[tuple[str, tuple]]] = [[]]
     size = 0
     for name, shape in tensors:
         nbytes = 2 * _numel(shape)
-        if shards[-1] and size + nbytes > SHARD_BYTES:
+        if shards[-1] and size + nbytes > shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append((name, shape))
@@ -137,15 +139,17 @@ def write_bf16_shard(path: Path, tensors: list[tuple[str, tuple]], rng) -> dict[
     return {name: path.name for name, _ in tensors}
 
 
-def build_synthetic(dest: Path, tokenizer_dir: Path, s: dict[str, int] = SYNTHETIC) -> None:
+def build_synthetic(dest: Path, tokenizer_dir: Path, s: dict[str, int] = SYNTHETIC, *,
+                    shard_bytes: int = SHARD_BYTES) -> None:  # fmt: skip
     """A LlamaForCausalLM of geometry `s` (SYNTHETIC's keys, and "tied" for a head tied to
-    the embeddings) with random BF16 weights and the real Llama 3.1 tokenizer."""
+    the embeddings) with random BF16 weights, in shards of `shard_bytes`, and the real
+    Llama 3.1 tokenizer."""
     import numpy as np
 
     from fixtures.models import LLAMA31_EOS_IDS, LLAMA31_ROPE, LLAMA31_ROPE_THETA
 
     rng = np.random.default_rng(3)
-    shards = plan_shards(synthetic_tensors(s))
+    shards = plan_shards(synthetic_tensors(s), shard_bytes)
     weight_map: dict[str, str] = {}
     total = 0
     for k, tensors in enumerate(shards, start=1):

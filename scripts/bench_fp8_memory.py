@@ -1,6 +1,6 @@
-"""FP8_DYNAMIC's memory: llmcompressor's oneshot on the loaded model against model_free_ptq
-shard by shard (what `quantkit convert --format fp8 --quant FP8_DYNAMIC` now does), at a
-real Llama geometry with random weights.
+"""FP8_DYNAMIC's memory: llmcompressor's oneshot on the loaded model against model_free_ptq's
+files made tensor by tensor (what `quantkit convert --format fp8 --quant FP8_DYNAMIC` now
+does), at a real Llama geometry with random weights.
 
     python scripts/bench_fp8_memory.py --shape 1b [--write-docs]
 
@@ -28,21 +28,45 @@ from bench_auto_cost import SHAPES, run_sampled  # noqa: E402
 from bench_convert import build_synthetic, write_section  # noqa: E402
 
 SECTION = "bench_fp8_memory"
-CHILD = (
-    "import sys; from pathlib import Path; from quantkit.source.model import load_source; "
-    "from quantkit.backends.safetensors.compressed import quantize_model; "
-    "quantize_model(load_source(sys.argv[1]), 'FP8_DYNAMIC', Path(sys.argv[2]), "
-    "shard_by_shard=sys.argv[3] == 'yes')"
-)
+CHILD = """
+import sys
+from pathlib import Path
+from quantkit.source.model import load_source
+from quantkit.backends.safetensors import compressed
+model, out, path = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+source = load_source(model)
+if path == "model_free_ptq":  # llmcompressor's own, on links to the weights, index, config
+    from llmcompressor import model_free_ptq
+    staging = out.with_name(out.name + "-source")
+    staging.mkdir()
+    for f in model.iterdir():
+        if f.suffix == ".safetensors" or f.name.endswith("config.json") or "index" in f.name:
+            (staging / f.name).symlink_to(f.resolve())
+    config = compressed.build_recipe("FP8_DYNAMIC").resolve_quantization_config()
+    model_free_ptq(str(staging), str(out), config=compressed.model_free_config(source, config))
+else:
+    compressed.quantize_model(source, "FP8_DYNAMIC", out, shard_by_shard=path == "tensors")
+"""
+PATHS = {
+    "oneshot": "oneshot (model loaded)",
+    "model_free_ptq": "llmcompressor model_free_ptq (shard by shard)",
+    "tensors": "quantkit: tensor by tensor (model_free_ptq's files)",
+}
 
 
-def run(model: Path, out: Path, shard_by_shard: bool) -> tuple[float, int]:
+def run(model: Path, out: Path, path: str) -> tuple[float, int]:
     out.mkdir()
-    cmd = [sys.executable, "-c", CHILD, str(model), str(out), "yes" if shard_by_shard else "no"]
-    returncode, _, err, seconds, peak = run_sampled(cmd)
+    returncode, _, err, seconds, peak = run_sampled([sys.executable, "-c", CHILD, str(model),
+                                                     str(out), path])  # fmt: skip
     if returncode != 0:
         raise RuntimeError(err.decode(errors="replace")[-3000:])
     return seconds, peak
+
+
+def same_shards(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.glob("*.safetensors"))
+    return names == sorted(p.name for p in b.glob("*.safetensors")) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names)  # fmt: skip
 
 
 def compare(a: Path, b: Path) -> tuple[bool, int, int]:
@@ -75,6 +99,8 @@ def compare(a: Path, b: Path) -> tuple[bool, int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="1b")
+    parser.add_argument("--shard-gb", type=float, default=5.0,
+                        help="source shard size (the Hub's usual 5 GB by default)")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     from fixtures.models import ensure_llama31_tokenizer
@@ -84,22 +110,22 @@ def main() -> int:
         work = Path(tmp)
         model = work / "model"
         model.mkdir()
-        build_synthetic(model, ensure_llama31_tokenizer(cache), SHAPES[args.shape])
+        build_synthetic(model, ensure_llama31_tokenizer(cache), SHAPES[args.shape],
+                        shard_bytes=int(args.shard_gb * 1e9))  # fmt: skip
         size = sum(f.stat().st_size for f in model.glob("*.safetensors"))
         shards = len(list(model.glob("*.safetensors")))
         rows = {}
-        for label, free in (
-            ("oneshot (model loaded)", False),
-            ("model_free_ptq (shard by shard)", True),
-        ):
-            rows[label] = run(model, work / ("free" if free else "oneshot"), free)
+        for path, label in PATHS.items():
+            rows[label] = run(model, work / path, path)
             print(label, rows[label], flush=True)
-        same, bits, signed_zeros = compare(work / "free", work / "oneshot")
+        same, bits, signed_zeros = compare(work / "tensors", work / "oneshot")
+        identical = same_shards(work / "tensors", work / "model_free_ptq")
         shutil.rmtree(model)
     lines = [
         f"### FP8_DYNAMIC memory at the Llama {args.shape} shape",
         "",
-        f"Command: `python scripts/bench_fp8_memory.py --shape {args.shape} --write-docs` "
+        f"Command: `python scripts/bench_fp8_memory.py --shape {args.shape} "
+        f"--shard-gb {args.shard_gb:g} --write-docs` "
         f"({platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}). Random "
         f"BF16 weights, {size / 1e9:.2f} GB in {shards} shard(s); the quantization alone, "
         "in a process of its own; peak RssAnon of its process tree.",
@@ -108,14 +134,16 @@ def main() -> int:
         "|---|---:|---:|",
         *(f"| {k} | {s:.0f} | {p / 1e9:.2f} |" for k, (s, p) in rows.items()),
         "",
-        f"The two artifacts' tensors hold {'the same' if same else 'DIFFERENT'} values; "
-        f"{bits} FP8 elements differ in their bits, {signed_zeros} of them zeros that differ "
-        "only in sign (oneshot writes +0 where the source holds -0).",
+        f"quantkit's shards are {'byte-identical' if identical else 'NOT identical'} to "
+        "model_free_ptq's. Against oneshot, the tensors hold "
+        f"{'the same' if same else 'DIFFERENT'} values; {bits} FP8 elements differ in their "
+        f"bits, {signed_zeros} of them zeros that differ only in sign (oneshot writes +0 where "
+        "the source holds -0).",
     ]
     print("\n".join(lines))
     if args.write_docs:
         write_section(ROOT / "docs" / "benchmarks.md", "\n".join(lines), f"{SECTION} {args.shape}")
-    return 0 if same else 1
+    return 0 if same and identical else 1
 
 
 if __name__ == "__main__":

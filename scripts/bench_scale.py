@@ -4,7 +4,8 @@ disk used, for the three paths people take (issue #13).
 
 The models: random BF16 weights at real Llama-3.2/3.1 geometries (1b: 1.24B parameters,
 tied head, 2.5 GB; 3b: 3.21B, tied, 6.4 GB; 8b: 8.03B, 16 GB) with the real Llama 3.1
-tokenizer, streamed to disk by bench_convert's builder. Random weights make the quality
+tokenizer, streamed to disk by bench_convert's builder in the Hub's usual 5 GB shards
+(--shard-gb). Random weights make the quality
 figures meaningless, so every run passes --no-gate; the work (importance matrix,
 quantization, checks, evaluation) is what a trained model gets.
 
@@ -12,7 +13,7 @@ Per shape and path, one fresh child process runs `quantkit.convert` (the CLI's l
 call) with a progress callback that records when each stage starts and ends:
 
   gguf  --profile rtx4090-4bit                 Q4_K_M with an importance matrix
-  fp8   --profile a100-fp8                     FP8_DYNAMIC, shard by shard
+  fp8   --profile a100-fp8                     FP8_DYNAMIC, tensor by tensor
   bf16  --format safetensors --quant BF16
 
 Before it, the parent asks `convert --dry-run` for its estimate (planning.cost, with the
@@ -24,7 +25,7 @@ should write to it meanwhile); the artifact's bytes. Each run has a QUANTKIT_CAC
 own, so the source's reference logits are computed every time.
 
     .venv/bin/python scripts/bench_scale.py [--shapes 1b,3b,8b] [--paths gguf,fp8,bf16]
-        [--keep-model] [--write-doc docs/benchmarks.md]
+        [--shard-gb 5] [--keep-model] [--write-doc docs/benchmarks.md]
 
 The models and outputs are deleted at the end unless --keep-model.
 """
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default="1b,3b,8b")
     parser.add_argument("--paths", default="gguf,fp8,bf16")
     parser.add_argument("--cache", type=Path, default=default_cache())
+    parser.add_argument("--shard-gb", type=float, default=5.0,
+                        help="source shard size (the Hub's usual 5 GB by default)")
     parser.add_argument("--keep-model", action="store_true")
     parser.add_argument("--write-doc", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -225,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     runs: list[Run] = []
     for shape in shapes:
-        root = args.cache / f"bench-scale-{shape}"
+        root = args.cache / f"bench-scale-{shape}-{args.shard_gb:g}gb"
         model, work = root / "model", root / "work"
         if not (model / "config.json").is_file():
             shutil.rmtree(model, ignore_errors=True)
             model.mkdir(parents=True)
-            build_synthetic(model, ensure_llama31_tokenizer(args.cache), SHAPES[shape])
+            build_synthetic(model, ensure_llama31_tokenizer(args.cache), SHAPES[shape],
+                            shard_bytes=int(args.shard_gb * 1e9))  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)
         try:
             for path in paths:

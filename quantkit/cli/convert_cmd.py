@@ -17,6 +17,7 @@ from .options import (
     MaxSizeOption,
     ProfileOption,
     QuietFlag,
+    RepackOption,
     RevisionOption,
     ServerCheckFlag,
 )
@@ -108,6 +109,7 @@ def convert_command(
         Path | None, typer.Option("--eval-corpus", help="Your own eval text (default: shipped).")
     ] = None,
     eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Eval chunk length.")] = 512,
+    repack: RepackOption = None,
     calibration: Annotated[
         str | None,
         typer.Option(
@@ -244,6 +246,7 @@ def convert_command(
             dry_run=dry_run,
             push_to=push_to,
             progress=bar.update,
+            repack=repack,
         )
     payload = result.to_dict()
     if json_out:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from . import console
-from .options import AgainstOption, JsonFlag, ProfileOption, QuietFlag
+from .options import AgainstOption, JsonFlag, ProfileOption, QuietFlag, RepackOption
 
 EXAMPLES = """
 Examples:
@@ -52,6 +52,7 @@ def eval_command(
     cache: Annotated[
         bool, typer.Option("--cache/--no-cache", help="Reuse cached reference logits.")
     ] = True,
+    repack: RepackOption = True,
     json_out: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -65,6 +66,7 @@ def eval_command(
         result = evaluate(
             artifact, Path(against), corpus=corpus, n_ctx=n_ctx, max_chunks=max_chunks,
             dtype=dtype, use_cache=cache, quant=quant, profile=profile, progress=bar.update,
+            repack=repack is not False,
         )  # fmt: skip
     payload = result.to_dict()
     if json_out:

@@ -40,6 +40,16 @@ ServerCheckFlag = Annotated[
         "and a CUDA GPU are present; else skipped with the reason).",
     ),
 ]
+RepackOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--repack/--no-repack",
+        help="llama.cpp's weight repacking when a GGUF is loaded for checks and evaluation "
+        "(llama-server's --no-repack): off keeps the weights memory-mapped instead of "
+        "copying its Q4_0/Q4_K/IQ4_NL matrices into RAM, but is slower and its plain kernels "
+        "round differently. convert's default: on unless the copy would not fit the RAM.",
+    ),
+]
 
 
 def _flags_without_metavar(params: list) -> list:

@@ -132,10 +132,11 @@ class LlamaCppEngine(Engine):
         require("llama_cpp", "gguf")
         from llama_cpp import Llama
 
-        from ..runtime.llama_cpp import silence_llama_cpp
+        from ..runtime.llama_cpp import repacking, silence_llama_cpp
 
         silence_llama_cpp()
         self.path = path
+        self.repacked = repacking()  # runtime.llama_cpp: llama.cpp's weight repacking
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
@@ -181,11 +182,17 @@ class LlamaCppEngine(Engine):
     def fingerprint(self) -> str:
         return file_sha256(self.path)
 
+    def describe(self) -> str:
+        """Whether the weights were repacked: the plain kernels round differently."""
+        return f"llama.cpp (weights {'repacked' if self.repacked else 'not repacked'})"
+
     def load(self) -> None:
         import llama_cpp
 
+        from ..runtime.llama_cpp import model_params
+
         llama_cpp.llama_backend_init()
-        params = llama_cpp.llama_model_default_params()
+        params = model_params(self.repacked)
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise EngineError(f"llama.cpp could not load {self.path.name} for evaluation.")

@@ -55,14 +55,21 @@ def evaluate(
     quant: str | None = None,
     profile: HardwareProfile | str | None = None,
     progress: ProgressFn | None = None,
+    repack: bool = True,
 ) -> Evaluation:
     """Perplexity, KL divergence and top-1 agreement of `artifact` (a GGUF file, an artifact
     folder, a transformers folder) against `against` (the source folder, or a GGUF), and the
-    quality gate for `quant` (default: read from the artifact) or `profile`."""
-    report = measure.evaluate_artifact(
-        artifact, against if not isinstance(against, str) else Path(against), corpus=corpus,
-        n_ctx=n_ctx, max_chunks=max_chunks, dtype=dtype, use_cache=use_cache, progress=progress,
-    )  # fmt: skip
+    quality gate for `quant` (default: read from the artifact) or `profile`. `repack`:
+    llama.cpp's weight repacking for a GGUF (runtime.llama_cpp; off: less memory, slower,
+    figures from its plain kernels)."""
+    from ..runtime.llama_cpp import weights_repacked
+
+    with weights_repacked(repack):
+        report = measure.evaluate_artifact(
+            artifact, against if not isinstance(against, str) else Path(against), corpus=corpus,
+            n_ctx=n_ctx, max_chunks=max_chunks, dtype=dtype, use_cache=use_cache,
+            progress=progress,
+        )  # fmt: skip
     quant = quant or infer_quant(Path(report.artifact))
     gate = check_gate(report, quant, profile) if quant is not None else None
     return Evaluation(report, quant, gate)

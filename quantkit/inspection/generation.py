@@ -28,13 +28,11 @@ def gguf_generation_check(path: Path, reference, max_new_tokens: int = 48) -> Ch
     greedily; `reference` (an inspection Reference or None) supplies the template. A file
     whose weights llama.cpp cannot load fails (fatal); a template that refuses the
     question fails too (not fatal: the rendering checks report the template itself)."""
-    from llama_cpp import Llama
-
-    from ..runtime.llama_cpp import silence_llama_cpp
+    from ..runtime.llama_cpp import open_llama, silence_llama_cpp
 
     silence_llama_cpp()
     try:
-        llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, seed=0)
+        llm = open_llama(path, n_ctx=512, n_threads=2, verbose=False, seed=0)
     except Exception as exc:  # noqa: BLE001 - the failure is the evidence
         return Check(
             GENERATION, False, f"llama.cpp cannot load the weights: {type(exc).__name__}: {exc}"

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..formats.quants import AUTO_QUANT, gguf_quant
-from ..source.structure import DERIVED_FILE
 from .memory import GIB, MIB, kv_cache_bytes, llama_cpp_compute_bytes
 from .model_spec import ModelSpec
 from .rates import Rates
@@ -104,6 +103,7 @@ class CostRequest:
     eval_chunks: int = EVAL_CHUNKS
     calibration_tokens: int = 256 * 2048  # FP8 static / GPTQ: oneshot's samples x length
     gpu: bool = False
+    repack: bool = True  # llama.cpp's weight repacking when a GGUF is checked and evaluated
 
 
 def convert_cost(
@@ -189,16 +189,19 @@ def _imatrix_bytes(spec: ModelSpec) -> int:
 
 
 def _safetensors_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
-    largest_shard = max(_shard_sizes(spec), default=spec.source_bytes)
     if r.quant in ("BF16", "FP16"):
         return [StageCost(f"writing {r.quant} safetensors", "write:safetensors", spec.source_bytes,
                           PROCESS_BYTES + 4 * WRITER_BLOCK_BYTES)]  # fmt: skip
     if r.quant == "FP8_DYNAMIC":
-        # model_free_ptq memory-maps one source shard and builds its FP8 copy (half its
-        # bytes) in memory, with float32 work space for the tensor being quantized.
-        shard = PROCESS_BYTES + largest_shard // 2 + _largest_tensor(spec) * 2
-        return [StageCost("FP8_DYNAMIC shard by shard (model_free_ptq)", "fp8_shards",
-                          spec.parameter_count, shard)]  # fmt: skip
+        # One tensor at a time (backends/safetensors/model_free.py): the source tensor, the
+        # converter's Linear copy, its float32 work and the FP8 result for the largest decoder
+        # weight; the embeddings and head are read whole and written as they are.
+        largest_linear = _largest_tensor(spec)  # as float32
+        passthrough = max((t.nbytes for t in spec.tensors if ".layers." not in t.name),
+                          default=0)  # fmt: skip
+        peak = PROCESS_BYTES + max(2 * largest_linear, passthrough)
+        return [StageCost("FP8_DYNAMIC tensor by tensor", "fp8_tensors", spec.parameter_count,
+                          peak)]  # fmt: skip
     # FP8 static and GPTQ: llmcompressor's oneshot over a model loaded into the free RAM
     # and offloaded to disk beyond it (so it takes the RAM there is, and is not refused for
     # want of more), one decoder layer onloaded at a time with its float32 Hessians (GPTQ).
@@ -217,7 +220,8 @@ def _checks(spec: ModelSpec, r: CostRequest) -> StageCost:
     plus llama-server's round trip; the streamed model for safetensors)."""
     work = GENERATED_TOKENS * spec.parameter_count
     if r.fmt == "gguf":
-        return StageCost("checking the artifact", "checks:gguf", work, _llama_check_bytes(spec, r))
+        return StageCost("checking the artifact", "checks:gguf" + _plain(r), work,
+                         _llama_check_bytes(spec, r))  # fmt: skip
     if r.fmt == "mlx":
         return StageCost("checking the artifact", "checks:mlx", work,
                          PROCESS_BYTES + _artifact_bytes(spec, r))  # fmt: skip
@@ -238,7 +242,8 @@ def _evaluation(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
     reference = StageCost("reference logits (source)", f"reference:{dtype}", work,
                           _streamed_eval_bytes(spec, r, dtype_bytes, compressed=False))  # fmt: skip
     if r.fmt == "gguf":
-        artifact = StageCost("evaluating artifact (llama.cpp)", f"eval:gguf:{r.quant}", work,
+        artifact = StageCost("evaluating artifact (llama.cpp)",
+                             f"eval:gguf:{r.quant}" + _plain(r), work,
                              _llama_eval_bytes(spec, r))  # fmt: skip
     elif r.fmt == "mlx":
         artifact = StageCost("evaluating artifact (mlx)", "eval:mlx", work,
@@ -294,6 +299,12 @@ def _llama_check_bytes(spec: ModelSpec, r: CostRequest) -> int:
     return PROCESS_BYTES + _repacked_bytes(spec, r) + max(context(512), server)
 
 
+def _plain(r: CostRequest) -> str:
+    """The rate key's suffix for llama.cpp without weight repacking: its plain kernels are
+    slower, measured apart (until measured, the repacked rate applies)."""
+    return "" if r.repack else ":plain"
+
+
 def _repacked_bytes(spec: ModelSpec, r: CostRequest) -> int:
     """llama.cpp's CPU backend copies the weight matrices of some types into interleaved
     layouts for its faster kernels when it loads a model: anonymous memory as large as
@@ -301,7 +312,7 @@ def _repacked_bytes(spec: ModelSpec, r: CostRequest) -> int:
     build's instruction set: Q4_0, Q4_K and IQ4_NL). At 8B Q4_K_M, 2.9 GB."""
     from .memory import gguf_tensors
 
-    if r.auto or gguf_quant(r.quant).written_directly:  # none of them repacked
+    if not r.repack or r.auto or gguf_quant(r.quant).written_directly:  # none repacked
         return 0
     return sum(t.nbytes for t in gguf_tensors(spec, r.quant)
                if t.layer is not None and t.ggml_type in REPACKED_TYPES)  # fmt: skip
@@ -320,20 +331,6 @@ def _largest_tensor(spec: ModelSpec) -> int:
     """The largest decoder weight as float32 (what FP8 quantization works on; the
     embeddings and head are copied as they are)."""
     return max((t.numel * 4 for t in spec.tensors if ".layers." in t.name), default=0)
-
-
-HUB_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default max_shard_size
-
-
-def _shard_sizes(spec: ModelSpec) -> list[int]:
-    """Bytes per shard file; a spec from a config alone knows no files: the Hub's usual
-    5 GB shards."""
-    sizes: dict[str, int] = {}
-    for t in spec.tensors:
-        sizes[t.file] = sizes.get(t.file, 0) + t.nbytes
-    if set(sizes) <= {DERIVED_FILE}:
-        return [min(spec.source_bytes, HUB_SHARD_BYTES)]
-    return list(sizes.values())
 
 
 def _artifact_bytes(spec: ModelSpec, r: CostRequest) -> int:

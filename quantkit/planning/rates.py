@@ -47,7 +47,7 @@ REFERENCE_RATES: dict[str, float] = {
     "eval:FP8_DYNAMIC:float32": 6.8e10,
     "eval:BF16:float32": 8.0e10,
     "eval": 1.3e11,
-    "fp8_shards": 8.0e7,  # parameters
+    "fp8_tensors": 8.0e7,  # parameters
     "calibrate": 5e9,  # not measured here: llmcompressor's oneshot on a CPU
     "mlx_convert": 5e7,  # not measured here
     "overhead": 2.1e8,  # bytes of source: loading, tokenizing, the steps without progress

@@ -1,14 +1,27 @@
-"""llama.cpp's log, routed to Python logging, and Ctrl-C kept alive through its callbacks.
+"""llama.cpp's log, routed to Python logging, and Ctrl-C kept alive through its callbacks;
+and whether a model is loaded with its weights repacked.
 
 Every caller that loads llama.cpp (quantization, the importance matrix, inspection, evaluation)
 calls `silence_llama_cpp()` first, so the CLI's own output is not drowned in load messages.
+
+Repacking: llama.cpp's CPU backend copies the weight matrices of some types (with AVX2:
+Q4_0, Q4_K and IQ4_NL) into interleaved layouts in anonymous memory when it loads a model,
+for its faster kernels: as much RAM again as those weights (2.9 GB at 8B Q4_K_M, about 40 GB
+at 70B). Without it the weights stay memory-mapped (the RAM they take is the page cache's
+to give back), the kernels are the plain ones, which round differently (docs/evaluation.md),
+and the matrix products are slower. It is on, as in llama.cpp, unless a caller turns it off
+for a block (`weights_repacked(False)`); every load of a GGUF for checks or evaluation
+follows it (`model_params`, `open_llama`, llama-server's `--no-repack`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from .interrupts import entering_callback, leaving_callback, note_swallowed
 
@@ -19,6 +32,7 @@ _llama_log = logging.getLogger("quantkit.llama_cpp")
 _callback = None  # kept alive: llama.cpp holds a raw pointer to it
 _last_error = [""]  # llama.cpp's last error-level message: failures are told only there
 _captures: list[list[str]] = []  # open captured_log() blocks, innermost last
+_repack = contextvars.ContextVar("quantkit_llama_cpp_repack", default=True)
 
 
 def last_error() -> str:
@@ -75,3 +89,52 @@ def captured_log() -> Iterator[list[str]]:
         yield pieces
     finally:
         _captures[:] = [c for c in _captures if c is not pieces]  # by identity
+
+
+@contextmanager
+def weights_repacked(enabled: bool) -> Iterator[None]:
+    """Inside the block, GGUFs are loaded with llama.cpp's weight repacking on or off."""
+    token = _repack.set(enabled)
+    try:
+        yield
+    finally:
+        _repack.reset(token)
+
+
+def repacking() -> bool:
+    """Whether GGUFs loaded now get llama.cpp's weight repacking (its default: on)."""
+    return _repack.get()
+
+
+def model_params(repack: bool | None = None) -> Any:
+    """llama.cpp's default model parameters, with weight repacking `repack` (None: this
+    block's)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.use_extra_bufts = repacking() if repack is None else repack
+    return params
+
+
+def open_llama(path: Path, **kwargs: Any) -> Any:
+    """llama-cpp-python's `Llama` on `path`, loaded with the repacking of this block.
+    `Llama` takes no such argument and builds its parameters from
+    `llama_model_default_params()` inside its constructor: for the constructor's duration
+    that function gives this block's (the checks construct one model at a time)."""
+    import llama_cpp.llama_cpp as lib
+    from llama_cpp import Llama
+
+    if repacking():
+        return Llama(model_path=str(path), **kwargs)
+    original = lib.llama_model_default_params
+
+    def without_repacking():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = without_repacking
+    try:
+        return Llama(model_path=str(path), **kwargs)
+    finally:
+        lib.llama_model_default_params = original

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..disk.atomic import building_folder
 from ..disk.cache import cache_dir
 from ..errors import QuantkitError
+from .llama_cpp import repacking
 from .local_server import LocalServer
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ class LlamaServer(LocalServer):
         self.binary = binary
         self.model = Path(model)
         self.extra_args = extra_args
+        # runtime.llama_cpp.weights_repacked: the server loads as the in-process checks do
+        self.repack_args = () if repacking() else ("--no-repack",)
         self.context = context
         self.threads = threads or min(4, os.cpu_count() or 1)
         if startup_timeout is None or request_timeout is None:
@@ -267,5 +270,5 @@ class LlamaServer(LocalServer):
             str(self.binary.path), "-m", str(self.model), "--host", "127.0.0.1",
             "--port", str(self.port), "--jinja", "-c", str(self.context), "-np", "1",
             "-t", str(self.threads), "--no-webui", "--no-warmup", "-lv", "5",
-            *self.extra_args,
+            *self.repack_args, *self.extra_args,
         ]  # fmt: skip

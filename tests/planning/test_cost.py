@@ -63,7 +63,7 @@ def test_each_path_names_the_stages_its_progress_reports() -> None:
         "writing BF16 GGUF", "llama.cpp quantize to Q4_K_M"]  # fmt: skip
     assert labels(cost("1b", quant="Q8_0", verify=False, evaluate=False)) == ["writing Q8_0 GGUF"]
     fp8 = cost("1b", fmt="fp8", quant="FP8_DYNAMIC")
-    assert labels(fp8)[0] == "FP8_DYNAMIC shard by shard (model_free_ptq)"
+    assert labels(fp8)[0] == "FP8_DYNAMIC tensor by tensor"
     assert labels(fp8)[-1] == "evaluating artifact (transformers)"
 
 
@@ -175,3 +175,32 @@ def test_a_finished_convert_records_its_rates(demo_model: Path, tmp_path: Path,
     assert set(labels(result.cost)) <= set(seen)
     recorded = json.loads((tmp_path / "cache" / "rates.json").read_text(encoding="utf-8"))
     assert "reference:float32" in recorded and recorded["reference:float32"]["when"] >= started
+
+
+def test_repacking_is_turned_off_only_when_its_copy_does_not_fit(
+    demo_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """llama.cpp's repacked copy of the Q4_K/IQ4_NL weights is counted while a GGUF is
+    checked and evaluated; where the convert does not fit with it, convert turns it off
+    (and says so), and an explicit choice is kept."""
+    from quantkit import pipeline
+
+    out = tmp_path / "out"
+
+    def dry(repack):
+        return quantkit.convert(demo_model, out=out, format="gguf", quant="Q4_K_M",
+                                dry_run=True, repack=repack).cost  # fmt: skip
+
+    heavy, light = dry(True), dry(False)
+    assert light.peak_bytes < heavy.peak_bytes
+    between = (heavy.peak_bytes + light.peak_bytes) // 2
+    monkeypatch.setattr(pipeline, "available_memory", lambda: between)
+    chosen = dry(None)
+    assert chosen.peak_bytes == light.peak_bytes
+    assert any("repacking is off" in note for note in chosen.notes)
+    assert dry(True).peak_bytes == heavy.peak_bytes  # --repack: as asked (the preflight refuses)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: heavy.peak_bytes)
+    assert dry(None).peak_bytes == heavy.peak_bytes and not dry(None).notes
+    monkeypatch.setattr(pipeline, "available_memory", lambda: light.peak_bytes - 1)
+    # fits neither way: the lighter one, which the preflight then refuses with the least need
+    assert dry(None).peak_bytes == light.peak_bytes

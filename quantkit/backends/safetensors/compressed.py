@@ -10,9 +10,9 @@ decoder Linear; lm_head and the embeddings stay unquantized):
 - W4A16: GPTQ, symmetric int4 weights with one scale per `group_size` input columns,
   activations in 16 bits. Needs calibration data.
 
-FP8_DYNAMIC needs no model: llmcompressor's model_free_ptq quantizes it shard by shard
-(`quantize_shard_by_shard`). For the others, the model is loaded with compressed-tensors'
-offloaded loading (CPU first, disk beyond the
+FP8_DYNAMIC needs no model: it is made tensor by tensor, in the files llmcompressor's
+model_free_ptq writes (`quantize_shard_by_shard`, module model_free). For the others, the
+model is loaded with compressed-tensors' offloaded loading (CPU first, disk beyond the
 free RAM), and llmcompressor's sequential pipeline onloads one decoder layer at a time for
 calibration, so the accelerator (or CPU) holds one layer, its activations and, for GPTQ,
 one float32 Hessian of in x in per Linear of that layer.
@@ -41,6 +41,7 @@ from ...formats.nonfinite import NonFiniteTally
 from ...formats.schemes import SAFETENSORS_SCHEMES, SafetensorsScheme
 from ...source.model import SourceModel
 from .export import DEFAULT_MAX_SHARD_SIZE, count_nonfinite_tensor
+from .model_free import quantize_tensor_by_tensor
 
 log = logging.getLogger(__name__)
 
@@ -171,33 +172,30 @@ def is_data_free(scheme: str, quantize_lm_head: bool) -> bool:
 
 
 def quantize_shard_by_shard(source: SourceModel, recipe, work: Path, *, progress=None) -> None:
-    """FP8_DYNAMIC without loading the model: llmcompressor's `model_free_ptq` reads one
-    safetensors shard at a time, quantizes its Linear weights (on a GPU when there is one)
-    and writes the shard, so memory is bounded by a shard, not the model. The tensors hold
-    oneshot's values (oneshot turns a source's -0 into +0; this keeps it), and config.json's
-    quantization_config and recipe.yaml are the ones oneshot writes
-    (tests/backends/safetensors/test_compressed.py compares the two paths); the output
-    shards follow the source's (max_shard_size does not apply)."""
+    """FP8_DYNAMIC without loading the model: llmcompressor's `model_free_ptq` files, made
+    one tensor at a time (`model_free.quantize_tensor_by_tensor`), so memory is bounded by
+    a tensor, not a shard nor the model. The tensors hold oneshot's values (oneshot turns a
+    source's -0 into +0; this keeps it), and config.json's quantization_config and
+    recipe.yaml are the ones oneshot writes (tests/backends/safetensors/test_compressed.py
+    compares the two paths); the output shards follow the source's (max_shard_size does
+    not apply)."""
     _import_llmcompressor()
-    from llmcompressor import model_free_ptq
     from llmcompressor.recipe import Recipe
 
     config = recipe.resolve_quantization_config()
-    # model_free_ptq matches tensors by name, and "Linear" matches every weight: the
-    # embeddings (not Linear in the model) are left out by their module names.
-    skip = [f"re:^{re.escape(name)}$" for name in _weights_not_in_linear(source)]
-    run_config = config.model_copy(update={"ignore": [*config.ignore, *skip]})
-    _check_finite_files(source, progress)
-    staging = work.with_name(work.name + ".model-free-source")
-    try:
-        _link_weights(source, staging)
-        _stage(progress, "FP8_DYNAMIC shard by shard (model_free_ptq)", 0)
-        model_free_ptq(str(staging), str(work), config=run_config)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    quantize_tensor_by_tensor(source, model_free_config(source, config), work, progress=progress)
     _record_oneshot_config(work / "config.json", config)
     (work / "recipe.yaml").write_text(Recipe.from_modifiers([recipe]).yaml(), encoding="utf-8")
-    _stage(progress, "FP8_DYNAMIC shard by shard (model_free_ptq)", 1)
+
+
+def model_free_config(source: SourceModel, config):
+    """The recipe's QuantizationConfig as model_free_ptq runs it: it matches tensors by
+    name, and "Linear" matches every weight, so the embeddings (not Linear in the model)
+    are left out by their module names; then model_free_ptq's own validation."""
+    from llmcompressor.entrypoints.model_free.validate import validate_config
+
+    skip = [f"re:^{re.escape(name)}$" for name in _weights_not_in_linear(source)]
+    return validate_config(config.model_copy(update={"ignore": [*config.ignore, *skip]}), None, ())
 
 
 def _weights_not_in_linear(source: SourceModel) -> list[str]:
@@ -218,31 +216,6 @@ def _weights_not_in_linear(source: SourceModel) -> list[str]:
         and getattr(module, "weight", None) is not None
         and module.weight.ndim == 2
     ]
-
-
-def _check_finite_files(source: SourceModel, progress=None) -> None:
-    """NaN and infinity, counted tensor by tensor from the source files (one tensor in
-    memory at a time) before any is quantized: a NaN would only show later as a NaN
-    scale."""
-    from .export import SourceReader
-
-    tally = NonFiniteTally()
-    with SourceReader(source.path) as reader:
-        for index, info in enumerate(source.tensors):
-            count_nonfinite_tensor(tally, info.name, reader.get(info))
-            if progress is not None:
-                progress("checking the weights for NaN", index + 1, len(source.tensors))
-    tally.raise_if_any()
-
-
-def _link_weights(source: SourceModel, staging: Path) -> None:
-    """A folder with the source's weights, index and config.json only: model_free_ptq
-    copies every other file it finds (a Hub snapshot's original/*.pth included)."""
-    staging.mkdir(parents=True)
-    for path in source.path.iterdir():
-        if path.suffix == ".safetensors" or path.name in ("model.safetensors.index.json",
-                                                          "config.json"):  # fmt: skip
-            (staging / path.name).symlink_to(path.resolve())
 
 
 def _record_oneshot_config(config_json: Path, config) -> None:

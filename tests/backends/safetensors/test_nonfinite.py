@@ -44,20 +44,39 @@ def test_nonfinite_source_fails_safetensors_convert(
 
 
 @pytest.mark.slow  # imports llmcompressor: about 4 s
-@pytest.mark.parametrize("quantize_lm_head", [False, True], ids=["shard-by-shard", "oneshot"])
-def test_nonfinite_source_fails_fp8_before_quantizing(
-    damaged_demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantize_lm_head: bool
-) -> None:
-    """FP8_DYNAMIC is made shard by shard (model_free_ptq); with a quantized lm_head by
-    oneshot on the loaded model. Neither may start on a damaged source."""
-    import llmcompressor
+def test_nonfinite_source_fails_fp8_tensor_by_tensor(damaged_demo: Path, tmp_path: Path) -> None:
+    """FP8_DYNAMIC is made tensor by tensor: NaN and infinity are counted as each tensor
+    is read, nothing after the damaged one is quantized, and the shard is removed."""
+    from llmcompressor.entrypoints.model_free.converter import ModelFreePtqConverter
 
+    from quantkit.source.model import load_source
+
+    quantized: list[str] = []
+    original = ModelFreePtqConverter.process
+
+    def counting(self, tensors):
+        # the layout is planned by the same method on meta tensors: not quantizing
+        quantized.extend(n for n, t in tensors.items() if t.device.type != "meta")
+        return original(self, tensors)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModelFreePtqConverter, "process", counting)
+        _refused(damaged_demo, tmp_path, "fp8", "FP8_DYNAMIC")
+    order = [t.name for t in load_source(damaged_demo).tensors]
+    assert quantized == order[: order.index(DAMAGED)]
+
+
+@pytest.mark.slow  # imports llmcompressor: about 4 s
+def test_nonfinite_source_fails_fp8_oneshot_before_quantizing(
+    damaged_demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a quantized lm_head FP8_DYNAMIC goes through oneshot on the loaded model,
+    which may not start on a damaged source."""
     from quantkit.backends.safetensors import compressed
 
     def not_reached(*args, **kwargs):
         raise AssertionError("quantization ran on a damaged model")
 
     monkeypatch.setattr(compressed, "run_oneshot", not_reached)
-    monkeypatch.setattr(llmcompressor, "model_free_ptq", not_reached)
-    options = quantkit.SafetensorsOptions(quantize_lm_head=quantize_lm_head)
+    options = quantkit.SafetensorsOptions(quantize_lm_head=True)
     _refused(damaged_demo, tmp_path, "fp8", "FP8_DYNAMIC", safetensors=options)

@@ -1,0 +1,68 @@
+"""FP8_DYNAMIC tensor by tensor (backends/safetensors/model_free.py) writes the files
+llmcompressor's `model_free_ptq` writes from the same source, byte for byte, and leaves
+nothing behind when it stops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantkit.backends.safetensors import compressed
+from quantkit.backends.safetensors.export import INDEX_NAME
+from quantkit.backends.safetensors.model_free import STAGE, quantize_tensor_by_tensor
+from quantkit.source.model import load_source
+
+pytestmark = pytest.mark.slow  # imports llmcompressor and quantizes a model twice
+
+
+def _config(source):
+    recipe = compressed.build_recipe("FP8_DYNAMIC")
+    return compressed.model_free_config(source, recipe.resolve_quantization_config())
+
+
+def _model_free_ptq(model: Path, out: Path, config) -> None:
+    """llmcompressor's own run over the source's weights, index and config.json."""
+    from llmcompressor import model_free_ptq
+
+    staging = out.with_name(out.name + "-source")
+    staging.mkdir()
+    for path in model.iterdir():
+        if path.suffix == ".safetensors" or path.name in ("config.json", INDEX_NAME):
+            (staging / path.name).symlink_to(path.resolve())
+    model_free_ptq(str(staging), str(out), config=config)
+
+
+@pytest.mark.parametrize("model", ["llama31_model", "demo_model"])
+def test_files_are_model_free_ptqs(model: str, request: pytest.FixtureRequest,
+                                   tmp_path: Path) -> None:  # fmt: skip
+    """The Llama-3.1-shaped fixture: two shards with an index, an untied lm_head; the demo:
+    one file, no index, tied embeddings. Every file the two write is the same."""
+    folder = request.getfixturevalue(model)
+    source = load_source(folder)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir()
+    stages = set()
+    quantize_tensor_by_tensor(source, _config(source), ours,
+                              progress=lambda stage, done, total: stages.add(stage))  # fmt: skip
+    _model_free_ptq(folder, theirs, _config(source))
+    names = sorted(p.name for p in theirs.iterdir())
+    assert sorted(p.name for p in ours.iterdir()) == names
+    assert INDEX_NAME in names
+    different = [n for n in names if (ours / n).read_bytes() != (theirs / n).read_bytes()]
+    assert not different, different
+    assert stages == {STAGE}
+
+
+def test_interrupted_leaves_no_shard(llama31_model: Path, tmp_path: Path) -> None:
+    """Stopped in the second shard (Ctrl-C), the first, finished shard goes too."""
+    source = load_source(llama31_model)
+    assert len({t.file for t in source.tensors}) == 2
+
+    def interrupt(stage: str, done: int, total: int) -> None:
+        if done == total - 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        quantize_tensor_by_tensor(source, _config(source), tmp_path, progress=interrupt)
+    assert list(tmp_path.iterdir()) == []

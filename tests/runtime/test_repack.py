@@ -1,0 +1,63 @@
+"""llama.cpp's weight repacking (runtime.llama_cpp): on, as in llama.cpp, and off for
+every GGUF load of the checks and the evaluation inside `weights_repacked(False)`: the
+evaluation's engine, the generation check's `Llama`, llama-server's command line. What
+llama.cpp did is read from its own load log (its CPU_REPACK buffer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantkit.runtime.llama_cpp import captured_log, open_llama, repacking, weights_repacked
+
+pytestmark = pytest.mark.slow  # the demo's Q4_K_M artifact
+
+
+def _gguf(folder: Path) -> Path:
+    (path,) = folder.glob("*.gguf")
+    return path
+
+
+def _repacked(log: list[str]) -> bool:
+    return "CPU_REPACK" in "".join(log)
+
+
+def test_the_engine_follows_the_block(demo_artifact_cached: Path) -> None:
+    from quantkit.evaluation.engines import LlamaCppEngine
+
+    seen = {}
+    for repack in (True, False):
+        with weights_repacked(repack), captured_log() as log:
+            engine = LlamaCppEngine(_gguf(demo_artifact_cached), n_ctx=64, n_threads=2)
+            engine.load()
+            try:
+                engine.logits([1, 2, 3])
+            finally:
+                engine.close()
+        seen[repack] = (_repacked(log), engine.describe())
+    assert seen[True] == (True, "llama.cpp (weights repacked)")
+    assert seen[False] == (False, "llama.cpp (weights not repacked)")
+    assert repacking()  # the block ended
+
+
+def test_the_generation_checks_llama_follows_the_block(demo_artifact_cached: Path) -> None:
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+    for repack in (False, True):
+        with weights_repacked(repack), captured_log() as log:
+            open_llama(_gguf(demo_artifact_cached), n_ctx=64, verbose=False).close()
+        assert _repacked(log) is repack
+    assert lib.llama_model_default_params is original
+    assert original().use_extra_bufts  # llama.cpp's default, left as it was
+
+
+def test_llama_server_is_told(demo_artifact_cached: Path) -> None:
+    from quantkit.runtime.llama_server import LlamaServer, ServerBinary
+
+    binary = ServerBinary(Path("llama-server"), "PATH")
+    gguf = _gguf(demo_artifact_cached)
+    assert "--no-repack" not in LlamaServer(binary, gguf).command()
+    with weights_repacked(False):
+        assert "--no-repack" in LlamaServer(binary, gguf).command()
