@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from .disk.atomic import quarantine as quarantine_folder
 from .errors import DiskSpaceError, MemoryShortError, QualityGateError, VerificationError
 from .evaluation.options import EvalOptions
 from .formats.quants import AUTO_QUANT
-from .planning.cost import ConvertCost, CostRequest, StageClock, convert_cost
+from .planning.cost import ConvertCost, CostRequest, StageClock, choose_repack, convert_cost
 from .planning.rates import load_rates, record_rates
 from .planning.target import Target, resolve_target
 from .runtime.interrupts import raise_if_interrupted
@@ -124,7 +124,7 @@ def convert(
     runtime (True, False, or VerifyOptions with the llama-server round trip's knobs).
     `repack`: llama.cpp's weight repacking while a GGUF is checked and evaluated
     (runtime.llama_cpp); None: on, unless its copy of the weights would not fit the RAM
-    (`choose_repack`)."""
+    (planning.cost.choose_repack)."""
     from .inspection.options import VerifyOptions
 
     out_dir = Path(out).expanduser()
@@ -151,7 +151,10 @@ def convert(
     estimate = int(backend.estimate_bytes(source) * DISK_MARGIN)
     cost_of = partial(_estimate_cost, source, target, backend, estimate, calibration,
                       checks_wanted.enabled, evaluation)  # fmt: skip
-    repack, cost = choose_repack(repack, cost_of)
+    wanted = repack
+    repack, cost = choose_repack(wanted, cost_of, available_memory())
+    if wanted is None and not repack and cost is not None:
+        log.warning("%s", cost.notes[-1])
     download = source.download.missing_bytes if source.download else 0
     if dry_run:
         return ConvertResult(None, target, source, plan, estimated_bytes=estimate, dry_run=True,
@@ -213,30 +216,6 @@ def convert(
         out_dir, target, source, plan, built.files, checks, estimate, published=published,
         quality=quality, recipe=built.manifest.get("recipe"), cost=cost,
     )  # fmt: skip
-
-
-def choose_repack(
-    wanted: bool | None, cost_of: Callable[..., ConvertCost | None]
-) -> tuple[bool, ConvertCost | None]:
-    """llama.cpp's weight repacking for the checks and the evaluation, and the cost with
-    it: as `wanted`, or, when None, on unless the convert does not fit the available RAM
-    with it and needs less without it (a 70B Q4_K_M repacks about 40 GB; if it fits
-    neither way, the preflight refuses the lighter one)."""
-    cost = cost_of(repack=wanted is not False)
-    if wanted is not None or cost is None:
-        return wanted is not False, cost
-    available = available_memory()
-    if available is None or cost.peak_bytes <= available:
-        return True, cost
-    lighter = cost_of(repack=False)
-    if lighter is None or lighter.peak_bytes >= cost.peak_bytes:
-        return True, cost
-    note = (f"llama.cpp's weight repacking is off: with it the convert needs "
-            f"{cost.peak_bytes / 1e9:.1f} GB, {available / 1e9:.1f} GB are available; "
-            "the checks and the evaluation keep the GGUF memory-mapped (slower, and "
-            "figures from llama.cpp's plain kernels; --repack forces it)")  # fmt: skip
-    log.warning("%s", note)
-    return False, replace(lighter, notes=(*lighter.notes, note))
 
 
 def _estimate_cost(

@@ -12,6 +12,7 @@ from .options import (
     JsonFlag,
     LlamaServerOption,
     QuietFlag,
+    RepackOption,
     RevisionOption,
     ServerCheckFlag,
 )
@@ -46,6 +47,7 @@ def inspect_command(
     revision: RevisionOption = None,
     server_check: ServerCheckFlag = True,
     llama_server: LlamaServerOption = None,
+    repack: RepackOption = True,
     json_out: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -60,7 +62,8 @@ def inspect_command(
 
     console.configure(json_mode=json_out, quiet=quiet)
     server = ServerOptions(enabled=server_check, binary=llama_server)
-    report = inspect(artifact, against, generate=generate, revision=revision, server=server)
+    report = inspect(artifact, against, generate=generate, revision=revision, server=server,
+                     repack=repack is not False)  # fmt: skip
     if json_out:
         console.print_json(report.to_dict())
     else:

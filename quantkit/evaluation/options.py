@@ -8,9 +8,10 @@ from pathlib import Path
 
 def reference_dtype(parameters: int) -> str:
     """The dtype of the convert's reference logits (and of --quant auto's probes, which share
-    them): float32 needs 4 bytes per parameter of RAM; past ~2B parameters bfloat16 halves
-    that (docs/quality.md)."""
-    return "float32" if parameters < 2e9 else "bfloat16"
+    them): runtime.cpu.eval_dtype (docs/quality.md)."""
+    from ..runtime.cpu import eval_dtype
+
+    return eval_dtype(parameters)
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,15 @@ def inspect(
     generate: bool = False,
     revision: str | None = None,
     server: ServerOptions | None = None,
+    repack: bool = True,
 ) -> InspectReport:
     """Run every survival check on `artifact`; `generate` adds a short greedy reply in the
     runtime (loads the weights: slow for big models). `server` adds the round trip through
     the artifact's server unless `server.enabled` is off: llama.cpp's `llama-server` for a
     GGUF (quantkit.inspection.server_checks), vLLM's for a safetensors folder
     (quantkit.inspection.vllm_checks; skipped with the reason without vLLM and a GPU). Both
-    load the weights. The report passes only when every check that ran passes."""
+    load the weights (a GGUF's with llama.cpp's weight repacking unless `repack` is off:
+    runtime.llama_cpp). The report passes only when every check that ran passes."""
     from ..errors import require
     from .reference import load_reference
 
@@ -50,16 +52,18 @@ def inspect(
     reference = load_reference(against, revision=revision) if against is not None else None
     if kind == "gguf":
         require("llama_cpp", "gguf")
+        from ..runtime.llama_cpp import weights_repacked
         from .gguf_checks import gguf_checks
 
         checks = gguf_checks(files, reference)
-        if generate:
-            from .generation import gguf_generation_check
-
-            checks.append(gguf_generation_check(files[0], reference))
         server = server or ServerOptions()
-        if server.enabled:
-            checks += round_trip_checks(files[0], server.binary)
+        with weights_repacked(repack):
+            if generate:
+                from .generation import gguf_generation_check
+
+                checks.append(gguf_generation_check(files[0], reference))
+            if server.enabled:
+                checks += round_trip_checks(files[0], server.binary)
     elif kind == "mlx":
         require("mlx_lm", "mlx")
         from .mlx_checks import mlx_checks, mlx_generation_check

@@ -14,10 +14,12 @@ Nothing here reads weights or imports a heavy library.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..formats.quants import AUTO_QUANT, gguf_quant
+from ..runtime.cpu import eval_dtype
 from .memory import GIB, MIB, kv_cache_bytes, llama_cpp_compute_bytes
 from .model_spec import ModelSpec
 from .rates import Rates
@@ -137,6 +139,28 @@ def convert_cost(
                        rates.origin, tuple(notes))  # fmt: skip
 
 
+def choose_repack(
+    wanted: bool | None, cost_of: Callable[..., ConvertCost | None], available: int | None
+) -> tuple[bool, ConvertCost | None]:
+    """llama.cpp's weight repacking for the checks and the evaluation, and the cost with
+    it (`cost_of(repack=...)`): as `wanted`, or, when None, on unless the convert does not
+    fit `available` bytes of RAM with it and needs less without it (a 70B Q4_K_M repacks
+    about 40 GB; if it fits neither way, the preflight refuses the lighter one)."""
+    cost = cost_of(repack=wanted is not False)
+    if wanted is not None or cost is None:
+        return wanted is not False, cost
+    if available is None or cost.peak_bytes <= available:
+        return True, cost
+    lighter = cost_of(repack=False)
+    if lighter is None or lighter.peak_bytes >= cost.peak_bytes:
+        return True, cost
+    note = (f"llama.cpp's weight repacking is off: with it the convert needs "
+            f"{cost.peak_bytes / 1e9:.1f} GB, {available / 1e9:.1f} GB are available; "
+            "the checks and the evaluation keep the GGUF memory-mapped (slower, and "
+            "figures from llama.cpp's plain kernels; --repack forces it)")  # fmt: skip
+    return False, replace(lighter, notes=(*lighter.notes, note))
+
+
 # --- the build ------------------------------------------------------------------------------
 
 
@@ -236,7 +260,7 @@ def _checks(spec: ModelSpec, r: CostRequest) -> StageCost:
 
 
 def _evaluation(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
-    dtype_bytes = 4 if spec.parameter_count < 2e9 else 2  # evaluation.options.reference_dtype
+    dtype_bytes = 4 if eval_dtype(spec.parameter_count) == "float32" else 2
     work = r.eval_chunks * r.n_ctx * spec.parameter_count
     dtype = "float32" if dtype_bytes == 4 else "bfloat16"
     reference = StageCost("reference logits (source)", f"reference:{dtype}", work,

@@ -135,7 +135,8 @@ def conversion_cost(spec: ModelSpec, profile: HardwareProfile, artifact_quant: s
     matrix as the profile says, checks and evaluation on): planning.cost. None for
     `--quant auto` on a profile that is not a GGUF one (the plan refuses it)."""
     from ..formats.quants import AUTO_QUANT, gguf_quant
-    from .cost import CostRequest, convert_cost, gguf_disk_peak
+    from ..runtime.memory import available_memory
+    from .cost import CostRequest, choose_repack, convert_cost, gguf_disk_peak
     from .rates import load_rates
 
     quant = artifact_quant or profile.quant
@@ -143,11 +144,18 @@ def conversion_cost(spec: ModelSpec, profile: HardwareProfile, artifact_quant: s
     if auto and profile.format != "gguf":
         return None
     imatrix = profile.format == "gguf" and gguf_quant(quant).computes_imatrix(profile.imatrix)
-    request = CostRequest(fmt=profile.format, quant=quant, imatrix=imatrix, auto=auto)
     final = 0 if auto else mem.artifact_weights_bytes(spec, profile.format, quant)
     peak = (gguf_disk_peak(spec, quant, imatrix=imatrix, via_bf16=auto, probes=auto)
             if profile.format == "gguf" else final)  # fmt: skip
-    return convert_cost(spec, request, load_rates(), disk_peak=peak, disk_final=final or peak)
+    rates = load_rates()
+
+    def cost_of(repack: bool):
+        request = CostRequest(fmt=profile.format, quant=quant, imatrix=imatrix, auto=auto,
+                              repack=repack)  # fmt: skip
+        return convert_cost(spec, request, rates, disk_peak=peak, disk_final=final or peak)
+
+    # as convert decides it: llama.cpp's weight repacking off where its copy would not fit
+    return choose_repack(None, cost_of, available_memory())[1]
 
 
 def recommend_profile(

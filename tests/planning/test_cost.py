@@ -38,6 +38,13 @@ SHAPES = {
 REFERENCE = Rates({}, "reference")
 
 
+@pytest.fixture(autouse=True)
+def native_bfloat16(monkeypatch):
+    """A CPU that computes bfloat16 natively (as the reference machine did), whatever
+    this one is: the evaluation's dtype above 2B depends on it (runtime.cpu)."""
+    monkeypatch.setattr("quantkit.runtime.cpu.fast_bfloat16", lambda: True)
+
+
 def spec(shape: str):
     return spec_from_config({**LLAMA, **SHAPES[shape]}, f"llama-{shape}")
 
@@ -98,6 +105,19 @@ def test_a_float32_evaluation_widens_the_head_only_while_it_runs() -> None:
     assert widened < reference.peak_bytes < widened + 2 * 1024**3
     eight = cost("8b").stages[-3]
     assert eight.peak_bytes < reference.peak_bytes + 1024**3  # 6.5x the parameters
+
+
+def test_an_emulated_bfloat16_cpu_evaluates_in_float32(monkeypatch) -> None:
+    """Where bfloat16 is emulated (AVX2 without AVX-512) the evaluation runs in float32 at
+    every size: its rate is float32's, and the 8B peak adds the head widened while it runs
+    (still one layer and the vocabulary, not the model)."""
+    native = cost("8b").stages[-3]
+    monkeypatch.setattr("quantkit.runtime.cpu.fast_bfloat16", lambda: False)
+    emulated = cost("8b").stages[-3]
+    assert (native.rate_key, emulated.rate_key) == ("reference:bfloat16", "reference:float32")
+    g = spec("8b").geometry
+    assert emulated.peak_bytes - native.peak_bytes >= g.vocab_size * g.hidden_size * 4 - 1024**3
+    assert emulated.peak_bytes < spec("8b").source_bytes / 4
 
 
 def test_time_is_work_over_this_machines_rate() -> None:

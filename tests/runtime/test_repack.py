@@ -61,3 +61,18 @@ def test_llama_server_is_told(demo_artifact_cached: Path) -> None:
     assert "--no-repack" not in LlamaServer(binary, gguf).command()
     with weights_repacked(False):
         assert "--no-repack" in LlamaServer(binary, gguf).command()
+
+
+def test_inspect_without_repacking(demo_artifact_cached: Path) -> None:
+    """`quantkit inspect --generate --no-repack`: the generation check loads the weights
+    without the repacked copy, and passes as it does with it."""
+    import quantkit
+    from quantkit.inspection import ServerOptions
+
+    no_server = ServerOptions(enabled=False)
+    for repack in (False, True):
+        with captured_log() as log:
+            report = quantkit.inspect(demo_artifact_cached, generate=True, server=no_server,
+                                      repack=repack)  # fmt: skip
+        assert report.passed, report.to_dict()
+        assert _repacked(log) is repack

@@ -114,6 +114,8 @@ def quantize_tensor_by_tensor(
                               "tensors and are not made tensor by tensor.")  # fmt: skip
     converter = ModelFreePtqConverter(config)
     device = _device()
+    made_work = not work.exists()
+    work.mkdir(parents=True, exist_ok=True)  # as model_free_ptq makes its save_directory
     files = _files_in_order(source)
     written: list[Path] = []
     tally = NonFiniteTally()
@@ -149,6 +151,8 @@ def quantize_tensor_by_tensor(
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
+        if made_work and not any(work.iterdir()):
+            work.rmdir()
         raise
 
 
