@@ -114,7 +114,6 @@ def convert(
     dry_run: bool = False,
     push_to: str | None = None,
     progress: ProgressFn | None = None,
-    repack: bool | None = None,
 ) -> ConvertResult:
     """Convert `model` (folder or Hub id) into a checked artifact folder at `out`.
 
@@ -122,7 +121,7 @@ def convert(
     `force`); or name them with `format` and `quant`. Each stage's knobs come as its own
     option object; None means that stage's defaults. `verify`: the checks in the artifact's
     runtime (True, False, or VerifyOptions with the llama-server round trip's knobs).
-    `repack`: llama.cpp's weight repacking while a GGUF is checked and evaluated
+    `gguf.repack`: llama.cpp's weight repacking while a GGUF is checked and evaluated
     (runtime.llama_cpp); None: on, unless its copy of the weights would not fit the RAM
     (planning.cost.choose_repack)."""
     from .inspection.options import VerifyOptions
@@ -151,7 +150,7 @@ def convert(
     estimate = int(backend.estimate_bytes(source) * DISK_MARGIN)
     cost_of = partial(_estimate_cost, source, target, backend, estimate, calibration,
                       checks_wanted.enabled, evaluation)  # fmt: skip
-    wanted = repack
+    wanted = gguf.repack if gguf is not None else None
     repack, cost = choose_repack(wanted, cost_of, available_memory())
     if wanted is None and not repack and cost is not None:
         log.warning("%s", cost.notes[-1])

@@ -228,6 +228,7 @@ def convert_command(
                 bpw=bpw,
                 recipe=recipe,
                 auto_probe_chunks=auto_probe_chunks,
+                repack=repack,
             ),
             gptq=GPTQOptions(
                 group_size=group_size, actorder=actorder, dampening=dampening, layout=gptq_format
@@ -246,7 +247,6 @@ def convert_command(
             dry_run=dry_run,
             push_to=push_to,
             progress=bar.update,
-            repack=repack,
         )
     payload = result.to_dict()
     if json_out:

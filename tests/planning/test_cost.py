@@ -209,7 +209,7 @@ def test_repacking_is_turned_off_only_when_its_copy_does_not_fit(
 
     def dry(repack):
         return quantkit.convert(demo_model, out=out, format="gguf", quant="Q4_K_M",
-                                dry_run=True, repack=repack).cost  # fmt: skip
+                                dry_run=True, gguf=quantkit.GGUFOptions(repack=repack)).cost
 
     heavy, light = dry(True), dry(False)
     assert light.peak_bytes < heavy.peak_bytes

@@ -24,3 +24,6 @@ class GGUFOptions:
     bpw: float | None = None  # bits per weight over the whole file
     recipe: str | Path | None = None  # a .recipe.json to apply instead of choosing
     auto_probe_chunks: int = PROBE_CHUNKS  # per role probe; 0: no probes, every gain is 1
+    # llama.cpp's weight repacking while the artifact is checked and evaluated
+    # (runtime.llama_cpp); None: on unless its copy would not fit (planning.cost.choose_repack)
+    repack: bool | None = None
