@@ -20,6 +20,7 @@ from typing import Any
 
 from ..formats.quants import AUTO_QUANT, gguf_quant
 from ..runtime.cpu import eval_dtype
+from ..runtime.memory import head_widening_bytes
 from .memory import GIB, MIB, kv_cache_bytes, llama_cpp_compute_bytes
 from .model_spec import ModelSpec
 from .rates import Rates
@@ -283,15 +284,16 @@ def _evaluation(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
 def _streamed_eval_bytes(spec: ModelSpec, r: CostRequest, dtype_bytes: int, compressed: bool):
     """The layer-by-layer transformers model (source.streamed_model), in two phases: the
     decoder (one layer, plus its compressed form, and a batch of chunks' activations),
-    then the head on one chunk's scored rows (its float32 widening of the 16-bit head,
-    below 2B parameters, and the logits). The batch's hidden states span both."""
+    then the head on one chunk's scored rows (in a float32 evaluation its widening of the
+    16-bit head, whole or a slice: runtime.memory; and the logits). The batch's hidden
+    states span both."""
     g = spec.geometry
     per_chunk = r.n_ctx * (6 * g.hidden_size + 3 * g.intermediate_size + r.n_ctx) * dtype_bytes
     batch = max(1, min(MOST_CHUNKS, r.eval_chunks, ACTIVATION_BUDGET // per_chunk))
     # Dynamic FP8 quantizes every Linear's input on the fly: copies of the activations.
     decoder = batch * per_chunk * (2 if compressed else 1)
     decoder += _layer_bytes(spec, dtype_bytes) * (2 if compressed else 1)
-    widened = g.vocab_size * g.hidden_size * 4 if dtype_bytes == 4 else 0
+    widened = head_widening_bytes(g.vocab_size, g.hidden_size, 4) if dtype_bytes == 4 else 0
     head = widened + 3 * (r.n_ctx // 2) * g.vocab_size * 4
     hidden = batch * r.n_ctx * g.hidden_size * dtype_bytes
     return PROCESS_BYTES + hidden + max(decoder, head)

@@ -14,6 +14,25 @@ import ctypes
 import gc
 from functools import cache
 
+# The streamed evaluation's output head, widened from its file's 16 bits while it runs
+# (source.streamed_model.WidenedHead): whole up to WHOLE_HEAD_BYTES, so the product has
+# the same bits as the whole model's; above (Llama 3.1 8B's in float32: 2.1 GB) a slice of
+# vocabulary rows at a time.
+WHOLE_HEAD_BYTES = 1 << 30
+HEAD_SLICE_BYTES = 256 << 20
+
+
+def head_widening_bytes(vocab: int, hidden: int, itemsize: int) -> int:
+    """The widened copy of the head that exists at once while it runs."""
+    whole = vocab * hidden * itemsize
+    if whole <= WHOLE_HEAD_BYTES:
+        return whole
+    return head_slice_rows(hidden, itemsize) * hidden * itemsize
+
+
+def head_slice_rows(hidden: int, itemsize: int) -> int:
+    return max(1, HEAD_SLICE_BYTES // (hidden * itemsize))
+
 
 def release_freed_memory() -> None:
     """Collect cyclic garbage, then ask glibc to return its free heap pages (a no-op on

@@ -363,8 +363,11 @@ class WidenedEmbedding(torch.nn.Module):
 class WidenedHead(torch.nn.Module):
     """The output head kept in its file's 16-bit dtype, widened for the moment it is
     applied: the widened copy exists while the head runs (after the decoder layers, whose
-    activations are gone by then), not beside them. Widened whole, not in slices: the
-    matrix product then runs as the whole model's does, to the same bits."""
+    activations are gone by then), not beside them. Widened whole up to
+    runtime.memory.WHOLE_HEAD_BYTES:
+    the matrix product then runs as the whole model's does, to the same bits (a product
+    split by rows rounds differently in the last bits, from the BLAS's blocking). Above
+    that, one slice of vocabulary rows at a time, so the widening costs a slice."""
 
     def __init__(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
@@ -372,7 +375,18 @@ class WidenedHead(torch.nn.Module):
         self.out_dtype = dtype
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(hidden, self.weight.to(self.out_dtype))
+        from ..runtime.memory import WHOLE_HEAD_BYTES, head_slice_rows
+
+        rows, columns = self.weight.shape
+        itemsize = torch.empty(0, dtype=self.out_dtype).element_size()
+        if rows * columns * itemsize <= WHOLE_HEAD_BYTES:
+            return torch.nn.functional.linear(hidden, self.weight.to(self.out_dtype))
+        step = head_slice_rows(columns, itemsize)
+        out = torch.empty((*hidden.shape[:-1], rows), dtype=self.out_dtype, device=hidden.device)
+        for start in range(0, rows, step):
+            part = self.weight[start : start + step].to(self.out_dtype)
+            out[..., start : start + step] = torch.nn.functional.linear(hidden, part)
+        return out
 
 
 def _widen_vocab_matrices(model, reader: ShardReader, tied: bool) -> None:

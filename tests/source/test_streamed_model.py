@@ -57,6 +57,38 @@ def test_a_float32_pass_keeps_the_vocabulary_matrices_as_file_views(demo_model: 
                        whole_model_logits(demo_model, "float32"))  # fmt: skip
 
 
+def test_a_large_head_is_widened_a_slice_at_a_time(monkeypatch) -> None:
+    """Past runtime.memory.WHOLE_HEAD_BYTES (an 8B head in float32) the head is widened a
+    slice of rows at a time: the same logits to float32's rounding, at most a slice widened
+    at once."""
+    from quantkit.runtime import memory
+    from quantkit.source.streamed_model import WidenedHead
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(1000, 64, generator=generator).to(torch.bfloat16)
+    hidden = torch.randn(2, 5, 64, generator=generator)
+    whole = WidenedHead(weight, torch.float32)(hidden)
+    widened: list[int] = []
+    original_to = torch.Tensor.to
+
+    def watched_to(self, *args, **kwargs):
+        out = original_to(self, *args, **kwargs)
+        if self.dtype == torch.bfloat16 and out.dtype == torch.float32:
+            widened.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(memory, "WHOLE_HEAD_BYTES", 64 * 4 * 100)
+    monkeypatch.setattr(memory, "HEAD_SLICE_BYTES", 64 * 4 * 300)
+    monkeypatch.setattr(torch.Tensor, "to", watched_to)
+    sliced = WidenedHead(weight, torch.float32)(hidden)
+    monkeypatch.undo()
+    assert widened == [300, 300, 300, 100]
+    assert sliced.shape == whole.shape == (2, 5, 1000)
+    exact = hidden.double() @ weight.double().T
+    assert torch.allclose(sliced.double(), exact, rtol=0, atol=1e-4)
+    assert torch.allclose(sliced, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_one_layer_in_memory_at_a_time(llama31_fp8: Path) -> None:
     """Each layer is built when it runs and gone before the next is built."""
     streamed = open_streamed(llama31_fp8, "float32")
