@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +86,7 @@ def main() -> int:
         "",
         f"Command: `python scripts/bench_reference_dtype.py MODEL --chunks {args.chunks}` "
         f"(MODEL: hidden {config.get('hidden_size')}, {config.get('num_hidden_layers')} "
-        f"layers). Machine: {machine()}; {time.strftime('%Y-%m-%d')}; load average before: "
+        f"layers). Machine: {machine()}; load average before: "
         f"{load_before}.",
         "",
         f"Matrix product 512 x 4096 by 4096 x 14336 (mean of 5): float32 "
