@@ -70,7 +70,7 @@ def inspect(
 
         checks = mlx_checks(files[0], reference)
         if generate:
-            checks.append(mlx_generation_check(files[0], max_new_tokens=32))
+            checks.append(mlx_generation_check(files[0]))
     else:
         require("transformers", "torch")
         from .safetensors_checks import safetensors_checks
@@ -79,7 +79,7 @@ def inspect(
         if generate:
             from .generation import generation_check
 
-            checks.append(generation_check(files[0], max_new_tokens=32))
+            checks.append(generation_check(files[0]))
         if (server or ServerOptions()).enabled:
             from .vllm_checks import vllm_checks
 

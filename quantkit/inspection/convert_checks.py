@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import require
+from ..planning.cost import REPLY_TOKENS
 from .check import LOADS, Check, crashed_check
 from .generation import generation_check, gguf_generation_check
 from .options import ServerOptions
@@ -44,7 +45,7 @@ def check_gguf(
     path: Path,
     source: SourceModel,
     *,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = REPLY_TOKENS,
     policy: TokenTypePolicy | None = None,
     server: ServerOptions | None = None,
 ) -> list[Check]:
@@ -79,7 +80,7 @@ def check_safetensors(
     source: SourceModel,
     *,
     generate: bool = True,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = REPLY_TOKENS,
     server: ServerOptions | None = None,
 ) -> list[Check]:
     """The full inspection of a safetensors folder against its source (added tokens, eos,
@@ -106,7 +107,7 @@ def check_safetensors(
 
 
 def check_mlx(
-    folder: Path, source: SourceModel, *, generate: bool = True, max_new_tokens: int = 32
+    folder: Path, source: SourceModel, *, generate: bool = True, max_new_tokens: int = REPLY_TOKENS
 ) -> list[Check]:
     """The full inspection of an MLX folder against its source in mlx-lm (added tokens, turn
     end among mlx-lm's eos ids, BOS/PAD, templates, the rendering battery, tokenization,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..formats.chat_template import TemplateError, foreign_render, render
 from ..formats.gguf_read import chat_template_key
+from ..planning.cost import REPLY_TOKENS
 from .check import GENERATION, Check
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ GENERATION_KEEP_BYTES = 1 << 30
 SPILL_SPARE_BYTES = 1 << 30  # left free on the disk after the decompressed layers
 
 
-def gguf_generation_check(path: Path, reference, max_new_tokens: int = 48) -> Check:
+def gguf_generation_check(path: Path, reference, max_new_tokens: int = REPLY_TOKENS) -> Check:
     """Load the weights (the only check that does) and let llama.cpp answer a one-line chat
     greedily; `reference` (an inspection Reference or None) supplies the template. A file
     whose weights llama.cpp cannot load fails (fatal); a template that refuses the
@@ -109,7 +110,7 @@ def _generation_check(llm, ids: list[int] | None, max_new_tokens: int) -> Check:
     )
 
 
-def generation_check(folder: Path, *, max_new_tokens: int = 32) -> Check:
+def generation_check(folder: Path, *, max_new_tokens: int = REPLY_TOKENS) -> Check:
     """Greedy reply on CPU, in the folder's own dtype, its decoder layers streamed from the
     shards (quantkit.source.streamed_model: memory bounded by a layer, each layer read
     again for every token, the first GENERATION_KEEP_BYTES of them kept); stops at an eos id

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..formats.chat_template import TemplateError
 from ..formats.tokens import HERMES_TAGS
+from ..planning.cost import REPLY_TOKENS
 from ..source.tokenizer_bundle import (
     TokenizerBundle,
     load_tokenizer_bundle,
@@ -188,7 +189,7 @@ def streaming_check(bundle: TokenizerBundle, runtime: MlxSide) -> Check:
     )  # fmt: skip
 
 
-def mlx_generation_check(folder: Path, *, max_new_tokens: int = 32) -> Check:
+def mlx_generation_check(folder: Path, *, max_new_tokens: int = REPLY_TOKENS) -> Check:
     """Load the weights in mlx-lm and answer a one-line chat greedily through
     stream_generate (mlx_lm.generate's loop, temperature 0): the reply must end at one of
     mlx-lm's eos ids. Not fatal, as for the other formats."""

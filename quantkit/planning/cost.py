@@ -35,7 +35,10 @@ GENERATION_KEEP_BYTES = GIB  # inspection/generation.py: decoder layers kept res
 LLAMA_EVAL_SEQUENCES = 4  # evaluation/llama_batch.py: 512-token chunks per llama_decode
 IMATRIX_CHUNK = 512
 IMATRIX_CHUNKS = 4  # backends/gguf/imatrix: the default draw (8 samples, ~4 chunks)
-GENERATED_TOKENS = 48  # the generation check's reply, at most
+# The generation checks' reply budget: a one-line question's answer must end (the turn's
+# end token) within it. 32 was too tight for the demo's FP8 reply on an AVX2 CPU, which
+# ends after 48 tokens there (rounding picks a longer answer).
+REPLY_TOKENS = 64
 GENERATION_EXTRA_BYTES = 400 * MIB  # transformers' tokenizer and generate() around the model
 EVAL_CHUNKS = 9  # the shipped corpus in 512-token chunks (demo and Llama 3 tokenizers)
 OVERHEAD_LABEL = "the rest (loading, tokenizing, the manifest and card)"
@@ -243,7 +246,7 @@ def _safetensors_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
 def _checks(spec: ModelSpec, r: CostRequest) -> StageCost:
     """The survival checks: tokenizer checks, and a short greedy reply (llama.cpp for GGUF,
     plus llama-server's round trip; the streamed model for safetensors)."""
-    work = GENERATED_TOKENS * spec.parameter_count
+    work = REPLY_TOKENS * spec.parameter_count
     if r.fmt == "gguf":
         return StageCost("checking the artifact", "checks:gguf" + _plain(r), work,
                          _llama_check_bytes(spec, r))  # fmt: skip
