@@ -8,10 +8,11 @@ Repacking: llama.cpp's CPU backend copies the weight matrices of some types (wit
 Q4_0, Q4_K and IQ4_NL) into interleaved layouts in anonymous memory when it loads a model,
 for its faster kernels: as much RAM again as those weights (2.9 GB at 8B Q4_K_M, about 40 GB
 at 70B). Without it the weights stay memory-mapped (the RAM they take is the page cache's
-to give back), the kernels are the plain ones, which round differently (docs/evaluation.md),
-and the matrix products are slower. It is on, as in llama.cpp, unless a caller turns it off
-for a block (`weights_repacked(False)`); every load of a GGUF for checks or evaluation
-follows it (`model_params`, `open_llama`, llama-server's `--no-repack`).
+to give back), the kernels are the plain ones, which round differently
+(docs/quality.md, "Engines"), and the matrix products are slower. It is on, as in
+llama.cpp, unless a caller turns it off for a block (`weights_repacked(False)`); every
+load of a GGUF for checks or evaluation follows it (`model_params`, `open_llama`,
+llama-server's `--no-repack`).
 """
 
 from __future__ import annotations
