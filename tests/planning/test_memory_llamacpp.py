@@ -18,6 +18,7 @@ import pytest
 
 from quantkit.planning import memory as mem
 from quantkit.planning.model_spec import ModelSpec, spec_from_source
+from quantkit.runtime.llama_cpp import captured_log
 
 pytestmark = pytest.mark.slow
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -49,21 +50,14 @@ def _quantize(src: Path, dst: Path, ftype_name: str) -> None:
 
 def _measure(path: Path, n_ctx: int, flash_attn: bool) -> dict[str, float]:
     """Buffer sizes (MiB) from llama.cpp's own load log."""
-    lines: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level, text, user):  # noqa: ARG001 - ctypes callback signature
-        lines.append(text.decode(errors="replace"))
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p())
-    try:
+    # quantkit's own capture: a callback of the test's would replace quantkit's and leave
+    # llama.cpp logging to stderr for every later test (silence_llama_cpp installs once).
+    with captured_log() as lines:
         llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_gpu_layers=0, flash_attn=flash_attn,
             n_batch=512, n_ubatch=512, verbose=True,
         )  # fmt: skip
         del llm
-    finally:
-        llama_cpp.llama_log_set(ctypes.cast(None, llama_cpp.llama_log_callback), None)
     sizes: dict[str, float] = {}
     for match in _BUFFER.finditer("".join(lines)):
         buffer, kind, mib = match.groups()

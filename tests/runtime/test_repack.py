@@ -20,7 +20,9 @@ def _gguf(folder: Path) -> Path:
 
 
 def _repacked(log: list[str]) -> bool:
-    return "CPU_REPACK" in "".join(log)
+    text = "".join(log)
+    assert "model buffer size" in text, "llama.cpp's load log was not captured"
+    return "CPU_REPACK" in text
 
 
 def test_the_engine_follows_the_block(demo_artifact_cached: Path) -> None:
