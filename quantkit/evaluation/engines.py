@@ -32,6 +32,7 @@ from ..artifact.locate import locate_artifact
 from ..disk.atomic import building_file
 from ..disk.cache import cache_dir
 from ..errors import QuantkitError, require
+from ..runtime.memory import chunk_activation_bytes, chunks_per_batch
 
 if TYPE_CHECKING:
     pass
@@ -239,14 +240,6 @@ class LlamaCppEngine(Engine):
             self._vocab.close()
 
 
-# Memory for one batch's activations in the layer-by-layer transformers pass: a chunk of n_ctx
-# tokens needs about ACTIVATION_WIDTHS x its hidden and MLP widths of values in flight (the
-# residual, the norm, q/k/v and the attention output; gate, up and their product), plus
-# one head's attention scores; the batch is as many chunks as fit.
-ACTIVATION_BUDGET = 1 << 30
-MOST_CHUNKS = 16
-
-
 class TransformersEngine(Engine):
     name = "transformers"
 
@@ -296,13 +289,16 @@ class TransformersEngine(Engine):
         self._model = open_streamed(self.path, self.dtype)
 
     def batch_chunks(self, rows_per_chunk: int) -> int:
-        """As many chunks as keep one batch's activations within ACTIVATION_BUDGET."""
+        """As many chunks as keep one batch's activations within the budget
+        (runtime.memory.ACTIVATION_BUDGET)."""
         import torch
 
         config = self._model.model.config.get_text_config()
-        width = 6 * config.hidden_size + 3 * config.intermediate_size + self.n_ctx
-        per_chunk = self.n_ctx * width * getattr(torch, self.dtype).itemsize
-        return max(1, min(MOST_CHUNKS, ACTIVATION_BUDGET // per_chunk))
+        per_chunk = chunk_activation_bytes(
+            self.n_ctx, config.hidden_size, config.intermediate_size,
+            getattr(torch, self.dtype).itemsize, self._model.compressed(),
+        )  # fmt: skip
+        return chunks_per_batch(per_chunk)
 
     def logits_batch(self, chunks: list[list[int]], rows: slice):
         """The batch through the model layer by layer now; the output head on each chunk's

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..formats.quants import AUTO_QUANT, gguf_quant
 from ..runtime.cpu import eval_dtype
-from ..runtime.memory import head_widening_bytes
+from ..runtime.memory import chunk_activation_bytes, chunks_per_batch, head_widening_bytes
 from .memory import GIB, MIB, kv_cache_bytes, llama_cpp_compute_bytes
 from .model_spec import ModelSpec
 from .rates import Rates
@@ -29,8 +29,6 @@ from .rates import Rates
 # tokenized evaluation corpus (bench_scale: 0.4-0.6 GB before any weight is read).
 PROCESS_BYTES = 600 * MIB
 WRITER_BLOCK_BYTES = 32 * MIB  # export/tensors.py's block of float32 rows
-ACTIVATION_BUDGET = GIB  # evaluation/engines.py: one batch of chunks' activations
-MOST_CHUNKS = 16  # evaluation/engines.py
 GENERATION_KEEP_BYTES = GIB  # inspection/generation.py: decoder layers kept resident
 LLAMA_EVAL_SEQUENCES = 4  # evaluation/llama_batch.py: 512-token chunks per llama_decode
 IMATRIX_CHUNK = 512
@@ -291,11 +289,10 @@ def _streamed_eval_bytes(spec: ModelSpec, r: CostRequest, dtype_bytes: int, comp
     16-bit head, whole or a slice: runtime.memory; and the logits). The batch's hidden
     states span both."""
     g = spec.geometry
-    per_chunk = r.n_ctx * (6 * g.hidden_size + 3 * g.intermediate_size + r.n_ctx) * dtype_bytes
-    batch = max(1, min(MOST_CHUNKS, r.eval_chunks, ACTIVATION_BUDGET // per_chunk))
-    # Dynamic FP8 quantizes every Linear's input on the fly: copies of the activations.
-    decoder = batch * per_chunk * (2 if compressed else 1)
-    decoder += _layer_bytes(spec, dtype_bytes) * (2 if compressed else 1)
+    per_chunk = chunk_activation_bytes(r.n_ctx, g.hidden_size, g.intermediate_size,
+                                       dtype_bytes, compressed)  # fmt: skip
+    batch = min(r.eval_chunks, chunks_per_batch(per_chunk))
+    decoder = batch * per_chunk + _layer_bytes(spec, dtype_bytes) * (2 if compressed else 1)
     widened = head_widening_bytes(g.vocab_size, g.hidden_size, 4) if dtype_bytes == 4 else 0
     head = widened + 3 * (r.n_ctx // 2) * g.vocab_size * 4
     hidden = batch * r.n_ctx * g.hidden_size * dtype_bytes

@@ -1,4 +1,6 @@
-"""Memory a finished stage freed, handed back to the system.
+"""Memory a finished stage freed, handed back to the system; and the sizes that bound a
+streamed evaluation's memory (the batch of chunks, the widened head), shared by the
+evaluation and the cost estimate.
 
 A stage that ran a model leaves two kinds of garbage: Python objects kept alive only by
 reference cycles (transformers modules and their hooks point at each other), which wait
@@ -32,6 +34,29 @@ def head_widening_bytes(vocab: int, hidden: int, itemsize: int) -> int:
 
 def head_slice_rows(hidden: int, itemsize: int) -> int:
     return max(1, HEAD_SLICE_BYTES // (hidden * itemsize))
+
+
+# The layer-by-layer transformers evaluation (evaluation.engines.TransformersEngine) puts a
+# batch of chunks through each layer at once. A chunk of n_ctx tokens has about 6 x hidden
+# + 3 x intermediate values a token in flight (the residual, the norm, q/k/v and the
+# attention output; gate, up and their product) plus one head's attention scores; in a
+# compressed layer (FP8's dynamic activation quantization) each Linear's input is copied
+# again. The batch is as many chunks as keep all of that within ACTIVATION_BUDGET.
+ACTIVATION_BUDGET = 1 << 30
+MOST_CHUNKS = 16
+
+
+def chunk_activation_bytes(
+    n_ctx: int, hidden: int, intermediate: int, itemsize: int, compressed: bool
+) -> int:
+    """One chunk's activations in flight inside a decoder layer."""
+    per_token = 6 * hidden + 3 * intermediate + n_ctx
+    return n_ctx * per_token * itemsize * (2 if compressed else 1)
+
+
+def chunks_per_batch(per_chunk: int) -> int:
+    """As many chunks of `per_chunk` activation bytes as fit in ACTIVATION_BUDGET."""
+    return max(1, min(MOST_CHUNKS, ACTIVATION_BUDGET // per_chunk))
 
 
 def release_freed_memory() -> None:

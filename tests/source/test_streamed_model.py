@@ -184,7 +184,8 @@ def test_the_evaluation_engine_batches_chunks_through_the_streamed_layers(
 ) -> None:
     """TransformersEngine puts a batch of chunks through each layer at once and applies the
     head to the scored rows only: the logits are the whole model's, chunk by chunk."""
-    from quantkit.evaluation.engines import ACTIVATION_BUDGET, TransformersEngine
+    from quantkit.evaluation.engines import TransformersEngine
+    from quantkit.runtime.memory import ACTIVATION_BUDGET
 
     engine = TransformersEngine(llama31_model, dtype="float32", n_ctx=48)
     engine.load()
@@ -200,6 +201,20 @@ def test_the_evaluation_engine_batches_chunks_through_the_streamed_layers(
     whole = _whole_model_logits_of(llama31_model, chunks)
     for got, want in zip(batched, whole, strict=True):
         np.testing.assert_allclose(got, want[rows].numpy(), rtol=0, atol=1e-4)
+
+
+def test_a_compressed_model_batches_half_the_chunks(llama31_model: Path, llama31_fp8: Path) -> None:
+    """FP8_DYNAMIC quantizes each Linear's input on the fly (a copy of the activations): the
+    same budget holds half the chunks."""
+    from quantkit.evaluation.engines import TransformersEngine
+
+    batches = {}
+    for folder in (llama31_model, llama31_fp8):
+        engine = TransformersEngine(folder, dtype="float32", n_ctx=4096)
+        engine.load()
+        batches[folder.name] = engine.batch_chunks(2047), engine._model.compressed()
+        engine.close()
+    assert batches == {llama31_model.name: (6, False), llama31_fp8.name: (3, True)}
 
 
 def _whole_model_logits_of(folder: Path, chunks: list[list[int]]) -> list[torch.Tensor]:
