@@ -20,7 +20,13 @@ from typing import Any
 
 from ..formats.quants import AUTO_QUANT, gguf_quant
 from ..runtime.cpu import eval_dtype
-from ..runtime.memory import chunk_activation_bytes, chunks_per_batch, head_widening_bytes
+from ..runtime.memory import (
+    FP8_BLOCK_BYTES,
+    FP8_BLOCK_WORK,
+    chunk_activation_bytes,
+    chunks_per_batch,
+    head_widening_bytes,
+)
 from .memory import GIB, MIB, kv_cache_bytes, llama_cpp_compute_bytes
 from .model_spec import ModelSpec
 from .rates import Rates
@@ -219,13 +225,13 @@ def _safetensors_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
         return [StageCost(f"writing {r.quant} safetensors", "write:safetensors", spec.source_bytes,
                           PROCESS_BYTES + 4 * WRITER_BLOCK_BYTES)]  # fmt: skip
     if r.quant == "FP8_DYNAMIC":
-        # One tensor at a time (backends/safetensors/model_free.py): the source tensor, the
-        # converter's Linear copy, its float32 work and the FP8 result for the largest decoder
-        # weight; the embeddings and head are read whole and written as they are.
-        largest_linear = _largest_tensor(spec)  # as float32
-        passthrough = max((t.nbytes for t in spec.tensors if ".layers." not in t.name),
-                          default=0)  # fmt: skip
-        peak = PROCESS_BYTES + max(2 * largest_linear, passthrough)
+        # One tensor at a time (backends/safetensors/model_free.py), a large one a block of
+        # rows at a time: the largest tensor read whole (with its converter's float32 work,
+        # if a decoder weight) or the work on one block.
+        whole = [t for t in spec.tensors if t.nbytes <= FP8_BLOCK_BYTES]
+        largest_whole = max((t.nbytes * (4 if ".layers." in t.name else 1) for t in whole),
+                            default=0)  # fmt: skip
+        peak = PROCESS_BYTES + max(largest_whole, FP8_BLOCK_WORK * FP8_BLOCK_BYTES)
         return [StageCost("FP8_DYNAMIC tensor by tensor", "fp8_tensors", spec.parameter_count,
                           peak)]  # fmt: skip
     # FP8 static and GPTQ: llmcompressor's oneshot over a model loaded into the free RAM
@@ -351,12 +357,6 @@ def _layer_bytes(spec: ModelSpec, dtype_bytes: int) -> int:
     g = spec.geometry
     attention = g.hidden_size * g.head_dim * (2 * g.num_heads + 2 * g.num_kv_heads)
     return (attention + 3 * g.hidden_size * g.intermediate_size) * dtype_bytes
-
-
-def _largest_tensor(spec: ModelSpec) -> int:
-    """The largest decoder weight as float32 (what FP8 quantization works on; the
-    embeddings and head are copied as they are)."""
-    return max((t.numel * 4 for t in spec.tensors if ".layers." in t.name), default=0)
 
 
 def _artifact_bytes(spec: ModelSpec, r: CostRequest) -> int:

@@ -36,6 +36,13 @@ def head_slice_rows(hidden: int, itemsize: int) -> int:
     return max(1, HEAD_SLICE_BYTES // (hidden * itemsize))
 
 
+# FP8_DYNAMIC tensor by tensor (backends/safetensors/model_free.py) reads and quantizes a
+# large weight a block of rows at a time, this many bytes of the source. The converter's
+# work on a block (the block, its float32 copy, the FP8 result and scales) stays within
+# FP8_BLOCK_WORK blocks.
+FP8_BLOCK_BYTES = 64 << 20
+FP8_BLOCK_WORK = 4
+
 # The layer-by-layer transformers evaluation (evaluation.engines.TransformersEngine) puts a
 # batch of chunks through each layer at once. A chunk of n_ctx tokens has about 6 x hidden
 # + 3 x intermediate values a token in flight (the residual, the norm, q/k/v and the

@@ -34,6 +34,8 @@ SHAPES = {
                num_attention_heads=32, head_dim=128, tie_word_embeddings=False),
     "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
                 num_attention_heads=64, head_dim=128, tie_word_embeddings=False),
+    "405b": dict(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126,
+                 num_attention_heads=128, head_dim=128, tie_word_embeddings=False),
 }  # fmt: skip
 REFERENCE = Rates({}, "reference")
 
@@ -94,6 +96,19 @@ def test_memory_follows_the_layer_not_the_model() -> None:
     # Q4_K_M's repacked Q4_K matrices: most of its decoder weights (2.9 GB at 8B measured).
     q4 = CostRequest(fmt="gguf", quant="Q4_K_M")
     assert 2.5e9 < _repacked_bytes(spec("8b"), q4) < 3.5e9
+
+
+def test_the_fp8_pass_is_bounded_by_a_block_of_rows() -> None:
+    """FP8_DYNAMIC reads a weight over FP8_BLOCK_BYTES a block of rows at a time: its stage
+    needs the same memory at 8B as at 405B (whose MLP weights are 1.7 GB each in BF16)."""
+    from quantkit.runtime.memory import FP8_BLOCK_BYTES, FP8_BLOCK_WORK
+
+    def stage_peak(shape: str) -> int:
+        return cost(shape, fmt="fp8", quant="FP8_DYNAMIC").stages[0].peak_bytes
+
+    assert max(t.nbytes for t in spec("405b").tensors) > 25 * FP8_BLOCK_BYTES
+    assert stage_peak("8b") == stage_peak("405b") == stage_peak("1b")
+    assert stage_peak("405b") < FP8_BLOCK_WORK * FP8_BLOCK_BYTES + 1e9
 
 
 def test_a_float32_evaluation_widens_the_head_only_while_it_runs() -> None:

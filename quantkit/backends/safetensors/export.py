@@ -255,7 +255,8 @@ class SourceReader:
             ctx.__exit__(None, None, None)
         self._handles.clear()
 
-    def get(self, info: TensorInfo):
+    def get(self, info: TensorInfo, rows: slice | None = None):
+        """`info`'s tensor, or the block `rows` of its first dimension (read alone)."""
         from safetensors import safe_open
 
         handle = self._handles.get(info.file)
@@ -264,4 +265,6 @@ class SourceReader:
             handle = ctx.__enter__()
             self._contexts.append(ctx)
             self._handles[info.file] = handle
-        return handle.get_tensor(info.name)
+        if rows is None:
+            return handle.get_tensor(info.name)
+        return handle.get_slice(info.name)[rows]

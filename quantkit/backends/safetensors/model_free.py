@@ -13,6 +13,14 @@ same values one tensor at a time. What this module adds is the file around them:
 - the header is written, then each quantized tensor at its offset as it is made, so the
   order of reading does not have to be the order of the file.
 
+A large tensor is read and quantized a block of rows at a time (`FP8_BLOCK_BYTES` of
+source, runtime/memory.py): the scheme's scales are per output channel, one per row, so the
+converter gives a block's rows the values it gives them in the whole tensor. Which
+tensors may be split is asked of the converter itself, on meta tensors: those whose every
+output has one row per input row.
+Memory is then one block, whatever the model: Llama 3.1 405B's largest weight (0.87 G
+values) would otherwise take 7 GB in the converter's float32 work.
+
 The shards, index and config.json are byte-identical to `model_free_ptq`'s
 (tests/backends/safetensors/test_model_free.py). NaN and infinity are counted on each
 source tensor as it is read; any found, or any failure, removes what was written.
@@ -30,6 +38,7 @@ from pathlib import Path
 
 from ...errors import ConversionError
 from ...formats.nonfinite import NonFiniteTally
+from ...runtime import memory
 from ...source.model import SourceModel
 from .export import SourceReader, count_nonfinite_tensor
 
@@ -71,24 +80,32 @@ class ShardLayout:
             for name, h in header.items()
         }
         self._pending = set(self.slots)
+        self._rows: dict[str, int] = {}  # rows written so far, of tensors written in blocks
 
-    def write(self, fd: int, name: str, tensor) -> None:
-        """Write `tensor` at its slot, after checking it is what the layout expects."""
+    def write(self, fd: int, name: str, tensor, rows: slice | None = None) -> None:
+        """Write `tensor` at its slot, or as the block `rows` of it, after checking it is
+        what the layout expects there."""
         slot = self.slots.get(name)
         if slot is None or name not in self._pending:
             raise ConversionError(f"The FP8 converter made {name!r}, which the planned layout "
                                   "does not hold (or holds once already).")  # fmt: skip
-        if (_st_dtype(tensor.dtype), tuple(tensor.shape)) != (slot.dtype, slot.shape):
+        start, stop = (0, slot.shape[0]) if rows is None else (rows.start, rows.stop)
+        expected = (slot.dtype, (stop - start, *slot.shape[1:]) if slot.shape else ())
+        if (_st_dtype(tensor.dtype), tuple(tensor.shape)) != expected:
             raise ConversionError(
-                f"The FP8 converter made {name!r} as {_st_dtype(tensor.dtype)} "
-                f"{tuple(tensor.shape)}, planned as {slot.dtype} {slot.shape}."
+                f"The FP8 converter made {name!r} rows {start}-{stop} as "
+                f"{_st_dtype(tensor.dtype)} {tuple(tensor.shape)}, planned as "
+                f"{expected[0]} {expected[1]}."
             )
         import torch
 
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        if os.pwrite(fd, memoryview(data), slot.offset) != slot.nbytes:
+        row_bytes = slot.nbytes // slot.shape[0] if slot.shape else slot.nbytes
+        if os.pwrite(fd, memoryview(data), slot.offset + start * row_bytes) != data.nbytes:
             raise OSError(f"short write of {name} to the FP8 shard")
-        self._pending.discard(name)
+        self._rows[name] = self._rows.get(name, 0) + (stop - start)
+        if not slot.shape or self._rows[name] == slot.shape[0]:
+            self._pending.discard(name)
 
     def missing(self) -> list[str]:
         return sorted(self._pending)
@@ -131,13 +148,14 @@ def quantize_tensor_by_tensor(
                     fh.write(layout.header)
                     fh.truncate(layout.size)
                     for info in infos:
-                        tensor = reader.get(info)
-                        count_nonfinite_tensor(tally, info.name, tensor)
-                        if not tally:  # once damaged, the shards will be removed: only count
-                            outputs = converter.process({info.name: tensor.to(device)})
-                            for name, made in outputs.items():
-                                layout.write(fh.fileno(), name, made)
-                        del tensor
+                        for rows in _row_blocks(converter, info):
+                            tensor = reader.get(info, rows)
+                            count_nonfinite_tensor(tally, info.name, tensor)
+                            if not tally:  # once damaged, the shards go: only count
+                                outputs = converter.process({info.name: tensor.to(device)})
+                                for name, made in outputs.items():
+                                    layout.write(fh.fileno(), name, made, rows)
+                            del tensor
                         done += 1
                         if progress is not None:
                             progress(STAGE, done, len(source.tensors))
@@ -174,6 +192,37 @@ def _files_in_order(source: SourceModel) -> dict[str, list]:
     for info in source.tensors:
         files.setdefault(info.file, []).append(info)
     return files
+
+
+def _row_blocks(converter, info) -> list[slice | None]:
+    """The blocks of rows `info` is read and quantized in: [None] (whole) for a tensor of
+    one block, or one the converter does not quantize row by row."""
+    if len(info.shape) < 2 or info.nbytes <= memory.FP8_BLOCK_BYTES:
+        return [None]
+    rows = info.shape[0]
+    step = max(1, memory.FP8_BLOCK_BYTES // (info.nbytes // rows))
+    if not _row_separable(converter, info, step):
+        return [None]
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _row_separable(converter, info, step: int) -> bool:
+    """Whether every tensor the converter makes of `info` has one row per input row, asked
+    of the converter on meta tensors of the whole and of `step` rows (a per-tensor scale,
+    say, has one row whatever the input, and is not split)."""
+    import torch
+
+    dtype = {name: dtype for dtype, (_, name) in _library_dtypes().items()}[info.dtype]
+
+    def made(rows: int) -> dict:
+        meta = torch.empty((rows, *info.shape[1:]), dtype=dtype, device="meta")
+        return converter.validate({info.name: meta})
+
+    whole, part = made(info.shape[0]), made(step)
+    return whole.keys() == part.keys() and all(
+        whole[n].shape[:1] == (info.shape[0],) and part[n].shape == (step, *whole[n].shape[1:])
+        for n in whole
+    )
 
 
 def _meta_tensors(infos: list) -> dict:

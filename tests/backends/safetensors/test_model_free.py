@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from quantkit.backends.safetensors import compressed
+from quantkit.backends.safetensors import compressed, model_free
 from quantkit.backends.safetensors.export import INDEX_NAME
 from quantkit.backends.safetensors.model_free import STAGE, quantize_tensor_by_tensor
+from quantkit.runtime import memory
 from quantkit.source.model import load_source
 
 pytestmark = pytest.mark.slow  # imports llmcompressor and quantizes a model twice
@@ -33,13 +34,30 @@ def _model_free_ptq(model: Path, out: Path, config) -> None:
     model_free_ptq(str(staging), str(out), config=config)
 
 
+@pytest.mark.parametrize("blocks", ["whole tensors", "blocks of rows"])
 @pytest.mark.parametrize("model", ["llama31_model", "demo_model"])
-def test_files_are_model_free_ptqs(model: str, request: pytest.FixtureRequest,
-                                   tmp_path: Path) -> None:  # fmt: skip
+def test_files_are_model_free_ptqs(
+    model: str, blocks: str, request: pytest.FixtureRequest, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """The Llama-3.1-shaped fixture: two shards with an index, an untied lm_head; the demo:
-    one file, no index, tied embeddings. Every file the two write is the same."""
+    one file, no index, tied embeddings. Every file the two write is the same, also when
+    the weights are read and quantized a block of rows at a time (blocks of ~300 KB here,
+    so that the MLP weights and the embeddings split, the last block shorter)."""
     folder = request.getfixturevalue(model)
     source = load_source(folder)
+    split: set[str] = set()
+    if blocks == "blocks of rows":
+        monkeypatch.setattr(memory, "FP8_BLOCK_BYTES", 300_000)
+        row_blocks = model_free._row_blocks
+
+        def spy(converter, info):
+            made = row_blocks(converter, info)
+            if len(made) > 1:
+                split.add(info.name.rsplit(".", 2)[-2])
+            return made
+
+        monkeypatch.setattr(model_free, "_row_blocks", spy)
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     ours.mkdir()
     stages = set()
@@ -52,6 +70,8 @@ def test_files_are_model_free_ptqs(model: str, request: pytest.FixtureRequest,
     different = [n for n in names if (ours / n).read_bytes() != (theirs / n).read_bytes()]
     assert not different, different
     assert stages == {STAGE}
+    if blocks == "blocks of rows":  # quantized and passed-through weights both split
+        assert {"gate_proj", "down_proj", "embed_tokens"} <= split, split
 
 
 def test_interrupted_leaves_no_shard(llama31_model: Path, tmp_path: Path) -> None:
