@@ -13,6 +13,7 @@ Per shape and path, one fresh child process runs `quantkit.convert` (the CLI's l
 call) with a progress callback that records when each stage starts and ends:
 
   gguf  --profile rtx4090-4bit                 Q4_K_M with an importance matrix
+  gguf-plain  the same with --no-repack        llama.cpp's weights not repacked
   fp8   --profile a100-fp8                     FP8_DYNAMIC, tensor by tensor
   bf16  --format safetensors --quant BF16
 
@@ -58,6 +59,8 @@ SHAPES = {
 }  # fmt: skip
 PATHS = {
     "gguf": {"profile": "rtx4090-4bit"},
+    # the same with llama.cpp's weight repacking off (`--no-repack`): no repacked copy
+    "gguf-plain": {"profile": "rtx4090-4bit", "gguf": {"repack": False}},
     "fp8": {"profile": "a100-fp8"},
     "bf16": {"format": "safetensors", "quant": "BF16"},
 }
@@ -65,14 +68,17 @@ PATHS = {
 # tick (wall-clock time, as the parent's memory samples); prints one JSON line.
 CHILD = """
 import json, sys, time
-from quantkit import convert
+from quantkit import GGUFOptions, convert
 from quantkit.evaluation.options import EvalOptions
 stages = {}
 def progress(stage, done, total):
     now = time.time()
     stages.setdefault(stage, [now, now])[1] = now
+kwargs = json.loads(sys.argv[3])
+if "gguf" in kwargs:
+    kwargs["gguf"] = GGUFOptions(**kwargs["gguf"])
 result = convert(sys.argv[1], out=sys.argv[2], evaluation=EvalOptions(gate=False),
-                 progress=progress, **json.loads(sys.argv[3]))
+                 progress=progress, **kwargs)
 print(json.dumps({"stages": stages, "artifact_bytes": sum(f["bytes"] for f in result.files)}))
 """
 
@@ -109,8 +115,11 @@ def estimate(model: Path, path: str, work: Path) -> dict:
     saved = os.environ.get("QUANTKIT_CACHE")
     os.environ["QUANTKIT_CACHE"] = str(work / "estimate-cache")  # empty: no measured rates
     try:
+        kwargs = dict(PATHS[path])
+        if "gguf" in kwargs:
+            kwargs["gguf"] = quantkit.GGUFOptions(**kwargs["gguf"])
         result = quantkit.convert(model, out=work / "estimate", dry_run=True,
-                                  evaluation=EvalOptions(gate=False), **PATHS[path])  # fmt: skip
+                                  evaluation=EvalOptions(gate=False), **kwargs)  # fmt: skip
     finally:
         if saved is None:
             os.environ.pop("QUANTKIT_CACHE")
