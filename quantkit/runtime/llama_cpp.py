@@ -44,13 +44,21 @@ def last_error() -> str:
 def silence_llama_cpp() -> None:
     """Send llama.cpp's log (per-tensor quantize lines, load messages) to Python logging
     instead of stderr, where it would drown the CLI's own output. QUANTKIT_DEBUG=1 or
-    `-v` makes the `quantkit.llama_cpp` logger show it."""
-    global _callback
-    if _callback is not None:
-        return
+    `-v` makes the `quantkit.llama_cpp` logger show it. Installed again on every call
+    (cheap): other code may have set a callback of its own since, and llama.cpp keeps one."""
     import ctypes
 
     import llama_cpp
+
+    global _callback
+    if _callback is None:
+        _callback = llama_cpp.llama_log_callback(_forward_log())
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+def _forward_log():
+    """llama.cpp's log callback: each piece to the open captures and Python logging."""
+    import ctypes
 
     last_level = [logging.DEBUG]
 
@@ -74,8 +82,7 @@ def silence_llama_cpp() -> None:
         finally:
             leaving_callback()
 
-    _callback = llama_cpp.llama_log_callback(forward)
-    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+    return forward
 
 
 @contextmanager
