@@ -55,13 +55,14 @@ def evaluate(
     quant: str | None = None,
     profile: HardwareProfile | str | None = None,
     progress: ProgressFn | None = None,
-    repack: bool = True,
+    repack: bool | None = None,
 ) -> Evaluation:
     """Perplexity, KL divergence and top-1 agreement of `artifact` (a GGUF file, an artifact
     folder, a transformers folder) against `against` (the source folder, or a GGUF), and the
     quality gate for `quant` (default: read from the artifact) or `profile`. `repack`:
     llama.cpp's weight repacking for a GGUF (runtime.llama_cpp; off: less memory, slower,
-    figures from its plain kernels)."""
+    figures from its plain kernels; None: the enclosing `weights_repacked` block's, on
+    outside one, as in llama.cpp)."""
     from ..runtime.llama_cpp import weights_repacked
 
     with weights_repacked(repack):

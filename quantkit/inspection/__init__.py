@@ -36,7 +36,7 @@ def inspect(
     generate: bool = False,
     revision: str | None = None,
     server: ServerOptions | None = None,
-    repack: bool = True,
+    repack: bool | None = None,
 ) -> InspectReport:
     """Run every survival check on `artifact`; `generate` adds a short greedy reply in the
     runtime (loads the weights: slow for big models). `server` adds the round trip through
@@ -44,7 +44,8 @@ def inspect(
     GGUF (quantkit.inspection.server_checks), vLLM's for a safetensors folder
     (quantkit.inspection.vllm_checks; skipped with the reason without vLLM and a GPU). Both
     load the weights (a GGUF's with llama.cpp's weight repacking unless `repack` is off:
-    runtime.llama_cpp). The report passes only when every check that ran passes."""
+    runtime.llama_cpp; None: the enclosing `weights_repacked` block's, on outside one).
+    The report passes only when every check that ran passes."""
     from ..errors import require
     from .reference import load_reference
 

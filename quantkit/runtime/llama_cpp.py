@@ -100,9 +100,11 @@ def captured_log() -> Iterator[list[str]]:
 
 
 @contextmanager
-def weights_repacked(enabled: bool) -> Iterator[None]:
-    """Inside the block, GGUFs are loaded with llama.cpp's weight repacking on or off."""
-    token = _repack.set(enabled)
+def weights_repacked(enabled: bool | None) -> Iterator[None]:
+    """Inside the block, GGUFs are loaded with llama.cpp's weight repacking on or off
+    (None: as the enclosing block has it, so that a library call made inside a convert's
+    block keeps the convert's choice)."""
+    token = _repack.set(repacking() if enabled is None else enabled)
     try:
         yield
     finally:

@@ -78,3 +78,22 @@ def test_inspect_without_repacking(demo_artifact_cached: Path) -> None:
                                       repack=repack)  # fmt: skip
         assert report.passed, report.to_dict()
         assert _repacked(log) is repack
+
+
+def test_a_converts_choice_reaches_its_evaluation(demo_model: Path, tmp_path: Path) -> None:
+    """`convert --no-repack` (GGUFOptions.repack=False): the evaluation at its end loads the
+    artifact without the repacked copy too (evaluate() used to default to repacking on,
+    overriding the convert's block: the 8B convert's evaluation held 2.9 GB it was told
+    not to), and its report says so."""
+    import quantkit
+    from quantkit.evaluation.options import EvalOptions
+
+    with captured_log() as log:
+        result = quantkit.convert(
+            demo_model, out=tmp_path / "out", format="gguf", quant="Q4_K_M",
+            gguf=quantkit.GGUFOptions(imatrix="none", repack=False), verify=False,
+            evaluation=EvalOptions(gate=False),
+        )  # fmt: skip
+    assert result.quality is not None
+    assert result.quality["engine_detail"] == "llama.cpp (weights not repacked)"
+    assert _repacked(log) is False
