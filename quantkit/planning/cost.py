@@ -408,10 +408,11 @@ class StageClock:
 def gguf_disk_peak(
     spec: ModelSpec, quant: str, *, imatrix: bool, via_bf16: bool, probes: bool = False
 ) -> int:
-    """Peak disk of a GGUF build: the final file, plus what exists beside it for a while:
-    the Q8_0 file an importance matrix is computed from, or the BF16 intermediate
-    (--keep-intermediate, --quant auto). For --quant auto (`quant` AUTO) Q8_0, its
-    largest type, bounds the file; while its probes run their all-Q8_0 shards and
+    """Peak disk of a GGUF build: the final file, or what exists before or beside it for a
+    while: the Q8_0 file an importance matrix is computed from (removed before the
+    quantization writes the final file: the larger of the two), or the BF16 intermediate
+    (--keep-intermediate, --quant auto, beside the final file). For --quant auto (`quant`
+    AUTO) Q8_0, its largest type, bounds the file; while its probes run their all-Q8_0 shards and
     probe-type shards (every other layer: 2 x Q8_0 keeps a margin) exist too."""
     from .memory import gguf_file_bytes
 
@@ -423,4 +424,4 @@ def gguf_disk_peak(
         return final
     if via_bf16:
         return gguf_file_bytes(spec, "BF16") + final
-    return final + (q8 if imatrix else 0)
+    return max(final, q8) if imatrix else final
