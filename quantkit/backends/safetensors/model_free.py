@@ -89,7 +89,8 @@ class ShardLayout:
         if slot is None or name not in self._pending:
             raise ConversionError(f"The FP8 converter made {name!r}, which the planned layout "
                                   "does not hold (or holds once already).")  # fmt: skip
-        start, stop = (0, slot.shape[0]) if rows is None else (rows.start, rows.stop)
+        total = slot.shape[0] if slot.shape else 1  # a scalar: one row
+        start, stop = (0, total) if rows is None else (rows.start, rows.stop)
         expected = (slot.dtype, (stop - start, *slot.shape[1:]) if slot.shape else ())
         if (_st_dtype(tensor.dtype), tuple(tensor.shape)) != expected:
             raise ConversionError(
@@ -100,11 +101,11 @@ class ShardLayout:
         import torch
 
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        row_bytes = slot.nbytes // slot.shape[0] if slot.shape else slot.nbytes
+        row_bytes = slot.nbytes // total if total else 0
         if os.pwrite(fd, memoryview(data), slot.offset + start * row_bytes) != data.nbytes:
             raise OSError(f"short write of {name} to the FP8 shard")
         self._rows[name] = self._rows.get(name, 0) + (stop - start)
-        if not slot.shape or self._rows[name] == slot.shape[0]:
+        if self._rows[name] == total:
             self._pending.discard(name)
 
     def missing(self) -> list[str]:

@@ -86,3 +86,36 @@ def test_interrupted_leaves_no_shard(llama31_model: Path, tmp_path: Path) -> Non
     with pytest.raises(KeyboardInterrupt):
         quantize_tensor_by_tensor(source, _config(source), tmp_path, progress=interrupt)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_layout_takes_tensors_in_blocks_of_rows(tmp_path: Path) -> None:
+    """ShardLayout.write puts each block of rows at its place, in any order; a tensor is
+    written once its rows are all in; scalars and empty tensors are one block; a block of
+    the wrong shape is refused. The file loads in safetensors with the values written."""
+    import torch
+    from safetensors.torch import load_file
+
+    from quantkit.backends.safetensors.model_free import ShardLayout
+    from quantkit.errors import ConversionError
+
+    def meta(shape, dtype=torch.bfloat16):
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    layout = ShardLayout({"empty": meta((0, 4)), "scalar": meta((), torch.float32),
+                          "rows": meta((5, 2))})  # fmt: skip
+    path = tmp_path / "shard.safetensors"
+    with path.open("wb") as fh:
+        fh.write(layout.header)
+        fh.truncate(layout.size)
+        fd = fh.fileno()
+        layout.write(fd, "rows", torch.full((2, 2), 2.0, dtype=torch.bfloat16), slice(3, 5))
+        with pytest.raises(ConversionError, match="rows 0-3"):
+            layout.write(fd, "rows", torch.ones((2, 2), dtype=torch.bfloat16), slice(0, 3))
+        assert layout.missing() == ["empty", "rows", "scalar"]
+        layout.write(fd, "rows", torch.ones((3, 2), dtype=torch.bfloat16), slice(0, 3))
+        layout.write(fd, "scalar", torch.tensor(7.0))
+        layout.write(fd, "empty", torch.empty((0, 4), dtype=torch.bfloat16))
+        assert layout.missing() == []
+    loaded = load_file(path)
+    assert loaded["rows"].tolist() == [[1, 1]] * 3 + [[2, 2]] * 2
+    assert loaded["scalar"].item() == 7.0 and loaded["empty"].shape == (0, 4)
