@@ -298,7 +298,10 @@ def _streamed_eval_bytes(spec: ModelSpec, r: CostRequest, dtype_bytes: int, comp
     per_chunk = chunk_activation_bytes(r.n_ctx, g.hidden_size, g.intermediate_size,
                                        dtype_bytes, compressed)  # fmt: skip
     batch = min(r.eval_chunks, chunks_per_batch(per_chunk))
-    decoder = batch * per_chunk + _layer_bytes(spec, dtype_bytes) * (2 if compressed else 1)
+    # A compressed layer's stored weights are file views; its decompressed copy is what
+    # takes memory, with one Linear's float32 dequantization work at a time on top.
+    dequantizing = g.hidden_size * g.intermediate_size * 4 if compressed else 0
+    decoder = batch * per_chunk + _layer_bytes(spec, dtype_bytes) + dequantizing
     widened = head_widening_bytes(g.vocab_size, g.hidden_size, 4) if dtype_bytes == 4 else 0
     head = widened + 3 * (r.n_ctx // 2) * g.vocab_size * 4
     hidden = batch * r.n_ctx * g.hidden_size * dtype_bytes
