@@ -290,7 +290,7 @@ def _evaluation(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
 
 def _streamed_eval_bytes(spec: ModelSpec, r: CostRequest, dtype_bytes: int, compressed: bool):
     """The layer-by-layer transformers model (source.streamed_model), in two phases: the
-    decoder (one layer, plus its compressed form, and a batch of chunks' activations),
+    decoder (one layer, decompressed if compressed, and a batch of chunks' activations),
     then the head on one chunk's scored rows (in a float32 evaluation its widening of the
     16-bit head, whole or a slice: runtime.memory; and the logits). The batch's hidden
     states span both."""
