@@ -226,11 +226,13 @@ def _safetensors_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
                           PROCESS_BYTES + 4 * WRITER_BLOCK_BYTES)]  # fmt: skip
     if r.quant == "FP8_DYNAMIC":
         # One tensor at a time (backends/safetensors/model_free.py), a large one a block of
-        # rows at a time: the largest tensor read whole (with its converter's float32 work,
-        # if a decoder weight) or the work on one block.
+        # rows at a time: the converter's work on the largest tensor read whole (a decoder
+        # weight's; the others pass through as they are) or on one block.
         whole = [t for t in spec.tensors if t.nbytes <= FP8_BLOCK_BYTES]
-        largest_whole = max((t.nbytes * (4 if ".layers." in t.name else 1) for t in whole),
-                            default=0)  # fmt: skip
+        largest_whole = max(
+            (t.nbytes * (FP8_BLOCK_WORK if ".layers." in t.name else 1) for t in whole),
+            default=0,
+        )
         peak = PROCESS_BYTES + max(largest_whole, FP8_BLOCK_WORK * FP8_BLOCK_BYTES)
         return [StageCost("FP8_DYNAMIC tensor by tensor", "fp8_tensors", spec.parameter_count,
                           peak)]  # fmt: skip
@@ -415,8 +417,8 @@ def gguf_disk_peak(
     while: the Q8_0 file an importance matrix is computed from (removed before the
     quantization writes the final file: the larger of the two), or the BF16 intermediate
     (--keep-intermediate, --quant auto, beside the final file). For --quant auto (`quant`
-    AUTO) Q8_0, its largest type, bounds the file; while its probes run their all-Q8_0 shards and
-    probe-type shards (every other layer: 2 x Q8_0 keeps a margin) exist too."""
+    AUTO) Q8_0, its largest type, bounds the file; while its probes run their all-Q8_0
+    shards and probe-type shards (every other layer: 2 x Q8_0 keeps a margin) exist too."""
     from .memory import gguf_file_bytes
 
     q8 = gguf_file_bytes(spec, "Q8_0")

@@ -1,6 +1,6 @@
 """Memory a finished stage freed, handed back to the system; and the sizes that bound a
-streamed evaluation's memory (the batch of chunks, the widened head), shared by the
-evaluation and the cost estimate.
+stage's memory (the streamed evaluation's batch of chunks and widened head, FP8's row
+blocks), shared by the stages and the cost estimate (planning.cost).
 
 A stage that ran a model leaves two kinds of garbage: Python objects kept alive only by
 reference cycles (transformers modules and their hooks point at each other), which wait

@@ -213,7 +213,7 @@ def _row_separable(converter, info, step: int) -> bool:
     say, has one row whatever the input, and is not split)."""
     import torch
 
-    dtype = {name: dtype for dtype, (_, name) in _library_dtypes().items()}[info.dtype]
+    dtype = _torch_dtypes()[info.dtype]
 
     def made(rows: int) -> dict:
         meta = torch.empty((rows, *info.shape[1:]), dtype=dtype, device="meta")
@@ -229,7 +229,7 @@ def _row_separable(converter, info, step: int) -> bool:
 def _meta_tensors(infos: list) -> dict:
     import torch
 
-    dtypes = {name: dtype for dtype, (_, name) in _library_dtypes().items()}
+    dtypes = _torch_dtypes()
     for info in infos:
         if info.dtype not in dtypes:
             raise ConversionError(f"{info.name} is {info.dtype}, which FP8 quantization does "
@@ -261,6 +261,11 @@ def _library_dtypes() -> dict:
     (length,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + length])
     return {probe[n].dtype: (rank, header[n]["dtype"]) for rank, n in enumerate(header)}
+
+
+def _torch_dtypes() -> dict:
+    """{safetensors dtype name: torch dtype}, the inverse of _library_dtypes."""
+    return {name: dtype for dtype, (_, name) in _library_dtypes().items()}
 
 
 def _st_dtype(dtype) -> str:
