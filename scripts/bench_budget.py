@@ -85,6 +85,7 @@ def _split(text: str) -> list[str]:
 
 def run(stocks: list[str], curve: list[str], probe_chunks: int) -> dict[str, Any]:
     from quantkit.backends.gguf.auto.sensitivity import relative_errors
+    from quantkit.backends.gguf.auto.weights import BF16File
     from quantkit.backends.gguf.export import export_gguf
     from quantkit.backends.gguf.imatrix.compute import compute_imatrix, prepare_imatrix_data
     from quantkit.demo.build import ensure_demo_model
@@ -104,7 +105,7 @@ def run(stocks: list[str], curve: list[str], probe_chunks: int) -> dict[str, Any
         imatrix = compute_imatrix(bf16, data)
         timings["importance matrix"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        errors = relative_errors(bf16, imatrix, types=(*AUTO_TYPES, "Q4_1", "Q5_1"))
+        errors = relative_errors(BF16File(bf16), imatrix, types=(*AUTO_TYPES, "Q4_1", "Q5_1"))
         timings["relative errors (every tensor, 15 types)"] = time.perf_counter() - tick
         pairs = [pair(source, bf16, imatrix, errors, stock, work, probe_chunks)
                  for stock in [*stocks, *curve]]  # fmt: skip
@@ -120,6 +121,7 @@ def run(stocks: list[str], curve: list[str], probe_chunks: int) -> dict[str, Any
 
 def pair(source, bf16: Path, imatrix, errors, stock: str, work: Path, probe_chunks: int):
     from quantkit.backends.gguf.auto import choose_recipe
+    from quantkit.backends.gguf.auto.weights import BF16File
     from quantkit.backends.gguf.quantize import quantize_gguf
     from quantkit.formats.gguf_read import tensor_types
     from quantkit.formats.gguf_types import AUTO_TYPES
@@ -133,8 +135,8 @@ def pair(source, bf16: Path, imatrix, errors, stock: str, work: Path, probe_chun
     stock_types = set(tensor_types(stock_path).values()) - {"F32", "F16", "BF16"}
     types = (*AUTO_TYPES, *sorted(stock_types - set(AUTO_TYPES)))
     tick = time.perf_counter()
-    recipe = choose_recipe(bf16, source, Budget(size, FILE, f"{stock}'s size"), imatrix=imatrix,
-                           work=work, probe_chunks=probe_chunks, types=types,
+    recipe = choose_recipe(BF16File(bf16), source, Budget(size, FILE, f"{stock}'s size"),
+                           imatrix=imatrix, work=work, probe_chunks=probe_chunks, types=types,
                            errors=errors)  # fmt: skip
     choose_s = time.perf_counter() - tick
     auto_path = work / f"demo-AUTO-{stock}.gguf"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType, Keys
+from gguf import GGUFValue, GGUFValueType, Keys
 
 from ..disk.atomic import building_file
 from ..errors import SplitError
@@ -74,12 +74,13 @@ def split_gguf(path: Path, max_bytes: int, out_dir: Path | None = None) -> list[
         return [path]
     reader = GGUFReader(path)
     plans = _plan(reader, path, max_bytes, out_dir or path.parent)
+    header = set_header(reader)
     # Every shard is written as <name>.partial and renamed only once all are written and
     # have their planned sizes; any failure (Ctrl-C too) removes every .partial.
     with ExitStack() as stack:
         for index, plan in enumerate(plans):
             partial = stack.enter_context(building_file(plan.path))
-            _write_shard(reader, path, partial, plan, index, len(plans))
+            _write_shard(reader, header, path, partial, plan, index, len(plans))
             size = partial.stat().st_size
             if size != plan.bytes:
                 raise SplitError(f"{plan.path.name}: wrote {size} bytes, planned {plan.bytes}.")
@@ -177,11 +178,13 @@ def _architecture(reader) -> str:
 # --- writing --------------------------------------------------------------------------
 
 
-def _write_shard(reader, source: Path, target: Path, plan: ShardPlan, index: int, count: int):
+def _write_shard(
+    reader, header: SetHeader, source: Path, target: Path, plan: ShardPlan, index: int, count: int
+):
     by_name = {t.name: t for t in reader.tensors}
     tensors = [by_name[name] for name in plan.tensors]
     infos = [ShardTensor(t.name, _numpy_shape(t), t.tensor_type, int(t.n_bytes)) for t in tensors]
-    writer, fout = open_shard(reader, target, infos, index, count)
+    writer, fout = open_shard(header, target, infos, index, count)
     with source.open("rb") as src:
         for t in tensors:
             _copy_range(src, fout, int(t.data_offset), int(t.n_bytes))
@@ -202,30 +205,50 @@ class ShardTensor:
     nbytes: int
 
 
-def open_shard(reader, target: Path, tensors: list[ShardTensor], index: int, count: int):
-    """Write the header of shard `index` (0-based) of `count` of the GGUF `reader` reads
-    (all its metadata in the first shard; the split keys in every one) with `tensors`'
-    infos; return the gguf-py writer and its file, positioned where the first tensor's
-    data goes. The caller writes each tensor's bytes in order, each followed by
+@dataclass(frozen=True)
+class SetHeader:
+    """What the shards of a set take from the whole file: its architecture and alignment,
+    its metadata (all of it in the first shard, as typed values) and its tensor count."""
+
+    architecture: str
+    alignment: int
+    metadata: dict[str, GGUFValue]  # without general.architecture: the writer puts it first
+    tensor_count: int
+
+
+def set_header(reader) -> SetHeader:
+    """The SetHeader of the GGUF a gguf-py GGUFReader reads."""
+    metadata = {}
+    for fld in _copied_fields(reader):
+        if fld.name == _ARCH:
+            continue
+        main = GGUFValueType(fld.types[0])
+        sub = GGUFValueType(fld.types[-1]) if main == GGUFValueType.ARRAY else None
+        metadata[fld.name] = GGUFValue(fld.contents(), main, sub)
+    return SetHeader(_architecture(reader), reader.alignment, metadata, len(reader.tensors))
+
+
+def open_shard(header: SetHeader, target: Path, tensors: list[ShardTensor], index: int,
+               count: int):  # fmt: skip
+    """Write the header of shard `index` (0-based) of `count` of a set described by
+    `header` (all its metadata in the first shard; the split keys in every one) with
+    `tensors`' infos; return the gguf-py writer and its file, positioned where the first
+    tensor's data goes. The caller writes each tensor's bytes in order, each followed by
     `writer.write_padding(fout, nbytes)`, then closes the writer."""
     import numpy as np
     from gguf import GGUFWriter
 
-    writer = GGUFWriter(target, _architecture(reader))
-    if reader.alignment != 32:  # gguf's default; a custom one is a metadata key too
-        writer.data_alignment = reader.alignment
+    writer = GGUFWriter(target, header.architecture)
+    if header.alignment != 32:  # gguf's default; a custom one is a metadata key too
+        writer.data_alignment = header.alignment
     if index == 0:
-        for fld in _copied_fields(reader):
-            if fld.name == _ARCH:
-                continue
-            main = GGUFValueType(fld.types[0])
-            sub = GGUFValueType(fld.types[-1]) if main == GGUFValueType.ARRAY else None
-            writer.add_key_value(fld.name, fld.contents(), main, sub_type=sub)
-    elif _ALIGNMENT in reader.fields:
-        writer.add_uint32(_ALIGNMENT, reader.alignment)
+        for key, value in header.metadata.items():
+            writer.add_key_value(key, value.value, value.type, sub_type=value.sub_type)
+    elif _ALIGNMENT in header.metadata:
+        writer.add_uint32(_ALIGNMENT, header.alignment)
     writer.add_uint16(SPLIT_NO, index)
     writer.add_uint16(SPLIT_COUNT, count)
-    writer.add_int32(SPLIT_TENSORS_COUNT, len(reader.tensors))
+    writer.add_int32(SPLIT_TENSORS_COUNT, header.tensor_count)
     for t in tensors:
         # Passing the byte count with a non-uint8 dtype keeps the shape as given.
         writer.add_tensor_info(

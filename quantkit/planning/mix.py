@@ -42,6 +42,7 @@ STOCK_FILE_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_K_S", "Q
 HEADER_SLACK = 4096  # the keys llama-quantize adds to the BF16 header (imatrix, file type)
 ALIGNMENT = 32  # GGUF's default tensor-data alignment
 _LAYER = re.compile(r"^blk\.\d+\.")
+_ARCHITECTURE = "general.architecture"
 
 
 @dataclass(frozen=True)
@@ -213,19 +214,20 @@ class FileLayout:
 
     @classmethod
     def read(cls, path: Path) -> FileLayout:
-        """The layout of the BF16 GGUF at `path` (header read, no weights)."""
-        from gguf import GGUFReader
+        """The layout of the BF16 GGUF at `path`, from its header alone (formats.gguf_read:
+        a sparse file with no weight bytes serves as well)."""
+        from ..formats.gguf_read import read_header
 
-        reader = GGUFReader(str(path))
-        arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+        header = read_header(path, {_ARCHITECTURE})
         shapes, fixed = {}, 0
-        for t in reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape))
-            if quantizable(t.name, shape):
-                shapes[t.name] = shape
+        for info in header.tensors.values():
+            shape = tuple(reversed(info.dims))
+            if quantizable(info.name, shape):
+                shapes[info.name] = shape
             else:
-                fixed += _aligned(int(t.n_bytes))
-        return cls(arch, _aligned(reader.data_offset + HEADER_SLACK), fixed, shapes)
+                fixed += _aligned(ggml_nbytes(info.type_name, shape))
+        return cls(header.values[_ARCHITECTURE], _aligned(header.data_start + HEADER_SLACK),
+                   fixed, shapes)  # fmt: skip
 
     def overhead(self, budget: Budget) -> int:
         """Bytes of `budget` the chosen tensors cannot take."""

@@ -16,6 +16,7 @@ from ...source.model import SourceModel
 from ..base import BackendResult, BuildOptions
 from .auto.build import quantize_auto, recipe_section
 from .auto.request import AutoRequest, check_auto_flags, resolve_auto
+from .auto.weights import BF16File, BF16Shards
 from .export import export_gguf
 from .imatrix.request import AUTO as IMATRIX_AUTO
 from .imatrix.request import ImatrixRequest, apply_imatrix, prepare_imatrix, resolve_imatrix
@@ -76,7 +77,7 @@ class GGUFBackend:
         return gguf_disk_peak(
             spec_from_source(source), self.quant,
             imatrix=self.computes_imatrix,
-            via_bf16=self.options.gguf.keep_intermediate or auto is not None,
+            via_bf16=self.options.gguf.keep_intermediate,
             probes=auto is not None and auto.recipe is None and auto.probe_chunks > 0,
         )  # fmt: skip
 
@@ -104,10 +105,11 @@ def make_gguf(
     """Write `<Model>-<QUANT>.gguf` (and the importance matrix it used) into `work`; for
     --quant auto also the recipe (`auto`: its budget, or the recipe to apply).
 
-    F32/F16/BF16/Q8_0 are written directly. The llama.cpp types are quantized straight from
-    the shards (stream_quantize), with a Q8_0 file only while an importance matrix is
-    computed; --keep-intermediate and --quant auto go through a BF16 GGUF and llama.cpp's
-    quantizer instead (the same bytes: the test suite proves it)."""
+    F32/F16/BF16/Q8_0 are written directly. The llama.cpp types, and --quant auto's
+    measurements, probes and file, are made straight from the shards (stream_quantize,
+    auto/weights.py), with a Q8_0 file only while an importance matrix is computed;
+    --keep-intermediate goes through a BF16 GGUF, kept, and llama.cpp's quantizer instead
+    (the same bytes: the test suite proves it)."""
     spec = gguf_quant(quant)
     policy = TokenTypePolicy().with_overrides(token_types or {})
     if spec.written_directly:
@@ -115,11 +117,11 @@ def make_gguf(
         _export(source, path, spec.name, policy, pre_tokenizer, progress)
         return BackendResult(path, [_gguf_record(path, spec.name, role="artifact")],
                              manifest={}, token_policy=policy)  # fmt: skip
-    if auto is None and not keep_intermediate:
-        return _quantize_streamed(source, spec.name, work, policy, pre_tokenizer, imatrix,
+    if not keep_intermediate:
+        return _quantize_streamed(source, spec.name, work, policy, pre_tokenizer, imatrix, auto,
                                   progress)  # fmt: skip
     return _quantize_via_bf16(source, spec.name, work, policy, pre_tokenizer, imatrix, auto,
-                              keep_intermediate, progress)  # fmt: skip
+                              progress)  # fmt: skip
 
 
 def _export(source, path: Path, out_type: str, policy, pre_tokenizer, progress) -> None:
@@ -136,10 +138,11 @@ def _stem(source: SourceModel, quant: str) -> str:
 
 
 def _quantize_streamed(
-    source, quant: str, work: Path, policy, pre_tokenizer, imatrix, progress
+    source, quant: str, work: Path, policy, pre_tokenizer, imatrix, auto, progress
 ) -> BackendResult:
-    """The shards quantized tensor by tensor; a computed importance matrix is drawn from a
-    Q8_0 file, removed as soon as the matrix exists (docs/gguf.md gives the measured
+    """The shards quantized tensor by tensor (--quant auto: measured and probed from them
+    first); a computed importance matrix is drawn from a Q8_0 file, removed as soon as the
+    matrix exists, before anything else is written (docs/gguf.md gives the measured
     difference from one drawn in BF16)."""
     matrix, label, extra_files, imatrix_info = None, "", [], None
     if imatrix is not None:
@@ -155,6 +158,10 @@ def _quantize_streamed(
             if model is not None:
                 model.unlink(missing_ok=True)
     final_path = work / artifact_name(source, quant)
+    if auto is not None:
+        weights = BF16Shards(source, token_policy=policy, pre_tokenizer=pre_tokenizer)
+        return _quantize_auto(source, auto, weights, final_path, work, matrix, label,
+                              extra_files, imatrix_info, policy, progress)  # fmt: skip
 
     def on_tensor(done: int, total: int) -> None:
         if progress is not None:
@@ -163,52 +170,73 @@ def _quantize_streamed(
     quantize_from_shards(source, final_path, quant, token_policy=policy,
                          pre_tokenizer=pre_tokenizer, imatrix=matrix, imatrix_file=label,
                          progress=on_tensor)  # fmt: skip
-    files = [_gguf_record(final_path, quant, role="artifact"), *extra_files]
-    sections: dict[str, Any] = {}
-    if imatrix_info:
-        files[0]["imatrix"] = sections["imatrix"] = imatrix_info
-    return BackendResult(final_path, files, manifest=sections, token_policy=policy)
+    return _result(final_path, quant, extra_files, imatrix_info, {}, policy)
 
 
 def _quantize_via_bf16(
-    source, quant: str, work: Path, policy, pre_tokenizer, imatrix, auto, keep_intermediate,
-    progress,
+    source, quant: str, work: Path, policy, pre_tokenizer, imatrix, auto, progress
 ) -> BackendResult:
-    """A BF16 GGUF, then llama.cpp's quantizer on it (or --quant auto's probes and build)."""
+    """A BF16 GGUF, kept beside the result (--keep-intermediate), then llama.cpp's
+    quantizer on it (or --quant auto's measurements, probes and build)."""
     bf16_path = work / artifact_name(source, "BF16")
     _export(source, bf16_path, "BF16", policy, pre_tokenizer, progress)
-    extra_files: list[dict[str, Any]] = []
-    imatrix_info = None
-    sections: dict[str, Any] = {}
-    gate_quant = None
-    matrix, label = None, ""
-    stem = _stem(source, quant)
+    matrix, label, extra_files, imatrix_info = None, "", [], None
     if imatrix is not None:
         matrix, label, extra_files, imatrix_info = apply_imatrix(
-            imatrix, bf16_path, work, stem, progress, model_type="BF16"
+            imatrix, bf16_path, work, _stem(source, quant), progress, model_type="BF16"
         )
     final_path = work / artifact_name(source, quant)
     if auto is not None:
-        recipe, recipe_files = quantize_auto(source, auto, bf16_path, final_path, work,
-                                             stem, matrix, label, progress)  # fmt: skip
-        extra_files += recipe_files
-        sections["recipe"] = recipe_section(recipe, recipe_files, label)
-        gate_quant = recipe.file_type
+        result = _quantize_auto(source, auto, BF16File(bf16_path), final_path, work, matrix,
+                                label, extra_files, imatrix_info, policy, progress)  # fmt: skip
     else:
         if progress is not None:
             progress(f"llama.cpp quantize to {quant}", 0, 1)
         quantize_gguf(bf16_path, final_path, quant, imatrix=matrix, imatrix_file=label)
         if progress is not None:
             progress(f"llama.cpp quantize to {quant}", 1, 1)
+        result = _result(final_path, quant, extra_files, imatrix_info, {}, policy)
+    result.files.append(_gguf_record(bf16_path, "BF16", role="intermediate"))
+    return result
+
+
+def _quantize_auto(
+    source,
+    auto: AutoRequest,
+    weights,
+    final_path: Path,
+    work: Path,
+    matrix,
+    label: str,
+    extra_files: list[dict[str, Any]],
+    imatrix_info,
+    policy,
+    progress,
+) -> BackendResult:
+    """--quant auto from the BF16 model `weights` (auto/weights.py): the recipe chosen or
+    given, the file, and the recipe files beside it."""
+    recipe, recipe_files = quantize_auto(source, auto, weights, final_path, work,
+                                         _stem(source, AUTO_QUANT.name), matrix, label,
+                                         progress)  # fmt: skip
+    sections = {"recipe": recipe_section(recipe, recipe_files, label)}
+    return _result(final_path, AUTO_QUANT.name, [*extra_files, *recipe_files], imatrix_info,
+                   sections, policy, gate_quant=recipe.file_type)  # fmt: skip
+
+
+def _result(
+    final_path: Path,
+    quant: str,
+    extra_files: list[dict[str, Any]],
+    imatrix_info,
+    sections: dict[str, Any],
+    policy,
+    gate_quant: str | None = None,
+) -> BackendResult:
+    """The artifact's record first (with the importance matrix it was made with), then the
+    other files; the imatrix section beside the backend's other manifest sections."""
     files = [_gguf_record(final_path, quant, role="artifact"), *extra_files]
-    if imatrix_info is not None:
-        files[0]["imatrix"] = imatrix_info
-    if keep_intermediate:
-        files.append(_gguf_record(bf16_path, "BF16", role="intermediate"))
-    else:
-        bf16_path.unlink()
     if imatrix_info:
-        sections["imatrix"] = imatrix_info
+        files[0]["imatrix"] = sections["imatrix"] = imatrix_info
     return BackendResult(final_path, files, manifest=sections, token_policy=policy,
                          gate_quant=gate_quant)  # fmt: skip
 

@@ -92,9 +92,9 @@ def plan_export(
     return ExportPlan(spec, vocab, _plan_jobs(source, spec, qtype))
 
 
-def metadata_writer(source: SourceModel, plan: ExportPlan, out_file: Path, ftype: int):
+def metadata_writer(source: SourceModel, plan: ExportPlan, out_file: Path | None, ftype: int):
     """A GGUFWriter holding the file's metadata (architecture, hyperparameters, tokenizer),
-    no tensors yet."""
+    no tensors yet (`out_file` None: one that only holds them)."""
     writer = gguf.GGUFWriter(out_file, arch_name(plan.spec))
     _write_metadata(writer, source, plan.spec, plan.vocab, ftype)
     return writer

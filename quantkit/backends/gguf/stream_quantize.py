@@ -142,6 +142,9 @@ def _write_sparse_bf16(source: SourceModel, plan: ExportPlan, path: Path) -> Non
     os.truncate(path, data_start + data)
 
 
+write_sparse_bf16 = _write_sparse_bf16  # public: --quant auto's FileLayout reads it
+
+
 def _as_llama_quantizer_writes(
     kv: dict[str, gguf.GGUFValue], ftype: int, imatrix: Imatrix | None, imatrix_file: str
 ) -> None:

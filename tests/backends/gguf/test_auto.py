@@ -23,7 +23,10 @@ CHUNKS = 8  # evaluation chunks of 512 tokens for the paired comparison
 
 @pytest.fixture(scope="module")
 def stock_and_auto(demo_model: Path, demo_bf16_imatrix, tmp_path_factory):
+    """Q4_K_M, and the recipe for its size chosen as convert chooses it, straight from the
+    shards; the AUTO file is llama.cpp's quantizer's from the BF16 file with that recipe."""
     from quantkit.backends.gguf.auto import choose_recipe
+    from quantkit.backends.gguf.auto.weights import BF16Shards
     from quantkit.backends.gguf.imatrix.matrix import load_imatrix
     from quantkit.backends.gguf.quantize import quantize_gguf
     from quantkit.formats.gguf_recipe import write_recipe
@@ -37,7 +40,8 @@ def stock_and_auto(demo_model: Path, demo_bf16_imatrix, tmp_path_factory):
     label = imatrix_path.name
     quantize_gguf(bf16, stock, "Q4_K_M", imatrix=imatrix, imatrix_file=label)
     budget = Budget(stock.stat().st_size, FILE, "Q4_K_M's size")
-    recipe = choose_recipe(bf16, load_source(demo_model), budget, imatrix=imatrix, work=work)
+    source = load_source(demo_model)
+    recipe = choose_recipe(BF16Shards(source), source, budget, imatrix=imatrix, work=work)
     auto = work / "demo-AUTO.gguf"
     quantize_gguf(bf16, auto, recipe.file_type, imatrix=imatrix, imatrix_file=label,
                   tensor_types=recipe.types)  # fmt: skip
@@ -63,6 +67,25 @@ def test_every_tensor_has_the_type_the_recipe_gives(stock_and_auto) -> None:
     assert len(set(recipe.types.values())) >= 2  # a mix, not one type everywhere
 
 
+def test_the_shards_give_the_relative_errors_of_the_bf16_file(
+    stock_and_auto, demo_bf16_imatrix
+) -> None:
+    """The recipe's errors were measured on the shards: the same rows, as the same float32
+    values as the BF16 file holds, so the same figures to the last bit (two of the types,
+    one of 32-blocks and one of 256: each type's figure is measured on its own)."""
+    from quantkit.backends.gguf.auto.sensitivity import relative_errors
+    from quantkit.backends.gguf.auto.weights import BF16File
+    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
+
+    _, _, recipe, _, _ = stock_and_auto
+    bf16, imatrix_path = demo_bf16_imatrix
+    types = ("Q4_0", "Q6_K")
+    from_file = relative_errors(BF16File(bf16), load_imatrix(imatrix_path), types=types)
+    assert from_file == {name: {t: e for t, e in per_type.items() if t in types}
+                         for name, per_type in recipe.errors.items()}  # fmt: skip
+    assert sum(len(per_type) for per_type in from_file.values()) > len(from_file)
+
+
 def test_the_recipe_rebuilds_the_same_file(stock_and_auto, demo_bf16_imatrix, tmp_path) -> None:
     from quantkit.backends.gguf.imatrix.matrix import load_imatrix
     from quantkit.backends.gguf.quantize import quantize_gguf
@@ -77,10 +100,14 @@ def test_the_recipe_rebuilds_the_same_file(stock_and_auto, demo_bf16_imatrix, tm
     assert again.read_bytes() == auto.read_bytes()
 
 
-def test_the_gguf_path_applies_a_recipe_file(stock_and_auto, demo_model: Path,
-                                              demo_bf16_imatrix, tmp_path) -> None:  # fmt: skip
-    """`convert --recipe` through the backend: the BF16 file written again, the recipe read
-    back from disk, the same file as the one it was chosen for, and its records."""
+@pytest.mark.parametrize("keep_intermediate", [False, True], ids=["from-shards", "via-bf16"])
+def test_the_gguf_path_applies_a_recipe_file(
+    stock_and_auto, demo_model: Path, demo_bf16_imatrix, tmp_path, keep_intermediate: bool
+) -> None:
+    """`convert --recipe` through the backend, straight from the shards (quantize_from_shards
+    with the recipe's types, no BF16 file) or through a BF16 file kept beside the result
+    (--keep-intermediate): the recipe read back from disk, the bytes llama.cpp's quantizer
+    made from the BF16 file with it, and the records."""
     from quantkit.backends.gguf.auto.request import AutoRequest
     from quantkit.backends.gguf.backend import make_gguf
     from quantkit.backends.gguf.imatrix.matrix import load_imatrix
@@ -93,11 +120,13 @@ def test_the_gguf_path_applies_a_recipe_file(stock_and_auto, demo_model: Path,
     matrix = ImatrixRequest(FILE, "--imatrix", imatrix=load_imatrix(imatrix_path),
                             file=imatrix_path)  # fmt: skip
     built = make_gguf(load_source(demo_model), "AUTO", tmp_path, imatrix=matrix,
-                      auto=AutoRequest(None, read_recipe(json_path), 0))  # fmt: skip
+                      auto=AutoRequest(None, read_recipe(json_path), 0),
+                      keep_intermediate=keep_intermediate)  # fmt: skip
     assert built.artifact.read_bytes() == auto.read_bytes()
     assert built.gate_quant == recipe.file_type == built.manifest["recipe"]["file_type"]
-    assert {f["role"] for f in built.files} == {"artifact", "imatrix", "recipe"}
-    assert not (tmp_path / "demo-BF16.gguf").exists()  # the intermediate is removed
+    roles = {"artifact", "imatrix", "recipe"} | ({"intermediate"} if keep_intermediate else set())
+    assert {f["role"] for f in built.files} == roles
+    assert (tmp_path / "demo-BF16.gguf").exists() == keep_intermediate
 
 
 def test_llama_quantize_makes_the_same_file_from_the_tensor_type_file(
@@ -135,6 +164,7 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
     from gguf import GGUFReader
 
     from quantkit.backends.gguf.auto.probes import REFERENCE_TYPE, build_probe_set
+    from quantkit.backends.gguf.auto.weights import BF16File, BF16Shards
     from quantkit.backends.gguf.imatrix.matrix import load_imatrix
     from quantkit.backends.gguf.quantize import quantize_gguf
     from quantkit.evaluation.measure import evaluate_artifact
@@ -142,13 +172,26 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
 
     bf16, imatrix_path = demo_bf16_imatrix
     imatrix = load_imatrix(imatrix_path)
+    source = load_source(demo_model)
+    layout = FileLayout.read(bf16)
+    assert BF16Shards(source).layout(tmp_path) == layout  # from a sparse BF16 file
     # types whose blocks divide the demo's rows (576; ffn_down's 1536 takes 256-blocks),
     # as auto_candidates would allow; IQ2_XS needs the matrix, which covers ffn_down
-    shapes = FileLayout.read(bf16).shapes
+    shapes = layout.shapes
     special = {"token_embd": "Q5_0", "ffn_down": "IQ2_XS", "attn_q": REFERENCE_TYPE}
     probe = {n: special.get(tensor_role(n), "Q4_0") for n in shapes}
     probe.update({n: "Q4_K" for n in shapes if n.startswith("blk.2.ffn_down")})
-    probes = build_probe_set(bf16, probe, tmp_path, imatrix)
+    probes = build_probe_set(BF16File(bf16), probe, tmp_path, imatrix)
+    # convert's own probes, straight from the shards: the same shard files, byte for byte
+    streamed = build_probe_set(BF16Shards(source), probe, tmp_path / "shards", imatrix)
+    assert (streamed.shards, streamed.changed) == (probes.shards, probes.changed)
+    for kind in ("base", "low"):
+        names = sorted(p.name for p in (probes.folder / kind).iterdir())
+        assert names == sorted(p.name for p in (streamed.folder / kind).iterdir())
+        for name in names:
+            theirs = (probes.folder / kind / name).read_bytes()
+            assert (streamed.folder / kind / name).read_bytes() == theirs, (kind, name)
+    streamed.remove()
     assert "attn_q" not in probes.roles  # nothing to change: no probe
     assert set(probes.roles) >= {"attn_v", "ffn_down", "token_embd"}
     assert probes.changed["token_embd"] == ("token_embd.weight",)
@@ -186,7 +229,6 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
     quantize_gguf(bf16, direct, REFERENCE_TYPE, imatrix=imatrix,
                   tensor_types={n: probe[n] if n in probes.changed["attn_v"] else REFERENCE_TYPE
                                 for n in probe})  # fmt: skip
-    source = load_source(demo_model)
     a = evaluate_artifact(probes.probe({"attn_v"}, "attn_v"), source, max_chunks=1,
                           use_cache=False)  # fmt: skip
     b = evaluate_artifact(direct, source, max_chunks=1, use_cache=False)

@@ -13,6 +13,7 @@ import pytest
 
 from quantkit.backends.gguf.auto.build import check_imatrix_coverage
 from quantkit.backends.gguf.auto.sensitivity import relative_errors
+from quantkit.backends.gguf.auto.weights import BF16File
 from quantkit.backends.gguf.imatrix.matrix import Imatrix, ImatrixEntry
 from quantkit.errors import RecipeError
 from quantkit.formats.gguf_recipe import Recipe
@@ -46,11 +47,12 @@ def _blk_only_imatrix() -> Imatrix:
 
 
 def test_only_tensors_with_imatrix_data_are_offered_iq2_xs(tiny_gguf: Path) -> None:
-    errors = relative_errors(tiny_gguf, _blk_only_imatrix(), sample_elements=4 * ROW, threads=1)
+    weights = BF16File(tiny_gguf)
+    errors = relative_errors(weights, _blk_only_imatrix(), sample_elements=4 * ROW, threads=1)
     assert "IQ2_XS" in errors["blk.0.attn_q.weight"]
     for name in ("token_embd.weight", "output.weight"):
         assert "Q2_K" in errors[name] and not IMATRIX_REQUIRED & set(errors[name])
-    without = relative_errors(tiny_gguf, None, sample_elements=4 * ROW, threads=1)
+    without = relative_errors(weights, None, sample_elements=4 * ROW, threads=1)
     assert all(not IMATRIX_REQUIRED & set(per_type) for per_type in without.values())
 
 

@@ -17,6 +17,7 @@ from quantkit.backends.gguf.auto.probes import (
     build_probe_set,
     quantize_rows,
 )
+from quantkit.backends.gguf.auto.weights import BF16File
 from quantkit.backends.gguf.imatrix.matrix import Imatrix, ImatrixEntry
 from quantkit.planning.budget import FILE, GPU, Budget
 from quantkit.planning.mix import FileLayout
@@ -91,7 +92,7 @@ def test_the_shards_quantize_each_matrix_with_its_own_importance(tmp_path: Path)
     sums = rng.uniform(0.5, 2.0, (3, ROW)).astype(np.float32)
     imatrix = Imatrix({"blk.0.ffn_up_exps.weight": ImatrixEntry(sums, np.array([1.0, 2.0, 4.0]))})
     probe = {"token_embd.weight": "Q4_K", "blk.0.ffn_up_exps.weight": "Q4_K"}
-    probes = build_probe_set(path, probe, tmp_path, imatrix)
+    probes = build_probe_set(BF16File(path), probe, tmp_path, imatrix)
     assert probes.changed == {"ffn_up_exps": ("blk.0.ffn_up_exps.weight",),
                               "token_embd": ("token_embd.weight",)}  # fmt: skip
 

@@ -6,8 +6,10 @@
     Recipe           the result, written beside the GGUF and read back by --recipe
                      (formats.gguf_recipe)
 
-choose_recipe runs them in that order on the BF16 GGUF the GGUF path writes anyway; the
-quantization itself is llama.cpp's, through its tensor-type overrides (quantize.py).
+choose_recipe runs them in that order on the BF16 model (weights.py: the source shards read
+as our BF16 GGUF would hold them, or that file with --keep-intermediate); the quantization
+is llama.cpp's type for every tensor the recipe names, through its tensor-type overrides
+(quantize.py, or stream_quantize.py straight from the shards: the same bytes).
 quantkit.planning.mix holds the parts that read no weights (the knapsack, the file layout,
 the plan's preview). docs/quantization.md has the method.
 """
@@ -33,12 +35,13 @@ if TYPE_CHECKING:
     from ....planning.model_spec import ModelSpec
     from ....source.model import SourceModel
     from ..imatrix.matrix import Imatrix
+    from .weights import BF16Weights
 
 ProgressFn = Callable[[str, int, int], None]
 
 
 def choose_recipe(
-    bf16: Path,
+    weights: BF16Weights,
     source: SourceModel,
     budget: Budget,
     *,
@@ -50,15 +53,15 @@ def choose_recipe(
     evaluation: EvalOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> Recipe:
-    """Measure, calibrate and solve on the BF16 GGUF `bf16` of `source` (`errors`: the
+    """Measure, calibrate and solve on the BF16 model `weights` of `source` (`errors`: the
     relative errors relative_errors measured, when several budgets share them;
     `evaluation`: the evaluation that follows, whose corpus and reference the probes share).
     The recipe's method records the seconds each stage took."""
     from ....planning.model_spec import spec_from_source
 
-    layout = FileLayout.read(bf16)
+    layout = weights.layout(work)
     started = time.perf_counter()
-    measured_errors = errors or relative_errors(bf16, imatrix, types=types, progress=progress)
+    measured_errors = errors or relative_errors(weights, imatrix, types=types, progress=progress)
     seconds = {"relative_errors": time.perf_counter() - started}
     errors = {
         name: {t: e for t, e in per_type.items() if t in types}
@@ -70,7 +73,7 @@ def choose_recipe(
     gains: dict[str, float] = {}
     if probe_chunks > 0 and any(t != REFERENCE_TYPE for t in probe.values()):
         started = time.perf_counter()
-        measured = measure_gains(bf16, source, probe, errors, work, imatrix=imatrix,
+        measured = measure_gains(weights, source, probe, errors, work, imatrix=imatrix,
                                  chunks=probe_chunks, evaluation=evaluation,
                                  progress=progress, seconds=seconds)  # fmt: skip
         seconds["probes"] = time.perf_counter() - started

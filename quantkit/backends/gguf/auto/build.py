@@ -13,13 +13,13 @@ from ....formats.gguf_recipe import Recipe, write_recipe
 from ....formats.gguf_types import IMATRIX_REQUIRED
 from ....planning.budget import FILE
 from ....planning.mix import types_by_role
-from ..quantize import quantize_gguf
 from . import choose_recipe
 
 if TYPE_CHECKING:
     from ....source.model import SourceModel
     from ..imatrix.matrix import Imatrix
     from .request import AutoRequest
+    from .weights import BF16Weights
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -27,7 +27,7 @@ ProgressFn = Callable[[str, int, int], None]
 def quantize_auto(
     source: SourceModel,
     auto: AutoRequest,
-    bf16: Path,
+    weights: BF16Weights,
     final: Path,
     work: Path,
     stem: str,
@@ -35,21 +35,22 @@ def quantize_auto(
     imatrix_label: str,
     progress: ProgressFn | None,
 ) -> tuple[Recipe, list[dict[str, Any]]]:
-    """Write `final` with a type per tensor; return the recipe and its files' records."""
+    """Write `final` from the BF16 model `weights` with a type per tensor; return the recipe
+    and its files' records."""
     recipe = auto.recipe
     if recipe is None:
         assert auto.budget is not None
-        recipe = choose_recipe(bf16, source, auto.budget, imatrix=imatrix, work=work,
+        recipe = choose_recipe(weights, source, auto.budget, imatrix=imatrix, work=work,
                                probe_chunks=auto.probe_chunks, evaluation=auto.evaluation,
                                progress=progress)  # fmt: skip
     check_imatrix_coverage(recipe, imatrix)
-    stage = f"llama.cpp quantize, a type per tensor ({recipe.file_type}-sized)"
-    if progress is not None:
-        progress(stage, 0, 1)
-    quantize_gguf(bf16, final, recipe.file_type, imatrix=imatrix, imatrix_file=imatrix_label,
-                  tensor_types=recipe.types)  # fmt: skip
-    if progress is not None:
-        progress(stage, 1, 1)
+    stage = f"quantizing, a type per tensor ({recipe.file_type}-sized)"
+
+    def on_tensor(done: int, total: int) -> None:
+        if progress is not None:
+            progress(stage, done, total)
+
+    weights.quantize(final, recipe.file_type, recipe.types, imatrix, imatrix_label, on_tensor)
     _check_budget(recipe, final)
     paths = write_recipe(recipe, work, stem)
     return recipe, [file_record(p, role="recipe") for p in paths]

@@ -10,9 +10,9 @@ Each gain is measured: the model is quantized with one role's tensors in every o
 at the probe type (the auto type nearest the budget's bits per weight) and every other
 tensor at Q8_0, and its mean KL divergence against the source, less that of the all-Q8_0
 file, divided by the summed relative errors of exactly the tensors the probe changed. One
-pass over the BF16 file writes every probe's shards (probes.py), then one short evaluation
-per role, on the first chunks of the convert's own evaluation corpus (docs/quantization.md
-gives the costs and where the model fails).
+pass over the BF16 model (the source shards, or the BF16 file) writes every probe's shards
+(probes.py), then one short evaluation per role, on the first chunks of the convert's own
+evaluation corpus (docs/quantization.md gives the costs and where the model fails).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .probes import ProbeSet, build_probe_set
 if TYPE_CHECKING:
     from ....source.model import SourceModel
     from ..imatrix.matrix import Imatrix
+    from .weights import BF16Weights
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def measure_gains(
-    bf16: Path,
+    weights: BF16Weights,
     source: SourceModel,
     probe: dict[str, str],
     errors: dict[str, dict[str, float]],
@@ -59,7 +60,7 @@ def measure_gains(
     if progress is not None:
         progress(stage, 0, 1)
     started = time.perf_counter()
-    probes = build_probe_set(bf16, probe, work, imatrix)
+    probes = build_probe_set(weights, probe, work, imatrix)
     seconds["probe_files"] = time.perf_counter() - started
     if progress is not None:
         progress(stage, 1, 1)

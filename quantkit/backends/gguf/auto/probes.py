@@ -1,8 +1,9 @@
-"""The probe files of measure_gains, written from the BF16 file in one pass.
+"""The probe files of measure_gains, written from the BF16 model in one pass.
 
 A probe is the model with some of one role's tensors at their probe type and every other
 tensor at Q8_0. All the probes are made of two sets of shards in llama.cpp's split format,
-written side by side while the BF16 file is read once:
+written side by side while the BF16 model (weights.py: the source shards, or the BF16 file)
+is read once:
 
     base/  every tensor at Q8_0. The first shard holds the metadata and the tensors of no
            probed role; then, per role, one shard of its probed tensors and one of the rest.
@@ -46,11 +47,11 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..imatrix.matrix import Imatrix
+    from .weights import BF16Weights, WeightTensor
 
 REFERENCE_TYPE = "Q8_0"  # every tensor not being probed; its own error is the baseline
 STEM = "auto-probe"
 PROBE_LAYER_STEP = 2  # a role's probe changes the tensors of layers 0, 2, 4, ...
-_BLOCK_BYTES = 32 << 20  # float32 bytes of rows per quantization job
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -84,19 +85,16 @@ class ProbeSet:
 
 
 def build_probe_set(
-    bf16: Path,
+    weights: BF16Weights,
     probe: dict[str, str],
     work: Path,
     imatrix: Imatrix | None,
     *,
     threads: int | None = None,
 ) -> ProbeSet:
-    """Write the `base` and `low` shards of `bf16` (`probe`: tensor -> probe type) under
-    work/auto-probe."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(bf16)
-    names = [t.name for t in reader.tensors]
+    """Write the `base` and `low` shards of the BF16 model `weights` (`probe`: tensor ->
+    probe type) under work/auto-probe."""
+    names = [t.name for t in weights.tensors]
     roles = tuple(sorted({tensor_role(n) for n, t in probe.items() if t != REFERENCE_TYPE}))
     groups, owners = _groups(names, probe, roles)
     changed = {
@@ -109,7 +107,7 @@ def build_probe_set(
     try:
         for kind in ("base", "low"):
             (probes.folder / kind).mkdir(parents=True)
-        _write_shards(reader, groups, owners, probe, probes.folder, imatrix, threads)
+        _write_shards(weights, groups, owners, probe, probes.folder, imatrix, threads)
     except BaseException:
         probes.remove()
         raise
@@ -144,7 +142,7 @@ def _layer(name: str) -> int:
 
 
 def _write_shards(
-    reader,
+    weights: BF16Weights,
     groups: list[list[str]],
     owners: list[str | None],
     probe: dict[str, str],
@@ -154,7 +152,8 @@ def _write_shards(
 ) -> None:
     """One pass over the tensors: each shard of `base` and, for probed shards, of `low`,
     each tensor read once and quantized to each type it needs once."""
-    by_name = {t.name: t for t in reader.tensors}
+    by_name = {t.name: t for t in weights.tensors}
+    header = weights.set_header()
     total = len(groups)
     workers = threads or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -167,50 +166,63 @@ def _write_shards(
                 for kind, types in kinds.items():
                     infos = [_info(by_name[n], types[n]) for n in names]
                     target = folder / kind / shard_name(STEM, index + 1, total)
-                    writer, fout = open_shard(reader, target, infos, index, total)
+                    writer, fout = open_shard(header, target, infos, index, total)
                     stack.callback(writer.close)
                     outs.append((types, writer, fout))
                 for name in names:
                     targets = [(types[name], writer, fout) for types, writer, fout in outs]
-                    _write_tensor(by_name[name], targets, imatrix, pool, workers)
+                    _write_tensor(weights, by_name[name], targets, imatrix, pool, workers)
                     raise_if_interrupted()
 
 
-def _info(tensor, ggml_type: str | None) -> ShardTensor:
+def _info(tensor: WeightTensor, ggml_type: str | None) -> ShardTensor:
     from gguf import GGMLQuantizationType
 
     from ....runtime.ggml_quant import row_bytes
 
-    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
     if ggml_type is None:
-        return ShardTensor(tensor.name, shape, tensor.tensor_type, int(tensor.n_bytes))
-    rows = int(tensor.n_elements) // shape[-1]
-    return ShardTensor(tensor.name, shape, GGMLQuantizationType[ggml_type],
-                       rows * row_bytes(ggml_type, shape[-1]))  # fmt: skip
+        return ShardTensor(tensor.name, tensor.shape, tensor.ggml_type, tensor.nbytes)
+    return ShardTensor(tensor.name, tensor.shape, GGMLQuantizationType[ggml_type],
+                       tensor.n_rows * row_bytes(ggml_type, tensor.row))  # fmt: skip
 
 
 def _write_tensor(
-    tensor, targets: list[tuple[str | None, Any, Any]], imatrix: Imatrix | None, pool, workers
+    weights: BF16Weights,
+    tensor: WeightTensor,
+    targets: list[tuple[str | None, Any, Any]],
+    imatrix: Imatrix | None,
+    pool,
+    workers: int,
 ) -> None:
-    """Quantize `tensor` block by block of rows (2 x `workers` blocks in flight) to the
-    type of each (type or None: copied as it is, writer, file) in `targets`, in order."""
-    row = int(tensor.shape[0])
-    n_rows = int(tensor.n_elements) // row
-    raw = tensor.data.reshape(-1).view("uint8").reshape(n_rows, -1)
+    """Write `tensor` to each (type, writer, file) of `targets`: copied as the BF16 file
+    stores it where the type is None (a tensor no probe quantizes: every target's is),
+    else quantized block by block of rows (2 x `workers` blocks in flight)."""
     types = sorted({t for t, _, _ in targets if t is not None})
-    per_matrix = _rows_per_matrix(tensor)
-    weights = _importance(imatrix, tensor.name, row, n_rows // per_matrix)
-    step = max(1, _BLOCK_BYTES // (4 * row))
+    if not types:
+        for chunk in weights.stored(tensor):
+            for _, _, fout in targets:
+                fout.write(chunk)
+    else:
+        _write_quantized(weights, tensor, types, targets, imatrix, pool, workers)
+    for _, writer, fout in targets:
+        writer.write_padding(fout, fout.tell())
 
-    def job(start: int, stop: int) -> dict[str | None, Any]:
-        block = raw[start:stop]
-        out: dict[str | None, Any] = {None: block}
-        if types:
-            rows = _to_float32(block, tensor.tensor_type, row)
-            w = None if weights is None else weights[start // per_matrix]
-            for ggml_type in types:
-                out[ggml_type] = quantize_rows(ggml_type, rows, w)
-        return out
+
+def _write_quantized(
+    weights: BF16Weights,
+    tensor: WeightTensor,
+    types: list[str],
+    targets: list[tuple[str | None, Any, Any]],
+    imatrix: Imatrix | None,
+    pool,
+    workers: int,
+) -> None:
+    per_matrix = _rows_per_matrix(tensor)
+    importance = _importance(imatrix, tensor.name, tensor.row, tensor.n_rows // per_matrix)
+
+    def job(first: int, rows: np.ndarray) -> dict[str, Any]:
+        w = None if importance is None else importance[first // per_matrix]
+        return {ggml_type: quantize_rows(ggml_type, rows, w) for ggml_type in types}
 
     pending: deque = deque()
 
@@ -219,29 +231,31 @@ def _write_tensor(
         for ggml_type, _, fout in targets:
             fout.write(memoryview(done[ggml_type]).cast("B"))
 
-    for start, stop in _blocks(n_rows, step, per_matrix):
-        pending.append(pool.submit(job, start, stop))
-        if len(pending) >= 2 * workers:
-            flush_one()
+    first = 0
+    for block in weights.float_rows(tensor):
+        for start, rows in _within_matrices(first, block, per_matrix):
+            pending.append(pool.submit(job, start, rows))
+            if len(pending) >= 2 * workers:
+                flush_one()
+        first += len(block)
     while pending:
         flush_one()
-    for _, writer, fout in targets:
-        writer.write_padding(fout, fout.tell())
 
 
-def _blocks(n_rows: int, step: int, per_matrix: int) -> list[tuple[int, int]]:
-    """(start, stop) of blocks of at most `step` rows that never cross a matrix (3-D)."""
-    out = []
-    for first in range(0, n_rows, per_matrix):
-        end = min(first + per_matrix, n_rows)
-        out += [(start, min(start + step, end)) for start in range(first, end, step)]
-    return out
+def _within_matrices(first: int, block: np.ndarray, per_matrix: int):
+    """(first row, rows) pieces of a block that starts at row `first`, cut where one matrix
+    of a 3-D (experts) tensor ends: each matrix has its own importance values."""
+    offset = 0
+    while offset < len(block):
+        row = first + offset
+        end = min(len(block), offset + per_matrix - row % per_matrix)
+        yield row, block[offset:end]
+        offset = end
 
 
-def _rows_per_matrix(tensor) -> int:
+def _rows_per_matrix(tensor: WeightTensor) -> int:
     """Rows of one 2-D matrix: a 3-D (experts) tensor has one importance row per matrix."""
-    dims = [int(d) for d in tensor.shape.tolist()]
-    return dims[1] if len(dims) > 2 else int(tensor.n_elements) // dims[0]
+    return tensor.shape[-2] if len(tensor.shape) > 2 else tensor.n_rows
 
 
 def _importance(imatrix: Imatrix | None, name: str, row: int, matrices: int):
@@ -253,17 +267,3 @@ def _importance(imatrix: Imatrix | None, name: str, row: int, matrices: int):
         raise ValueError(f"the importance matrix has {values.size} values for {name}, "
                          f"which has {matrices} matrices of rows of {row}")  # fmt: skip
     return values.reshape(matrices, row).astype("float32")
-
-
-def _to_float32(block: np.ndarray, source_type, row: int) -> np.ndarray:
-    """Rows of raw BF16/F16/F32 bytes as float32 (BF16 widened exactly, as ggml does)."""
-    import numpy as np
-    from gguf import GGMLQuantizationType as Q
-
-    if source_type == Q.BF16:
-        return (block.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    if source_type == Q.F16:
-        return block.view(np.float16).astype(np.float32)
-    if source_type == Q.F32:
-        return np.ascontiguousarray(block.view(np.float32))
-    raise ValueError(f"a probe quantizes BF16, F16 or F32 tensors, not {source_type.name}")

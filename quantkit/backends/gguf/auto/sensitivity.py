@@ -19,7 +19,6 @@ per thread.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ....formats.gguf_types import AUTO_TYPES, auto_candidates
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..imatrix.matrix import Imatrix
+    from .weights import BF16Weights
 
 SAMPLE_ELEMENTS = 1 << 18
 MIN_ROWS = 16
@@ -38,7 +38,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def relative_errors(
-    gguf_path: Path,
+    weights: BF16Weights,
     imatrix: Imatrix | None,
     *,
     sample_elements: int = SAMPLE_ELEMENTS,
@@ -48,25 +48,24 @@ def relative_errors(
     progress: ProgressFn | None = None,
 ) -> dict[str, dict[str, float]]:
     """tensor name -> {ggml type -> relative output error} for every quantizable tensor of
-    the (BF16/F16/F32) GGUF at `gguf_path`, for each of `types` that fits its rows."""
+    the BF16 model `weights` (weights.py), for each of `types` that fits its rows."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
-    from gguf import GGUFReader
 
-    reader = GGUFReader(str(gguf_path))
-    tensors = [t for t in reader.tensors if quantizable(t.name, _shape(t))]
+    tensors = [t for t in weights.tensors if quantizable(t.name, t.shape)]
     rng = np.random.default_rng(seed)
     errors: dict[str, dict[str, float]] = {}
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         for done, tensor in enumerate(tensors):
             if progress is not None:
                 progress("measuring each type on each tensor", done, len(tensors))
-            shape = _shape(tensor)
-            rows = _sample(tensor, max(MIN_ROWS, sample_elements // shape[-1]), rng)
-            importance = _importance(imatrix, tensor.name, rows.shape[1])
-            fitting = auto_candidates(shape, types, imatrix=importance is not None)
+            count = min(max(MIN_ROWS, sample_elements // tensor.row), tensor.n_rows)
+            picked = np.sort(rng.choice(tensor.n_rows, size=count, replace=False))
+            rows = weights.sample(tensor, picked)
+            importance = _importance(imatrix, tensor.name, tensor.row)
+            fitting = auto_candidates(tensor.shape, types, imatrix=importance is not None)
             measured = pool.map(lambda t, r=rows, i=importance: tensor_error(t, r, i), fitting)
             errors[tensor.name] = dict(zip(fitting, measured, strict=True))
             raise_if_interrupted()
@@ -87,34 +86,10 @@ def tensor_error(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None
     return float(np.mean(noise[live] / signal[live])) if live.any() else 0.0
 
 
-def _shape(tensor) -> tuple[int, ...]:
-    # gguf-py gives ne order (row length first); torch order puts it last
-    return tuple(int(d) for d in reversed(tensor.shape))
-
-
-def _sample(tensor, count: int, rng) -> np.ndarray:
-    """`count` rows of `tensor` picked at random, as float32 [count, row length]."""
-    import numpy as np
-    from gguf import GGMLQuantizationType as Q
-
-    data = tensor.data  # memory-mapped: only the sampled rows are read
-    n_rows = data.shape[0]
-    picked = np.sort(rng.choice(n_rows, size=min(count, n_rows), replace=False))
-    rows = np.asarray(data[picked])
-    if tensor.tensor_type == Q.BF16:
-        bits = rows.view(np.uint16).astype(np.uint32) << 16
-        return bits.view(np.float32)
-    if tensor.tensor_type == Q.F16:
-        return rows.view(np.float16).astype(np.float32)
-    if tensor.tensor_type == Q.F32:
-        return rows.astype(np.float32)
-    raise ValueError(f"{tensor.name} is {tensor.tensor_type.name}; auto needs BF16, F16 or F32")
-
-
 def _importance(imatrix: Imatrix | None, name: str, columns: int) -> np.ndarray | None:
     if imatrix is None or name not in imatrix.entries:
         return None
     values = imatrix.entries[name].mean()
-    if values.size != columns:  # a 3-D expert tensor: one row of values per expert
+    if values.size != columns:  # a 3-D experts tensor: one row of values per matrix
         return None
     return values.astype("float32")
