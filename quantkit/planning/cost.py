@@ -138,7 +138,9 @@ def convert_cost(
                      "to disk: the figure is what it needs beyond that")  # fmt: skip
     if request.auto:
         # #14's measurement at the 8B shape: probes and relative errors cost 0.87x a plain
-        # convert (docs/benchmarks.md); they are not broken down further here.
+        # convert (docs/benchmarks.md), whose stages auto's are without --keep-intermediate
+        # (no BF16 file; the relative errors read the shards once instead); they are not
+        # broken down further here.
         plain = sum(s.seconds for s in timed)
         timed += (StageCost("--quant auto: probes and relative errors", "", 0.0,
                             _llama_eval_bytes(spec, request), 0.87 * plain),)  # fmt: skip
@@ -187,7 +189,7 @@ def _gguf_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
     if quant is not None and quant.written_directly:
         return [StageCost(f"writing {quant.name} GGUF", f"write:gguf:{quant.name}",
                           spec.source_bytes, writer)]  # fmt: skip
-    via_bf16 = r.keep_intermediate or r.auto
+    via_bf16 = r.keep_intermediate  # otherwise from the shards, --quant auto's probes too
     model_type = "BF16" if via_bf16 else "Q8_0"
     stages = []
     if via_bf16 or r.imatrix:
@@ -414,19 +416,21 @@ def gguf_disk_peak(
     spec: ModelSpec, quant: str, *, imatrix: bool, via_bf16: bool, probes: bool = False
 ) -> int:
     """Peak disk of a GGUF build: the final file, or what exists before or beside it for a
-    while: the Q8_0 file an importance matrix is computed from (removed before the
-    quantization writes the final file: the larger of the two), or the BF16 intermediate
-    (--keep-intermediate, --quant auto, beside the final file). For --quant auto (`quant`
-    AUTO) Q8_0, its largest type, bounds the file; while its probes run their all-Q8_0
-    shards and probe-type shards (every other layer: 2 x Q8_0 keeps a margin) exist too."""
+    while: the Q8_0 file an importance matrix is computed from (removed before anything
+    else is written: the larger of the two), or the BF16 intermediate (--keep-intermediate,
+    beside everything else). For --quant auto (`quant` AUTO) Q8_0, its largest type,
+    bounds the file; its probes' all-Q8_0 shards and probe-type shards (every other layer:
+    2 x Q8_0 keeps a margin) are removed before the file is written, so they bound the
+    peak instead (docs/quantization.md, "Costs")."""
     from .memory import gguf_file_bytes
 
     q8 = gguf_file_bytes(spec, "Q8_0")
+    bf16 = gguf_file_bytes(spec, "BF16") if via_bf16 else 0
     if quant == AUTO_QUANT.name:
-        return gguf_file_bytes(spec, "BF16") + (2 * q8 if probes else q8)
+        return bf16 + (2 * q8 if probes else q8)
     final = gguf_file_bytes(spec, quant)
     if gguf_quant(quant).written_directly:
         return final
     if via_bf16:
-        return gguf_file_bytes(spec, "BF16") + final
+        return bf16 + final
     return max(final, q8) if imatrix else final

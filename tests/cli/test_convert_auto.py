@@ -85,8 +85,8 @@ def test_a_recipe_dry_run_names_the_quant(demo_model, tmp_path):
 
 @pytest.mark.parametrize(("args", "q8_files"), [((), 2), (("--auto-probe-chunks", "0"), 1)])
 def test_the_disk_check_counts_the_probe_files(demo_model, tmp_path, args, q8_files):
-    """Probing needs the BF16 file and two Q8_0 sizes at once (probes.py); without probes,
-    one Q8_0 size bounds the file."""
+    """Probing needs two Q8_0 sizes at once (probes.py; no BF16 file); without probes, one
+    Q8_0 size bounds the file."""
     from quantkit.artifact.output_dir import DISK_MARGIN
     from quantkit.planning.memory import gguf_file_bytes
     from quantkit.planning.model_spec import spec_from_source
@@ -96,7 +96,7 @@ def test_the_disk_check_counts_the_probe_files(demo_model, tmp_path, args, q8_fi
                    "100MB", *args, "--dry-run", "--json", "--out", tmp_path / "o")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     spec = spec_from_source(load_source(demo_model))
-    bytes_ = gguf_file_bytes(spec, "BF16") + q8_files * gguf_file_bytes(spec, "Q8_0")
+    bytes_ = q8_files * gguf_file_bytes(spec, "Q8_0")
     assert json.loads(proc.stdout)["estimated_bytes"] == int(bytes_ * DISK_MARGIN)
 
 

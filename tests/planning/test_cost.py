@@ -71,6 +71,14 @@ def test_each_path_names_the_stages_its_progress_reports() -> None:
     assert labels(cost("1b", keep_intermediate=True, verify=False, evaluate=False)) == [
         "writing BF16 GGUF", "llama.cpp quantize to Q4_K_M"]  # fmt: skip
     assert labels(cost("1b", quant="Q8_0", verify=False, evaluate=False)) == ["writing Q8_0 GGUF"]
+    # --quant auto measures, probes and quantizes from the shards: no BF16 file written
+    auto = cost("1b", quant="AUTO", auto=True, imatrix=True, verify=False, evaluate=False)
+    assert [s.label for s in auto.stages] == [
+        "writing Q8_0 GGUF", "importance matrix (llama.cpp)", "quantizing to AUTO",
+        OVERHEAD_LABEL, "--quant auto: probes and relative errors"]  # fmt: skip
+    kept = cost("1b", quant="AUTO", auto=True, keep_intermediate=True, verify=False,
+                evaluate=False)  # fmt: skip
+    assert kept.stages[0].label == "writing BF16 GGUF"
     fp8 = cost("1b", fmt="fp8", quant="FP8_DYNAMIC")
     from quantkit.backends.safetensors.model_free import STAGE  # the stage its progress names
 
@@ -181,6 +189,19 @@ def test_gguf_disk_peak_holds_q8_only_while_a_matrix_is_computed() -> None:
     # the Q8_0 file is removed before the quantization writes the final one
     assert gguf_disk_peak(s, "Q4_K_M", imatrix=True, via_bf16=False) == q8 > final
     assert gguf_disk_peak(s, "Q4_K_M", imatrix=True, via_bf16=True) == final + bf16
+
+
+def test_auto_needs_no_bf16_file_unless_it_is_kept() -> None:
+    """--quant auto: the Q8_0 file an importance matrix is drawn from is gone before the
+    probes' shards (2 x Q8_0, a margin) are written, and they before the file (at most
+    Q8_0); --keep-intermediate's BF16 file stays beside them all."""
+    from quantkit.planning.memory import gguf_file_bytes
+
+    s = spec("8b")
+    q8, bf16 = gguf_file_bytes(s, "Q8_0"), gguf_file_bytes(s, "BF16")
+    assert gguf_disk_peak(s, "AUTO", imatrix=True, via_bf16=False, probes=True) == 2 * q8
+    assert gguf_disk_peak(s, "AUTO", imatrix=True, via_bf16=False, probes=False) == q8
+    assert gguf_disk_peak(s, "AUTO", imatrix=True, via_bf16=True, probes=True) == bf16 + 2 * q8
 
 
 def test_preflight_refuses_what_memory_cannot_hold(demo_model: Path, tmp_path: Path,
