@@ -69,7 +69,7 @@ def resolve_auto(
         return AutoRequest(None, recipe, gguf.auto_probe_chunks, options.evaluation)
     context = min(options.context or DEFAULT_CONTEXT, spec.geometry.max_position_embeddings)
     budget = choose_budget(spec, hardware, context, max_size=gguf.max_size, bpw=gguf.bpw)
-    preview_recipe(spec, budget)  # BudgetTooSmallError now, not after the BF16 file
+    preview_recipe(spec, budget)  # BudgetTooSmallError now, not after reading the weights
     return AutoRequest(budget, None, gguf.auto_probe_chunks, options.evaluation)
 
 
