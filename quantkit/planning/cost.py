@@ -208,7 +208,8 @@ def _gguf_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
 
 def _llama_quantize_buffers(llama_cpp: bool) -> int:
     # llama.cpp's quantizer works in slabs of at most LLAMA_QUANT_MAX_BUF_SIZE (256 MiB)
-    # of source, float32 and output rows; ours in 32 MB blocks of float32 rows.
+    # of source, float32 and output rows; ours in 32 MB blocks of float32 rows (the one
+    # quantized, the next one read ahead, the one being read, and output rows).
     return 3 * 256 * MIB if llama_cpp else 4 * WRITER_BLOCK_BYTES
 
 

@@ -10,6 +10,7 @@ and ignore the importance matrix, so they would measure a different quantizer.
 from __future__ import annotations
 
 import ctypes
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from ..errors import require
 
 if TYPE_CHECKING:
     import numpy as np
+
 
 class _TypeTraits(ctypes.Structure):
     # ggml.h's struct ggml_type_traits, up to the fields read here
@@ -67,10 +69,18 @@ def row_bytes(ggml_type: str, row: int) -> int:
     return int(_libggml().ggml_row_size(type_id(ggml_type), row))
 
 
-def quantize_rows(ggml_type: str, rows: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+# Spans handed out per thread: more spans than threads, taken as each thread comes free, so
+# a thread slowed by other work on its core (a read-ahead thread) does not hold up the rest.
+SPANS_PER_THREAD = 4
+
+
+def quantize_rows(
+    ggml_type: str, rows: np.ndarray, importance: np.ndarray | None, *, threads: int = 1
+) -> np.ndarray:
     """`rows` (float32 [n, row]) quantized to `ggml_type` by ggml_quantize_chunk with the
     per-column `importance` (llama.cpp's imatrix values) where given: the bytes llama.cpp's
-    quantizer writes for them."""
+    quantizer writes for them. `threads` split the rows, as llama.cpp's quantizer does:
+    rows are quantized independently, so the split changes no byte."""
     import numpy as np
 
     lib = _libggml()
@@ -86,13 +96,30 @@ def quantize_rows(ggml_type: str, rows: np.ndarray, importance: np.ndarray | Non
         weights = np.ascontiguousarray(importance, dtype=np.float32)
         if weights.shape != (n_per_row,):
             raise ValueError(f"importance has shape {weights.shape}, rows have {n_per_row}")
+
+    def quantize(first: int, count: int) -> None:
+        # ggml_quantize_chunk writes rows first.. at their own offset in `packed`.
+        lib.ggml_quantize_chunk(
+            tid, src.ctypes.data, packed.ctypes.data, first * n_per_row, count, n_per_row,
+            None if weights is None else weights.ctypes.data,
+        )  # fmt: skip
+
+    spans = _row_spans(n_rows, SPANS_PER_THREAD * threads if threads > 1 else 1)
+    if len(spans) == 1:
+        quantize(*spans[0])
+        return packed
     # ggml_quantize_init (called inside) guards its shared grids with ggml's critical
-    # section, and ctypes releases the GIL: threads may quantize side by side.
-    lib.ggml_quantize_chunk(
-        tid, src.ctypes.data, packed.ctypes.data, 0, n_rows, n_per_row,
-        None if weights is None else weights.ctypes.data,
-    )  # fmt: skip
+    # section, and ctypes releases the GIL: threads quantize side by side.
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda span: quantize(*span), spans))
     return packed
+
+
+def _row_spans(n_rows: int, parts: int) -> list[tuple[int, int]]:
+    """(first row, count) of `parts` near-equal spans of at least two rows each."""
+    parts = max(1, min(parts, n_rows // 2))
+    bounds = [n_rows * k // parts for k in range(parts + 1)]
+    return [(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def valid_rows(ggml_type: str, packed: np.ndarray) -> bool:

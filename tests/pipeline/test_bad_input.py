@@ -487,11 +487,11 @@ def test_crash_in_the_quantizer_leaves_nothing(
     real = ggml_quant.quantize_rows
     seen: list[list[str]] = []
 
-    def crash(ggml_type: str, rows, importance):
+    def crash(ggml_type: str, rows, importance, **options):
         seen.append(sorted(p.name for p in (tmp_path / "out.partial").iterdir()))
         if len(seen) == 5:  # in the middle: some tensors of the artifact are written
             raise Boom("quantizer crashed")
-        return real(ggml_type, rows, importance)
+        return real(ggml_type, rows, importance, **options)
 
     monkeypatch.setattr(ggml_quant, "quantize_rows", crash)
     with pytest.raises(Boom):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from quantkit.formats.gguf_types import GAUSSIAN_RELATIVE_ERROR, GGML_TYPES
-from quantkit.runtime.ggml_quant import round_trip, row_bytes
+from quantkit.runtime.ggml_quant import quantize_rows, round_trip, row_bytes
 
 
 @pytest.mark.parametrize("ggml_type", ["Q8_0", "Q4_0", "Q5_0", "Q6_K", "Q4_K"])
@@ -42,3 +42,13 @@ def test_the_gaussian_error_table_is_what_ggml_measures(ggml_type: str) -> None:
     restored = round_trip(ggml_type, rows, np.ones(4096, np.float32))
     measured = float(((rows - restored) ** 2).sum() / (rows**2).sum())
     assert measured == pytest.approx(GAUSSIAN_RELATIVE_ERROR[ggml_type], rel=0.1)
+
+
+@pytest.mark.parametrize(("n_rows", "threads"), [(7, 3), (64, 2), (1, 4), (3, 2)])
+def test_rows_split_between_threads_are_the_same_bytes(n_rows: int, threads: int) -> None:
+    rows = np.random.default_rng(3).standard_normal((n_rows, 256)).astype(np.float32)
+    weights = np.random.default_rng(4).uniform(0.5, 2.0, 256).astype(np.float32)
+    for ggml_type, importance in (("Q4_K", weights), ("Q8_0", None), ("IQ2_XS", weights)):
+        alone = quantize_rows(ggml_type, rows, importance)
+        split = quantize_rows(ggml_type, rows, importance, threads=threads)
+        assert split.tobytes() == alone.tobytes(), ggml_type

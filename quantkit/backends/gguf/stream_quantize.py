@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ from ...errors import ConversionError, ImatrixError
 from ...formats.nonfinite import NonFiniteTally
 from ...formats.quants import gguf_quant
 from ...runtime import ggml_quant
+from ...runtime.prefetch import Prefetched
 from ...source.model import SourceModel
 from .export import ExportPlan, ProgressFn, TensorJob, job_blocks, metadata_writer, plan_export
 from .export import write_tensors as write_gguf_tensors
@@ -77,18 +77,20 @@ def quantize_from_shards(
         writer.add_tensor_info(job.gguf_name, job.shape, np.dtype(np.float32), nbytes,
                                raw_dtype=qtype)  # fmt: skip
     tally = NonFiniteTally()
-    quantizer = _RowQuantizer(threads or os.cpu_count() or 1)
+    threads = threads or os.cpu_count() or 1
+    # The next block is read and widened while the cores quantize this one.
+    inputs = Prefetched(_source_blocks(jobs, types, tally))
     try:
         write_gguf_tensors(
             writer, out_file, jobs,
-            lambda job: _tensor_blocks(job, types[job.gguf_name], imatrix, tally, quantizer),
+            lambda job: _tensor_blocks(job, types[job.gguf_name], inputs, imatrix, threads),
             progress,
         )  # fmt: skip
     except BaseException:
         out_file.unlink(missing_ok=True)
         raise
     finally:
-        quantizer.close()
+        inputs.close()
     if tally:
         out_file.unlink(missing_ok=True)
         tally.raise_if_any()
@@ -166,25 +168,54 @@ def _as_llama_quantizer_writes(
         kv[key] = value
 
 
+def _source_blocks(
+    jobs: list[TensorJob], types: Mapping[str, str], tally: NonFiniteTally
+) -> Iterator[tuple[str, bytes | np.ndarray | None]]:
+    """(tensor, block) for every job in turn, then (tensor, None) at its end: the BF16
+    file's bytes where llama.cpp keeps its type, else its values as float32 rows."""
+    for job in jobs:
+        copied = types[job.gguf_name] == job.qtype.name
+        for block in job_blocks(job, tally) if copied else _float_rows(job, tally):
+            yield job.gguf_name, block
+        yield job.gguf_name, None
+
+
 def _tensor_blocks(
     job: TensorJob,
     target: str,
+    inputs: Iterator[tuple[str, bytes | np.ndarray | None]],
     imatrix: Imatrix | None,
-    tally: NonFiniteTally,
-    quantizer: _RowQuantizer,
+    threads: int,
 ) -> Iterator[bytes]:
-    """The job's data in llama.cpp's type `target`: copied where llama.cpp keeps the BF16
-    file's type, else quantized from the BF16 file's values a block of rows at a time."""
-    if target == job.qtype.name:
-        yield from job_blocks(job, tally)
-        return
+    """The job's data in llama.cpp's type `target`, from its blocks in `inputs`: copied
+    where llama.cpp keeps the BF16 file's type, else quantized a block of rows at a time."""
+    copied = target == job.qtype.name
     row = job.shape[-1]
-    importance = _importance(job, row, imatrix)
-    for block in _float_rows(job, tally):
-        packed = quantizer.quantize(target, block.reshape(-1, row), importance)
+    importance = None if copied else _importance(job, row, imatrix)
+    for name, block in inputs:
+        if name != job.gguf_name:
+            raise AssertionError(f"blocks of {name} where {job.gguf_name}'s were expected")
+        if block is None:
+            return
+        if copied:
+            yield block  # type: ignore[misc]
+            continue
+        packed = _quantize(target, block.reshape(-1, row), importance, threads)
         if not ggml_quant.valid_rows(target, packed):
             raise ConversionError(f"{job.gguf_name}: ggml rejected its own {target} rows.")
         yield packed.tobytes()
+
+
+def _quantize(
+    target: str, rows: np.ndarray, importance: np.ndarray | None, threads: int
+) -> np.ndarray:
+    try:
+        return ggml_quant.quantize_rows(target, rows, importance, threads=threads)
+    except ValueError as exc:  # a type that needs importance weights, given none
+        raise ImatrixError(
+            f"{target} needs an importance matrix entry for every tensor it quantizes ({exc})",
+            hint="Pass --imatrix auto or a matrix computed for this model.",
+        ) from exc
 
 
 def _float_rows(job: TensorJob, tally: NonFiniteTally) -> Iterator[np.ndarray]:
@@ -217,32 +248,3 @@ def _importance(job: TensorJob, row: int, imatrix: Imatrix | None) -> np.ndarray
         f"rows of {row}.",
         hint="It was computed for another model; pass a matching file or --imatrix auto.",
     )
-
-
-class _RowQuantizer:
-    """ggml_quantize_chunk over a block's rows split between threads (ctypes releases the
-    GIL; rows are quantized independently, so the split does not change the bytes)."""
-
-    def __init__(self, threads: int) -> None:
-        self.threads = max(1, threads)
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-
-    def quantize(self, ggml_type: str, rows: np.ndarray, importance: np.ndarray | None):
-        try:
-            if self._pool is None or len(rows) < 2 * self.threads:
-                return ggml_quant.quantize_rows(ggml_type, rows, importance)
-            parts = np.array_split(rows, self.threads)
-            packed = self._pool.map(
-                lambda part: ggml_quant.quantize_rows(ggml_type, part, importance), parts
-            )
-            return np.concatenate(list(packed))
-        except ValueError as exc:  # a type that needs importance weights, given none
-            raise ImatrixError(
-                f"{ggml_type} needs an importance matrix entry for every tensor it quantizes "
-                f"({exc})",
-                hint="Pass --imatrix auto or a matrix computed for this model.",
-            ) from exc
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()

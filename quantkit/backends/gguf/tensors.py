@@ -9,6 +9,7 @@ one mask and one max over the block's bits.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from math import prod
@@ -20,6 +21,7 @@ import numpy as np
 from ...errors import ConversionError
 from ...formats.nonfinite import NonFiniteTally
 from ...formats.safetensors_index import read_header
+from ...runtime import ggml_quant
 from .arch import permute_rows
 
 BLOCK_BYTES = 32 * 1024 * 1024  # float32 bytes per block; bounds peak memory
@@ -116,11 +118,18 @@ def _convert(block: np.ndarray, src_dtype: str, qtype: Q) -> bytes:
         return as_f32.tobytes()
     if qtype == Q.F16:
         return as_f32.astype(np.float16).tobytes()
-    # gguf-py's reference quantizers (BF16 rounding, Q8_0), identical to llama.cpp's converter
+    if qtype == Q.Q8_0:
+        # ggml's Q8_0 with the rows split between the cores: the bytes of gguf-py's numpy
+        # quantizer (one core), which llama.cpp's converter uses (test_reference_parity).
+        rows = as_f32.reshape(-1, as_f32.shape[-1])
+        return ggml_quant.quantize_rows("Q8_0", rows, None, threads=os.cpu_count() or 1).tobytes()
+    # gguf-py's reference rounding to BF16, identical to llama.cpp's converter
     return np.ascontiguousarray(gguf.quants.quantize(as_f32, qtype)).tobytes()
 
 
 def to_float32(block: np.ndarray, src_dtype: str) -> np.ndarray:
+    """The block's values as float32, exactly (BF16 is the top half of an F32: one widening
+    shift, which numpy does in a single pass when the ufunc is told the output type)."""
     if src_dtype == "BF16":
-        return (block.astype(np.uint32) << 16).view(np.float32)
+        return np.left_shift(block, 16, dtype=np.uint32).view(np.float32)
     return block.astype(np.float32)

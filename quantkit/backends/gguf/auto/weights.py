@@ -27,7 +27,7 @@ from ....formats.nonfinite import NonFiniteTally
 from ....formats.quants import gguf_quant
 from ....planning.mix import FileLayout
 from ..export import job_blocks, metadata_writer, plan_export
-from ..tensors import BLOCK_BYTES
+from ..tensors import BLOCK_BYTES, to_float32
 
 if TYPE_CHECKING:
     from ....formats.tokens import TokenTypePolicy
@@ -94,7 +94,7 @@ def widen(raw: np.ndarray, ggml_type: Q) -> np.ndarray:
     """Rows of raw BF16/F16/F32 bytes (uint8 [n, row bytes]) as float32 [n, row]: BF16 and
     F16 widen exactly, as ggml reads them."""
     if ggml_type == Q.BF16:
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return to_float32(raw.view(np.uint16), "BF16")
     if ggml_type == Q.F16:
         return raw.view(np.float16).astype(np.float32)
     if ggml_type == Q.F32:
