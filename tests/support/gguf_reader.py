@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class GGUFField:
     offset: the value's first byte: a scalar's, a string's text (after its length), or
     an array's first element (after its element type and count).
     element_offsets: for string arrays, where each element's text begins.
+    span: the whole entry's bytes (key, type and value; the value alone for the header's
+    counts), as GGUFReader's parts joined: what a byte-for-byte copy must reproduce.
     """
 
     name: str
@@ -48,6 +50,7 @@ class GGUFField:
     value: Any
     offset: int
     element_offsets: tuple[int, ...] = ()
+    span: tuple[int, int] = (0, 0)
 
     def contents(self) -> Any:
         """The value as GGUFReader's ReaderField.contents() gives it (arrays as lists)."""
@@ -118,12 +121,13 @@ def parse_gguf(blob: bytes | bytearray) -> GGUFFile:
     version = cur.scalar("<I")
     if version not in _SUPPORTED_VERSIONS:
         raise ValueError(f"GGUF version {version} (or a big-endian file) is not supported")
-    fields = {"GGUF.version": GGUFField("GGUF.version", (V.UINT32,), version, 4)}
+    fields = {"GGUF.version": GGUFField("GGUF.version", (V.UINT32,), version, 4, span=(4, 8))}
     n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
-    fields["GGUF.tensor_count"] = GGUFField("GGUF.tensor_count", (V.UINT64,), n_tensors, 8)
-    fields["GGUF.kv_count"] = GGUFField("GGUF.kv_count", (V.UINT64,), n_kv, 16)
+    for name, value, offset in (("GGUF.tensor_count", n_tensors, 8), ("GGUF.kv_count", n_kv, 16)):
+        fields[name] = GGUFField(name, (V.UINT64,), value, offset, span=(offset, offset + 8))
     for _ in range(n_kv):
-        field = _read_field(cur)
+        start = cur.pos
+        field = replace(_read_field(cur), span=(start, cur.pos))
         if field.name in fields:
             raise KeyError(f"Duplicate {field.name}")
         fields[field.name] = field

@@ -110,6 +110,10 @@ def test_reader_offsets_are_where_gguf_reader_finds_the_values(small: Path) -> N
         # A string array's offset is its first element's length; GGUFReader points past it.
         offset = mine.element_offsets[0] if mine.element_offsets else mine.offset
         assert offset == _file_offset(theirs, field.parts[field.data[0]]), key
+    blob = small.read_bytes()
+    for key, field in theirs.fields.items():
+        start, end = ours.fields[key].span
+        assert blob[start:end] == b"".join(p.tobytes() for p in field.parts), key
     tokens = theirs.fields["tokenizer.ggml.tokens"]
     # Each text follows its 8-byte length (an empty text's view has no address of its own).
     assert ours.fields["tokenizer.ggml.tokens"].element_offsets == tuple(
