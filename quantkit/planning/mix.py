@@ -213,19 +213,23 @@ class FileLayout:
 
     @classmethod
     def read(cls, path: Path) -> FileLayout:
-        """The layout of the BF16 GGUF at `path` (header read, no weights)."""
-        from gguf import GGUFReader
+        """The layout of the BF16 GGUF at `path` (header read, no weights), with quantkit's
+        header reader: gguf-py's GGUFReader decodes the whole vocabulary (seconds)."""
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
-        reader = GGUFReader(str(path))
-        arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+        from ..formats.gguf_read import read_header
+
+        header = read_header(path, {Keys.General.ARCHITECTURE})
         shapes, fixed = {}, 0
-        for t in reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape))
+        for t in header.tensors.values():
+            shape = tuple(reversed(t.dims))
             if quantizable(t.name, shape):
                 shapes[t.name] = shape
             else:
-                fixed += _aligned(int(t.n_bytes))
-        return cls(arch, _aligned(reader.data_offset + HEADER_SLACK), fixed, shapes)
+                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(t.ggml_type)]
+                fixed += _aligned(t.elements * type_size // block)
+        arch = str(header.values[Keys.General.ARCHITECTURE])
+        return cls(arch, _aligned(header.data_start + HEADER_SLACK), fixed, shapes)
 
     def overhead(self, budget: Budget) -> int:
         """Bytes of `budget` the chosen tensors cannot take."""
