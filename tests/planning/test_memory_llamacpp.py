@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support.gguf_reader import read_gguf_tensors
 
 from quantkit.planning import memory as mem
 from quantkit.planning.model_spec import ModelSpec, spec_from_source
@@ -22,7 +23,7 @@ from quantkit.runtime.llama_cpp import captured_log
 
 pytestmark = pytest.mark.slow
 llama_cpp = pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
+pytest.importorskip("gguf")
 
 _BUFFER = re.compile(r"(\w+)\s+(model|KV|compute|output) buffer size =\s+([\d.]+) MiB")
 
@@ -74,7 +75,7 @@ def test_predicted_tensor_types_are_llama_cpps(demo_spec_and_f16, tmp_path, ftyp
     spec, f16 = demo_spec_and_f16
     out = tmp_path / f"demo-{ftype}.gguf"
     _quantize(f16, out, ftype)
-    actual = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    actual = {n: t.tensor_type.name for n, t in read_gguf_tensors(out).items()}  # fast reader
     predicted = {t.name: t.ggml_type for t in mem.gguf_tensors(spec, ftype)}
     assert predicted == actual
     # ... and the file size within 3% (metadata is estimated, tensors exact).

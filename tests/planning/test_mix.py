@@ -180,3 +180,36 @@ def test_the_plans_mix_offers_iq2_only_where_the_imatrix_has_data(llama31_model:
     assert "IQ2_XS" in recipe.errors["blk.0.attn_q.weight"]
     for name in ("token_embd.weight", "output.weight"):
         assert "Q2_K" in recipe.errors[name] and not IMATRIX_REQUIRED & set(recipe.errors[name])
+
+
+def test_file_layout_reads_what_gguf_reader_reads(tmp_path: Path) -> None:
+    """FileLayout.read walks the header with quantkit's reader: the same architecture,
+    quantizable shapes, fixed bytes and data offset as gguf-py's GGUFReader gives."""
+    import gguf
+    import numpy as np
+
+    from quantkit.planning.mix import HEADER_SLACK, FileLayout, _aligned, quantizable
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(path, "qwen3")
+    writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(300)])
+    writer.add_tensor("token_embd.weight", np.zeros((300, 256), np.float16))
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((512, 256), np.float16))
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(256, np.float32))
+    writer.add_tensor("rope_freqs.weight", np.ones(33, np.float32))  # not aligned: padded
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader = gguf.GGUFReader(path)
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    fixed = [t for t in reader.tensors if not quantizable(t.name, shapes[t.name])]
+    expected = FileLayout(
+        "qwen3",
+        _aligned(reader.data_offset + HEADER_SLACK),
+        sum(_aligned(int(t.n_bytes)) for t in fixed),
+        {n: s for n, s in shapes.items() if quantizable(n, s)},
+    )
+    layout = FileLayout.read(path)
+    assert layout == expected
+    assert set(layout.shapes) == {"token_embd.weight", "blk.0.attn_q.weight"} and layout.fixed

@@ -1,4 +1,8 @@
-"""Compare two GGUF files field by field and tensor by tensor with gguf-py's GGUFReader.
+"""Compare two GGUF files field by field and tensor by tensor.
+
+Both files are read with the tests' own reader (tests/support/gguf_reader.py), which sees
+what gguf-py's GGUFReader sees (tests/support/test_gguf_support.py holds the two to each
+other) in a tenth of the time on a 128k-token vocabulary.
 
 `compare_gguf(ours, theirs)` returns a flat list of `Difference`s instead of failing on
 the first one, so a test can allow the differences a documented policy makes on purpose
@@ -18,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-# GGUFReader's pseudo-fields for the header; kv_count only restates the key differences.
+from support.gguf_reader import GGUFField, GGUFFile, GGUFTensor, read_gguf
+
+# The header's pseudo-fields (as GGUFReader lists them); kv_count only restates the key
+# differences.
 _SKIPPED_KEYS = frozenset({"GGUF.kv_count"})
 # Arrays whose differences are worth naming by token (the token text goes into `note`).
 _PER_TOKEN_KEYS = frozenset({"tokenizer.ggml.token_type", "tokenizer.ggml.scores",
@@ -59,9 +66,7 @@ def _short(value: Any, limit: int = 160) -> str:
 
 def compare_gguf(ours: Path, theirs: Path, *, max_array_diffs: int = 64) -> list[Difference]:
     """All differences between two GGUF files; empty when they match exactly."""
-    from gguf import GGUFReader
-
-    a, b = GGUFReader(ours), GGUFReader(theirs)
+    a, b = read_gguf(ours), read_gguf(theirs)
     return compare_metadata(a, b, max_array_diffs=max_array_diffs) + compare_tensors(a, b)
 
 
@@ -72,9 +77,8 @@ def format_differences(diffs: list[Difference]) -> str:
 # --- tensors ------------------------------------------------------------------------------
 
 
-def compare_tensors(a: Any, b: Any) -> list[Difference]:
-    ours = {t.name: t for t in a.tensors}
-    theirs = {t.name: t for t in b.tensors}
+def compare_tensors(a: GGUFFile, b: GGUFFile) -> list[Difference]:
+    ours, theirs = a.tensors, b.tensors
     diffs = [Difference("tensor", n, "missing_in_ours") for n in theirs if n not in ours]
     diffs += [Difference("tensor", n, "missing_in_theirs") for n in ours if n not in theirs]
     common_ours = [n for n in ours if n in theirs]
@@ -86,8 +90,9 @@ def compare_tensors(a: Any, b: Any) -> list[Difference]:
     return diffs
 
 
-def _compare_tensor(x: Any, y: Any) -> list[Difference]:
-    shape_x, shape_y = [int(d) for d in x.shape], [int(d) for d in y.shape]
+def _compare_tensor(x: GGUFTensor, y: GGUFTensor) -> list[Difference]:
+    # Reported in the file's order of dimensions, as GGUFReader's shape is.
+    shape_x, shape_y = list(reversed(x.shape)), list(reversed(y.shape))
     if shape_x != shape_y:
         return [Difference("tensor", x.name, "shape", shape_x, shape_y)]
     if x.tensor_type != y.tensor_type:
@@ -99,7 +104,7 @@ def _compare_tensor(x: Any, y: Any) -> list[Difference]:
     return [Difference("tensor", x.name, "data", *_data_summary(x, y))]
 
 
-def _data_summary(x: Any, y: Any) -> tuple[str, str]:
+def _data_summary(x: GGUFTensor, y: GGUFTensor) -> tuple[str, str]:
     """How far apart the data are, in words: differing elements and max abs difference."""
     vx, vy = _as_float(x), _as_float(y)
     if vx is None or vy is None or vx.shape != vy.shape:
@@ -109,7 +114,7 @@ def _data_summary(x: Any, y: Any) -> tuple[str, str]:
     return f"{differing}/{vx.size} elements differ", f"max |ours - theirs| = {max_abs:g}"
 
 
-def _as_float(t: Any) -> np.ndarray | None:
+def _as_float(t: GGUFTensor) -> np.ndarray | None:
     from gguf import GGMLQuantizationType as Q
 
     raw = np.asarray(t.data).reshape(-1)
@@ -124,7 +129,7 @@ def _as_float(t: Any) -> np.ndarray | None:
 # --- metadata -----------------------------------------------------------------------------
 
 
-def compare_metadata(a: Any, b: Any, *, max_array_diffs: int = 64) -> list[Difference]:
+def compare_metadata(a: GGUFFile, b: GGUFFile, *, max_array_diffs: int = 64) -> list[Difference]:
     keys = [k for k in a.fields if k not in _SKIPPED_KEYS]
     keys += [k for k in b.fields if k not in a.fields and k not in _SKIPPED_KEYS]
     tokens = _field_value(a.fields.get("tokenizer.ggml.tokens"))
@@ -140,16 +145,16 @@ def compare_metadata(a: Any, b: Any, *, max_array_diffs: int = 64) -> list[Diffe
     return diffs
 
 
-def _field_value(field: Any) -> Any:
+def _field_value(field: GGUFField | None) -> Any:
     return None if field is None else field.contents()
 
 
-def _type_names(field: Any) -> list[str]:
+def _type_names(field: GGUFField) -> list[str]:
     return [t.name for t in field.types]
 
 
 def _compare_field(
-    key: str, fa: Any, fb: Any, tokens: list[str] | None, cap: int
+    key: str, fa: GGUFField, fb: GGUFField, tokens: list[str] | None, cap: int
 ) -> list[Difference]:
     if _type_names(fa) != _type_names(fb):
         return [

@@ -1,67 +1,73 @@
 """Corrupt copies of good GGUFs for the inspection's negative tests: in-place edits of
 fixed-size fields (a token type, an id, same-length string bytes) on a copy, or a full
-rewrite with gguf-py (GGUFReader -> GGUFWriter) that drops metadata keys or tensors."""
+rewrite with gguf-py's GGUFWriter that drops metadata keys or tensors.
+
+The files are read with the tests' own reader (tests/support/gguf_reader.py), not gguf-py's
+GGUFReader, which takes ~10 s per read on a 128k-token vocabulary."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from support.gguf_reader import HEADER_FIELDS, GGUFField, parse_gguf, read_gguf
 
 
-def edited_copy(src: Path, dst: Path, edit: Callable) -> Path:
-    """Copy `src` to `dst` and run `edit(fields)` on a writable GGUFReader of the copy."""
-    from gguf import GGUFReader
+class GGUFEdit:
+    """A GGUF's bytes, open for in-place edits that keep every value's size.
 
-    shutil.copyfile(src, dst)
-    reader = GGUFReader(dst, "r+")
-    edit(reader.fields)
-    reader.data.flush()
-    _release(reader)
+    `fields` are the values as read before any edit: an edit does not change them."""
+
+    def __init__(self, blob: bytearray) -> None:
+        self.blob = blob
+        self.fields = parse_gguf(blob).fields
+
+    def overwrite(self, offset: int, data: bytes) -> None:
+        self.blob[offset : offset + len(data)] = data
+
+    def set_element(self, field: GGUFField, index: int, value: Any) -> None:
+        """Element `index` of a numeric array (or, with index 0, a numeric scalar), stored
+        in the field's own element type."""
+        dtype = field.element_dtype()
+        self.overwrite(field.offset + index * dtype.itemsize, np.array(value, dtype).tobytes())
+
+
+def edited_copy(src: Path, dst: Path, edit: Callable[[GGUFEdit], None]) -> Path:
+    """Write to `dst` a copy of `src` with `edit(GGUFEdit)` applied (src may be dst)."""
+    gguf = GGUFEdit(bytearray(src.read_bytes()))
+    edit(gguf)
+    dst.write_bytes(gguf.blob)
     return dst
 
 
-def _release(reader) -> None:
-    """GGUFReader has no close(): drop its memmap and every view of it, then collect, so
-    the file is no longer mapped when the test goes on."""
-    import gc
-
-    reader.fields.clear()
-    reader.tensors.clear()
-    del reader.data
-    gc.collect()
+def token_index(gguf: GGUFEdit, text: str) -> int:
+    return gguf.fields["tokenizer.ggml.tokens"].value.index(text)  # the first, as llama.cpp
 
 
-def token_index(fields, text: str) -> int:
-    tokens = fields["tokenizer.ggml.tokens"]
-    for i, part_index in enumerate(tokens.data):
-        if bytes(tokens.parts[part_index]).decode("utf-8") == text:
-            return i
-    raise KeyError(text)
+def set_token_type(gguf: GGUFEdit, text: str, kind: int) -> None:
+    gguf.set_element(gguf.fields["tokenizer.ggml.token_type"], token_index(gguf, text), kind)
 
 
-def set_token_type(fields, text: str, kind: int) -> None:
-    types = fields["tokenizer.ggml.token_type"]
-    types.parts[types.data[token_index(fields, text)]][0] = kind
-
-
-def rename_token(fields, old: str, new: str) -> None:
+def rename_token(gguf: GGUFEdit, old: str, new: str) -> None:
     assert len(old.encode()) == len(new.encode()), "in-place renames keep the length"
-    tokens = fields["tokenizer.ggml.tokens"]
-    part = tokens.parts[tokens.data[token_index(fields, old)]]
-    part[:] = list(new.encode())
+    tokens = gguf.fields["tokenizer.ggml.tokens"]
+    gguf.overwrite(tokens.element_offsets[token_index(gguf, old)], new.encode())
 
 
-def set_int(fields, key: str, value: int) -> None:
-    fields[key].parts[-1][0] = value
+def set_int(gguf: GGUFEdit, key: str, value: int) -> None:
+    field = gguf.fields[key]
+    assert len(field.types) == 1, f"{key} is not a scalar"
+    gguf.set_element(field, 0, value)
 
 
-def replace_in_string(fields, key: str, old: str, new: str) -> None:
+def replace_in_string(gguf: GGUFEdit, key: str, old: str, new: str) -> None:
     assert len(old.encode()) == len(new.encode())
-    part = fields[key].parts[-1]
-    text = bytes(part).decode("utf-8")
-    assert old in text, (old, key)
-    part[:] = list(text.replace(old, new, 1).encode())
+    text = gguf.fields[key].value
+    assert isinstance(text, str) and old in text, (old, key)
+    gguf.overwrite(gguf.fields[key].offset, text.replace(old, new, 1).encode())
 
 
 def rewritten_copy(
@@ -75,23 +81,22 @@ def rewritten_copy(
 ) -> Path:
     """A new GGUF with the same content but for the dropped keys/tensors, replaced string
     values (any length) and added tensors (name -> numpy array, stored in its dtype)."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFValueType, GGUFWriter
 
-    reader = GGUFReader(src)
-    arch = str(reader.fields["general.architecture"].contents())
-    writer = GGUFWriter(dst, arch)
+    original = read_gguf(src)
+    writer = GGUFWriter(dst, str(original.metadata["general.architecture"]))
     set_strings = set_strings or {}
-    for name, fld in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture" or name in drop_keys:
+    for name, fld in original.fields.items():
+        if name in HEADER_FIELDS or name == "general.architecture" or name in drop_keys:
             continue
-        main = GGUFValueType(fld.types[0])
-        sub = GGUFValueType(fld.types[-1]) if main == GGUFValueType.ARRAY else None
+        main = fld.types[0]
+        sub = fld.types[-1] if main == GGUFValueType.ARRAY else None
         value = set_strings.get(name, fld.contents())
         writer.add_key_value(name, value, main, sub_type=sub)
     for key, value in set_strings.items():
-        if key not in reader.fields:
+        if key not in original.fields:
             writer.add_string(key, value)
-    for tensor in reader.tensors:
+    for tensor in original.tensors.values():
         if tensor.name in drop_tensors:
             continue
         writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
@@ -101,6 +106,4 @@ def rewritten_copy(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    del writer
-    _release(reader)
     return dst

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support.gguf_compare import Difference, compare_gguf, format_differences
+from support.gguf_reader import read_gguf
 
 from quantkit.backends.gguf.export import export_gguf
 from quantkit.source.model import load_source
@@ -90,9 +91,7 @@ def is_policy_difference(diff: Difference, ours_eos: int | None) -> bool:
 
 
 def _ours_eos(ours: Path) -> int | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(ours).fields.get("tokenizer.ggml.eos_token_id")
+    field = read_gguf(ours).fields.get("tokenizer.ggml.eos_token_id")
     return None if field is None else field.contents()
 
 
@@ -126,9 +125,7 @@ def test_token_type_differences_are_exactly_the_policy_ones(
 def test_ours_applies_token_policy(gguf_pair: Pair) -> None:
     """Independently of the reference: in our file every Hermes tag present is
     USER_DEFINED and every turn marker present is CONTROL."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(gguf_pair.ours).fields
+    fields = read_gguf(gguf_pair.ours).fields
     tokens = fields["tokenizer.ggml.tokens"].contents()
     types = fields["tokenizer.ggml.token_type"].contents()
     kinds = {tok: kind for tok, kind in zip(tokens, types, strict=True)}

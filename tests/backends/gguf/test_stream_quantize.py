@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
+from support.gguf_reader import read_gguf_tensors
 
 from quantkit.backends.gguf.backend import make_gguf
 from quantkit.backends.gguf.export import export_gguf, plan_export
@@ -25,9 +25,9 @@ def random_imatrix(bf16: Path, seed: int = 0) -> Imatrix:
     collects them), with a dataset and chunk count for the metadata."""
     rng = np.random.default_rng(seed)
     entries = {
-        t.name: ImatrixEntry(rng.random((1, int(t.shape[0])), dtype=np.float32) * 10,
+        t.name: ImatrixEntry(rng.random((1, t.shape[-1]), dtype=np.float32) * 10,
                              np.array([64.0]))
-        for t in gguf.GGUFReader(bf16).tensors
+        for t in read_gguf_tensors(bf16).values()  # the tests' reader: GGUFReader takes ~10 s
         if len(t.shape) > 1 and t.name != "token_embd.weight"
     }  # fmt: skip
     return Imatrix(entries, datasets=("calibration.jsonl",), chunk_count=3, chunk_size=512)
@@ -37,6 +37,12 @@ def llama_cpp_from_bf16(
     source, folder: Path, quant: str, imatrix: Imatrix | None, label: str = "m.imatrix"
 ) -> bytes:
     bf16 = export_gguf(source, folder / "m-BF16.gguf").path
+    return llama_cpp_quantize(bf16, folder, quant, imatrix, label)
+
+
+def llama_cpp_quantize(
+    bf16: Path, folder: Path, quant: str, imatrix: Imatrix | None, label: str = "m.imatrix"
+) -> bytes:
     quantize_gguf(bf16, folder / "ref.gguf", quant, imatrix=imatrix, imatrix_file=label)
     return (folder / "ref.gguf").read_bytes()
 
@@ -52,19 +58,16 @@ def test_streamed_file_is_llama_cpps_byte_for_byte(
 ) -> None:
     # The reference: our BF16 GGUF, then llama_model_quantize on it (llama-quantize's call).
     source = load_source(request.getfixturevalue(model))
-    imatrix = None
-    if with_imatrix:
-        export_gguf(source, tmp_path / "for-names.gguf")
-        imatrix = random_imatrix(tmp_path / "for-names.gguf")
-        (tmp_path / "for-names.gguf").unlink()
-    expected = llama_cpp_from_bf16(source, tmp_path, quant, imatrix)
+    bf16 = export_gguf(source, tmp_path / "m-BF16.gguf").path
+    imatrix = random_imatrix(bf16) if with_imatrix else None  # the names of the same export
+    expected = llama_cpp_quantize(bf16, tmp_path, quant, imatrix)
     streamed = tmp_path / "streamed" / "m.gguf"
     streamed.parent.mkdir()
     quantize_from_shards(source, streamed, quant, imatrix=imatrix, imatrix_file="m.imatrix",
                          threads=2)  # fmt: skip
     assert streamed.read_bytes() == expected
     assert [p.name for p in streamed.parent.iterdir()] == ["m.gguf"]  # the sparse file is gone
-    types = {t.tensor_type.name for t in gguf.GGUFReader(streamed).tensors}
+    types = {t.tensor_type.name for t in read_gguf_tensors(streamed).values()}
     assert types - {"F32"}, "nothing was quantized"
 
 
