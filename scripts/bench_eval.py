@@ -17,6 +17,13 @@ export), the same tokens and the same threads:
   The source's reference logits are computed once before the timed runs and cached, so
   the timed runs score the artifact only.
 
+Precision: the same GGUF and text, PRECISION_CHUNKS chunks, decoded by llama.cpp (through
+llama-cpp-python, 4 chunks per batch as quantkit does) three ways: all in float32 (F32 KV
+cache, no flash attention), the F16 KV cache without flash attention (quantkit's setting),
+and flash attention with the default cache (llama-perplexity's). Reported: the mean and
+largest KL divergence of each from the float32 logits over the scored half of every chunk,
+and whether a chunk's logits are the same bits decoded with three others or alone.
+
 Throughput is all evaluated tokens (chunks x 512) over the time spent evaluating them:
 for quantkit the time in the engine's forward passes (`tokens_per_second` of the report),
 for llama-perplexity the time from its "calculating perplexity" line to its final estimate
@@ -99,7 +106,7 @@ def plain_text(repeat: int) -> str:
 
 def check_same_tokens(gguf: Path, text_file: Path) -> int:
     """Tokenized as llama-perplexity does (no special-token parsing, BOS where the model
-    adds one) and as quantkit does; returns the number of 512-token chunks."""
+    adds one) and as quantkit does; returns the ids."""
     from llama_cpp import Llama
 
     from quantkit.evaluation.corpus import build_stream, load_corpus
@@ -113,7 +120,93 @@ def check_same_tokens(gguf: Path, text_file: Path) -> int:
     vocab.close()
     if list(ours) != theirs:
         raise SystemExit(f"{text_file} tokenizes differently for the two tools.")
-    return len(theirs) // N_CTX
+    return theirs
+
+
+PRECISION_CHUNKS = 8
+# (label, flash attention, KV cache in float32); the first is the reference.
+KERNELS = (("float32 (F32 KV cache, no flash attention)", False, True),
+           ("F16 KV cache, no flash attention (quantkit)", False, False),
+           ("flash attention (llama-perplexity)", True, False))  # fmt: skip
+
+
+def attention_precision(
+    gguf: Path, ids: list[int], threads: int
+) -> list[tuple[str, float, float, float]]:
+    """(kernel, mean KLD, max KLD from the float32 computation, largest logit difference
+    between the first chunk decoded with three others and alone), per KERNELS row."""
+    import llama_cpp
+    import numpy as np
+
+    from quantkit.runtime.llama_cpp import silence_llama_cpp
+
+    silence_llama_cpp()
+    chunks = [ids[k * N_CTX : (k + 1) * N_CTX] for k in range(PRECISION_CHUNKS)]
+    params = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    scored = N_CTX - N_CTX // 2
+    try:
+        batched = [_kernel_logits(model, chunks, threads, fa, f32, 4) for _, fa, f32 in KERNELS]
+        alone = [_kernel_logits(model, chunks[:1], threads, fa, f32, 1) for _, fa, f32 in KERNELS]
+    finally:
+        llama_cpp.llama_model_free(model)
+    logs = [_log_softmax(logits) for logits in batched]
+    reference = np.exp(logs[0])
+    rows = []
+    for k, (label, _, _) in enumerate(KERNELS):
+        kld = (reference * (logs[0] - logs[k])).sum(axis=1)
+        apart = float(np.abs(batched[k][:scored] - alone[k]).max())
+        rows.append((label, float(kld.mean()), float(kld.max()), apart))
+    return rows
+
+
+def _kernel_logits(
+    model, chunks: list[list[int]], threads: int, fa: bool, kv_f32: bool, n_seq: int
+):
+    """The scored half of every chunk's logits (float64), n_seq chunks per llama_decode."""
+    import llama_cpp
+    import numpy as np
+
+    first = N_CTX // 2
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = params.n_batch = n_seq * N_CTX
+    params.n_ubatch, params.n_seq_max = N_CTX, n_seq
+    params.n_threads = params.n_threads_batch = threads
+    params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if fa
+                              else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)  # fmt: skip
+    if kv_f32:
+        params.type_k = params.type_v = 0  # GGML_TYPE_F32
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    batch = llama_cpp.llama_batch_init(n_seq * N_CTX, 0, 1)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
+    out = []
+    try:
+        for start in range(0, len(chunks), n_seq):
+            batch.n_tokens = 0
+            for seq, chunk in enumerate(chunks[start : start + n_seq]):
+                for pos, token in enumerate(chunk):
+                    k = batch.n_tokens
+                    batch.token[k], batch.pos[k], batch.n_seq_id[k] = token, pos, 1
+                    batch.seq_id[k][0], batch.logits[k] = seq, pos >= first
+                    batch.n_tokens += 1
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise SystemExit("llama.cpp failed to decode a precision batch")
+            rows = (batch.n_tokens // N_CTX) * (N_CTX - first)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx),
+                                           shape=(rows, n_vocab))  # fmt: skip
+            out.append(logits.astype(np.float64))
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+    return np.concatenate(out)
+
+
+def _log_softmax(x):
+    import numpy as np
+
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
 def run_llama_perplexity(binary: Path, gguf: Path, text_file: Path, threads: int, fa: str) -> dict:
@@ -176,7 +269,9 @@ def bench(args: argparse.Namespace, gguf: Path, source: Path, text_file: Path) -
     return runs
 
 
-def markdown(runs: dict, chunks: int, command: str, gguf: Path, threads: int) -> str:
+def markdown(
+    runs: dict, chunks: int, command: str, gguf: Path, threads: int, precision: list
+) -> str:
     from bench_convert import machine
 
     base = {tool: [r["tokens_per_s"] for r in runs[tool]] for tool in TOOLS}
@@ -226,6 +321,15 @@ def markdown(runs: dict, chunks: int, command: str, gguf: Path, threads: int) ->
         *rows,
         "",
         *per_round,
+        "",
+        f"Precision (llama.cpp, the first {PRECISION_CHUNKS} chunks, the scored half of each): "
+        "KL divergence from the float32 computation's logits, and the largest difference "
+        "between a chunk's logits decoded with three others and alone.",
+        "",
+        "| kernel | mean KLD | max KLD | max logit difference, batched vs alone |",
+        "|---|---|---|---|",
+        *(f"| {label} | {mean:.3e} | {most:.3e} | {apart:.3g} |"
+          for label, mean, most, apart in precision),  # fmt: skip
     ])  # fmt: skip
 
 
@@ -253,13 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     source, gguf = demo_files(args.work) if args.gguf is None else (args.source, args.gguf)
     text_file = args.work / "eval-text.txt"
     text_file.write_text(plain_text(args.repeat_text), encoding="utf-8")
-    chunks = check_same_tokens(gguf, text_file)
+    ids = check_same_tokens(gguf, text_file)
+    chunks = len(ids) // N_CTX
+    precision = attention_precision(gguf, ids, args.threads)
     runs = bench(args, gguf, source, text_file)
     counts = {r["chunks"] for tool in TOOLS for r in runs[tool]}
     if counts != {chunks}:
         raise SystemExit(f"the tools scored different chunk counts: {counts}, expected {chunks}")
     command = "python scripts/bench_eval.py " + " ".join(argv or sys.argv[1:])
-    body = markdown(runs, chunks, command, gguf, args.threads)
+    body = markdown(runs, chunks, command, gguf, args.threads, precision)
     print(body)
     if args.write_doc:
         write_section(args.write_doc, body, SECTION)
