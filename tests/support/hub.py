@@ -8,6 +8,7 @@ into the artifact folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -51,11 +52,17 @@ def demo_artifact_cached(fixture_cache: Path, demo_model: Path) -> Path:
 
 
 @pytest.fixture()
-def demo_artifact(demo_artifact_cached: Path, tmp_path: Path) -> Path:
+def demo_artifact(demo_artifact_cached: Path, demo_model: Path, tmp_path: Path) -> Path:
     """A private copy of the demo artifact (hard links for the big file: nothing rewrites
-    it in place)."""
+    it in place). Its manifest names this checkout's demo model as the source: the cached
+    copy names the folder it was built from, which another checkout sharing the fixture
+    cache (a worktree) may have removed since."""
     dest = tmp_path / "artifact"
     shutil.copytree(demo_artifact_cached, dest, copy_function=_link_or_copy)
+    manifest_path = dest / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["source"]["requested"] = str(demo_model)
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return dest
 
 
