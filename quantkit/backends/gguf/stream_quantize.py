@@ -115,7 +115,7 @@ def _llama_types(
     `out_file` (removed afterwards)."""
     sparse = out_file.with_name(f".quantkit-types-{out_file.name}")
     try:
-        _write_sparse_bf16(source, plan, sparse)
+        write_sparse_bf16(source, plan, sparse)
         types = llama_tensor_types(sparse, quant, imatrix=imatrix, tensor_types=tensor_types)
     finally:
         sparse.unlink(missing_ok=True)
@@ -127,7 +127,7 @@ def _llama_types(
     return types
 
 
-def _write_sparse_bf16(source: SourceModel, plan: ExportPlan, path: Path) -> None:
+def write_sparse_bf16(source: SourceModel, plan: ExportPlan, path: Path) -> None:
     """The BF16 GGUF's metadata and tensor table, then a hole as long as its data: the
     loader checks every tensor lies within the file, the dry run reads none of them."""
     writer = metadata_writer(source, plan, path, gguf_quant("BF16").ftype)
@@ -142,9 +142,6 @@ def _write_sparse_bf16(source: SourceModel, plan: ExportPlan, path: Path) -> Non
     data = sum(writer.ggml_pad(job.nbytes, ALIGNMENT) for job in plan.jobs)
     writer.close()
     os.truncate(path, data_start + data)
-
-
-write_sparse_bf16 = _write_sparse_bf16  # public: --quant auto's FileLayout reads it
 
 
 def _as_llama_quantizer_writes(

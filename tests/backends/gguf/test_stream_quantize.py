@@ -15,7 +15,7 @@ from quantkit.backends.gguf.export import export_gguf, plan_export
 from quantkit.backends.gguf.imatrix.matrix import Imatrix, ImatrixEntry, load_imatrix
 from quantkit.backends.gguf.imatrix.request import ImatrixRequest
 from quantkit.backends.gguf.quantize import llama_tensor_types, quantize_gguf
-from quantkit.backends.gguf.stream_quantize import _write_sparse_bf16, quantize_from_shards
+from quantkit.backends.gguf.stream_quantize import quantize_from_shards, write_sparse_bf16
 from quantkit.errors import ImatrixError
 from quantkit.source.model import load_source
 
@@ -75,7 +75,7 @@ def test_dry_run_types_need_no_weight_bytes(llama31_model: Path, tmp_path: Path)
     source = load_source(llama31_model)
     plan = plan_export(source)
     sparse = tmp_path / "sparse.gguf"
-    _write_sparse_bf16(source, plan, sparse)
+    write_sparse_bf16(source, plan, sparse)
     size = sparse.stat().st_size
     assert size > sum(job.nbytes for job in plan.jobs)  # as long as the BF16 file...
     assert sparse.stat().st_blocks * 512 < size / 4  # ...but a hole where the weights are
