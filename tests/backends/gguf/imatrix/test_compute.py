@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.cli_runner import run_cli
+from support.gguf_reader import read_gguf
 
 from quantkit.backends.gguf.imatrix.compute import (
     ImatrixData,
@@ -129,17 +130,17 @@ def test_agrees_with_torch_on_the_source(demo_model: Path, demo_imatrix, demo_da
     assert max(worst) < 0.005, max(worst)  # measured 0.30% (docs/formats.md)
 
 
-def _gguf_kv(path: Path, prefix: str) -> dict:
-    import gguf
+# The tests' GGUF reader sees what gguf-py's GGUFReader sees (tests/support/
+# test_gguf_support.py) without its seconds per read of the demo's 49k-token vocabulary.
 
-    reader = gguf.GGUFReader(path)
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefix)}
+
+def _gguf_kv(path: Path, prefix: str) -> dict:
+    fields = read_gguf(path).fields
+    return {k: f.contents() for k, f in fields.items() if k.startswith(prefix)}
 
 
 def _tensor_bytes(path: Path) -> dict[str, bytes]:
-    import gguf
-
-    return {t.name: bytes(t.data.tobytes()) for t in gguf.GGUFReader(path).tensors}
+    return {t.name: bytes(t.data.tobytes()) for t in read_gguf(path).tensors.values()}
 
 
 @pytest.mark.slow
