@@ -58,4 +58,5 @@ from support.models import (  # noqa: E402,F401
     llama31_tokenizer_files,
     qwen3_model,
     reference_converter,
+    reference_gguf,
 )

@@ -127,11 +127,11 @@ def test_split_set_passes_from_any_shard(demo_q8: Path, demo_model: Path, tmp_pa
 @pytest.mark.reference
 @pytest.mark.parametrize("model", ["llama31_model", "qwen3_model", "demo_model"])
 def test_llama_cpp_converter_gguf_passes(
-    reference_converter, model: str, request: pytest.FixtureRequest, tmp_path: Path
+    reference_gguf, model: str, request: pytest.FixtureRequest
 ) -> None:
     """A third-party artifact: llama.cpp's own convert_hf_to_gguf.py output."""
     source = request.getfixturevalue(model)
-    path = reference_converter.convert(source, tmp_path / "ref.gguf", "q8_0")
+    path = reference_gguf(source, "q8_0")
     report = inspect_checks(path, source)
     assert report.passed, report.failed
     if model == "llama31_model":
@@ -141,11 +141,11 @@ def test_llama_cpp_converter_gguf_passes(
 @pytest.mark.slow
 @pytest.mark.reference
 def test_llama_cpp_converter_hides_special_tags_and_is_caught(
-    reference_converter, llama31_model_special_tags: Path, tmp_path: Path
+    reference_gguf, llama31_model_special_tags: Path
 ) -> None:
     """Where the source marks the Hermes tags special, llama.cpp's converter types them
     CONTROL: llama-server would then strip <tool_call> from replies. That is the bug."""
-    path = reference_converter.convert(llama31_model_special_tags, tmp_path / "r.gguf", "q8_0")
+    path = reference_gguf(llama31_model_special_tags, "q8_0")
     report = quantkit.inspect(path, llama31_model_special_tags)
     # ... and llama-server hides them: the round trips fail too (server_checks).
     assert set(failed(report)) == {

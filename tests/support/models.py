@@ -65,6 +65,18 @@ def reference_converter(fixture_cache: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
+def reference_gguf(reference_converter: Any, fixture_cache: Path) -> Callable[[Path, str], Path]:
+    """reference_gguf(model, outtype): llama.cpp's converter's GGUF of a model folder, made
+    once per set of inputs and kept in the fixture cache (read-only: copy it to change it).
+    Several tests compare against the same conversion, and it takes seconds each time."""
+
+    def converted(model: Path, outtype: str) -> Path:
+        return reference_converter.converted(Path(model), outtype, fixture_cache)
+
+    return converted
+
+
+@pytest.fixture(scope="session")
 def demo_q8(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model as a Q8_0 GGUF, made once per session (read-only: tests that break it
     work on copies)."""
