@@ -56,6 +56,7 @@ from support.models import (  # noqa: E402,F401
     llama31_model_special_tags,
     llama31_model_tf4_config,
     llama31_tokenizer_files,
+    q8_gguf,
     qwen3_model,
     reference_converter,
     reference_gguf,

@@ -17,11 +17,9 @@ from support.gguf_corrupt import (
 )
 
 import quantkit
-from quantkit.backends.gguf.export import export_gguf
 from quantkit.backends.gguf.options import GGUFOptions
 from quantkit.evaluation.options import EvalOptions
 from quantkit.inspection import ArtifactError, ServerOptions
-from quantkit.source.model import load_source
 
 NO_EVAL = EvalOptions(enabled=False)  # these tests check other things than quality
 # These tests are about the token, template and rope checks; the llama-server round trip on
@@ -34,9 +32,8 @@ TOOL_USE_KEY = "tokenizer.chat_template.tool_use"
 
 
 @pytest.fixture(scope="module")
-def llama31_q8(llama31_model: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("llama31-q8") / "llama31-Q8_0.gguf"
-    return export_gguf(load_source(llama31_model), out, out_type="Q8_0").path
+def llama31_q8(llama31_model: Path, q8_gguf) -> Path:
+    return q8_gguf(llama31_model)  # the session's: tests/support/models.py
 
 
 def inspect_checks(artifact, against=None, **kwargs):
@@ -102,8 +99,8 @@ def test_llama31_rope_freqs_equal_the_source(llama31_q8: Path, llama31_model: Pa
 
 
 @pytest.mark.slow
-def test_qwen3_passes(qwen3_model: Path, tmp_path: Path) -> None:
-    path = export_gguf(load_source(qwen3_model), tmp_path / "q.gguf", out_type="Q8_0").path
+def test_qwen3_passes(qwen3_model: Path, q8_gguf) -> None:
+    path = q8_gguf(qwen3_model)
     report = inspect_checks(path, qwen3_model)
     assert report.passed, report.failed
     assert "rope_freqs" not in {c.name for c in report.checks if c.fatal}

@@ -88,6 +88,30 @@ def demo_q8(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def q8_gguf(request: pytest.FixtureRequest, demo_model: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:  # fmt: skip
+    """q8_gguf(model): a model folder as a Q8_0 GGUF (export_gguf's default token policy),
+    made once per session (read-only: tests that change it work on copies). Several tests
+    only read such a file, and each export of a 128k-token vocabulary takes seconds. The
+    demo's is demo_q8."""
+    from quantkit.backends.gguf.export import export_gguf
+    from quantkit.source.model import load_source
+
+    made: dict[Path, Path] = {}
+
+    def q8(model: Path) -> Path:
+        key = Path(model).resolve()
+        if key == Path(demo_model).resolve():
+            return request.getfixturevalue("demo_q8")
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"{key.name}-q8") / f"{key.name}-Q8_0.gguf"
+            made[key] = export_gguf(load_source(model), out, out_type="Q8_0").path
+        return made[key]
+
+    return q8
+
+
+@pytest.fixture(scope="session")
 def demo_bf16_imatrix(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """The demo model's BF16 GGUF and an importance matrix computed on it (4 chunks of 512
     tokens of the built-in calibration mix), made once per session (read-only)."""
