@@ -51,6 +51,7 @@ from support.llama_server import no_server  # noqa: E402,F401
 from support.mlx import mlx_copy, mlx_demo  # noqa: E402,F401
 from support.models import (  # noqa: E402,F401
     demo_bf16_imatrix,
+    demo_model_8_layers,
     demo_q8,
     llama31_model,
     llama31_model_special_tags,

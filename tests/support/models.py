@@ -11,6 +11,7 @@ import pytest
 
 from fixtures.models import (
     FixtureUnavailable,
+    ensure_demo_first_layers,
     ensure_llama31_model,
     ensure_llama31_special_tags_model,
     ensure_llama31_tf4_model,
@@ -62,6 +63,13 @@ def qwen3_model(fixture_cache: Path) -> Path:
 def reference_converter(fixture_cache: Path) -> Any:
     """llama.cpp's convert_hf_to_gguf.py (from the llama-cpp-python 0.3.36 sdist)."""
     return _or_skip(ensure_reference_converter, fixture_cache)
+
+
+@pytest.fixture(scope="session")
+def demo_model_8_layers(fixture_cache: Path, demo_model: Path) -> Path:
+    """The demo model's first 8 of its 30 layers (embeddings, norms, tokenizer and templates
+    as they are): for claims that hold tensor by tensor, at about a quarter of the work."""
+    return ensure_demo_first_layers(fixture_cache, demo_model, 8)
 
 
 @pytest.fixture(scope="session")
