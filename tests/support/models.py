@@ -95,6 +95,25 @@ def demo_q8(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_gguf(load_source(demo_model), out, out_type="Q8_0").path
 
 
+def _exports(tmp_path_factory: pytest.TempPathFactory, out_type: str) -> Callable[[Path], Path]:
+    """export_gguf's `out_type` file of a model folder (default token policy), made on first
+    use and then handed out again for the rest of the session."""
+    from quantkit.backends.gguf.export import export_gguf
+    from quantkit.source.model import load_source
+
+    made: dict[Path, Path] = {}
+
+    def exported(model: Path) -> Path:
+        key = Path(model).resolve()
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"{key.name}-{out_type.lower()}")
+            made[key] = export_gguf(load_source(model), folder / f"{key.name}-{out_type}.gguf",
+                                    out_type=out_type).path  # fmt: skip
+        return made[key]
+
+    return exported
+
+
 @pytest.fixture(scope="session")
 def q8_gguf(request: pytest.FixtureRequest, demo_model: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:  # fmt: skip
@@ -102,35 +121,36 @@ def q8_gguf(request: pytest.FixtureRequest, demo_model: Path,
     made once per session (read-only: tests that change it work on copies). Several tests
     only read such a file, and each export of a 128k-token vocabulary takes seconds. The
     demo's is demo_q8."""
-    from quantkit.backends.gguf.export import export_gguf
-    from quantkit.source.model import load_source
-
-    made: dict[Path, Path] = {}
+    others = _exports(tmp_path_factory, "Q8_0")
 
     def q8(model: Path) -> Path:
-        key = Path(model).resolve()
-        if key == Path(demo_model).resolve():
+        if Path(model).resolve() == Path(demo_model).resolve():
             return request.getfixturevalue("demo_q8")
-        if key not in made:
-            out = tmp_path_factory.mktemp(f"{key.name}-q8") / f"{key.name}-Q8_0.gguf"
-            made[key] = export_gguf(load_source(model), out, out_type="Q8_0").path
-        return made[key]
+        return others(model)
 
     return q8
 
 
 @pytest.fixture(scope="session")
-def demo_bf16_imatrix(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The demo model's BF16 GGUF and an importance matrix computed on it (4 chunks of 512
-    tokens of the built-in calibration mix), made once per session (read-only)."""
-    from quantkit.backends.gguf.export import export_gguf
+def bf16_gguf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """bf16_gguf(model): a model folder as a BF16 GGUF (export_gguf's defaults), made once
+    per session (read-only: it is what llama.cpp's quantizer and the importance matrix
+    read in several modules; a test that changes it works on a copy)."""
+    return _exports(tmp_path_factory, "BF16")
+
+
+@pytest.fixture(scope="session")
+def demo_bf16_imatrix(demo_model: Path, bf16_gguf, tmp_path_factory: pytest.TempPathFactory):
+    """The demo model's BF16 GGUF (bf16_gguf's) and an importance matrix computed on it (4
+    chunks of 512 tokens of the built-in calibration mix), made once per session
+    (read-only)."""
     from quantkit.backends.gguf.imatrix.compute import compute_imatrix, prepare_imatrix_data
     from quantkit.backends.gguf.imatrix.matrix import save_imatrix
     from quantkit.source.model import load_source
 
     source = load_source(demo_model)
-    folder = tmp_path_factory.mktemp("demo-bf16")
-    bf16 = export_gguf(source, folder / "demo-BF16.gguf").path
+    folder = tmp_path_factory.mktemp("demo-imatrix")
+    bf16 = bf16_gguf(demo_model)
     data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=4, chunk_size=512,
                                 seed=0)  # fmt: skip
     return bf16, save_imatrix(compute_imatrix(bf16, data), folder / "demo.imatrix.gguf")

@@ -34,12 +34,8 @@ def demo_source(demo_model: Path):
 
 
 @pytest.fixture(scope="module")
-def demo_bf16(demo_source, tmp_path_factory) -> Path:
-    from quantkit.backends.gguf.export import export_gguf
-
-    path = tmp_path_factory.mktemp("imatrix") / "demo-BF16.gguf"
-    export_gguf(demo_source, path, out_type="BF16")
-    return path
+def demo_bf16(demo_model: Path, bf16_gguf) -> Path:
+    return bf16_gguf(demo_model)  # export_gguf's BF16 file, made once a session (read-only)
 
 
 @pytest.fixture(scope="module")
