@@ -50,12 +50,16 @@ from support.hub import demo_artifact, demo_artifact_cached, fake_hub, hub  # no
 from support.llama_server import no_server  # noqa: E402,F401
 from support.mlx import mlx_copy, mlx_demo  # noqa: E402,F401
 from support.models import (  # noqa: E402,F401
+    bf16_gguf,
     demo_bf16_imatrix,
+    demo_model_8_layers,
     demo_q8,
     llama31_model,
     llama31_model_special_tags,
     llama31_model_tf4_config,
     llama31_tokenizer_files,
+    q8_gguf,
     qwen3_model,
     reference_converter,
+    reference_gguf,
 )

@@ -16,7 +16,12 @@ def _normalizer(rows: np.ndarray):
     import numpy as np
 
     top = rows.max(axis=1, keepdims=True).astype(np.float64)
-    expd = np.exp(rows.astype(np.float64) - top)
+    # In place: the same values as np.exp(rows.astype(np.float64) - top), in one row-sized
+    # float64 array instead of three (each a fresh mapping the kernel zero-fills: ~40 % of
+    # this function's time on a 128k-token vocabulary).
+    expd = rows.astype(np.float64)
+    expd -= top
+    np.exp(expd, out=expd)
     total = expd.sum(axis=1)
     return expd, total, top[:, 0] + np.log(total)
 

@@ -10,14 +10,10 @@ import pytest
 from support.cli_runner import run_cli
 from support.gguf_corrupt import edited_copy, set_token_type
 
-from quantkit.backends.gguf.export import export_gguf
-from quantkit.source.model import load_source
-
 
 @pytest.fixture(scope="module")
-def demo_gguf(demo_model: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "demo-Q8_0.gguf"
-    return export_gguf(load_source(demo_model), out, out_type="Q8_0").path
+def demo_gguf(demo_q8: Path) -> Path:
+    return demo_q8  # the session's export of the demo as Q8_0 (read-only: copies are edited)
 
 
 def test_passing_artifact_prints_a_table_and_exits_0(demo_gguf: Path, demo_model: Path) -> None:

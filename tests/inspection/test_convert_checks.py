@@ -16,7 +16,7 @@ NO_EVAL = EvalOptions(enabled=False)  # these tests check other things than qual
 
 @pytest.mark.parametrize("fixture", ["llama31_model", "demo_model"])
 def test_chat_prompt_has_exactly_the_bos_the_model_wants(
-    fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+    fixture: str, request: pytest.FixtureRequest, q8_gguf
 ) -> None:
     """llama31: the template writes <|begin_of_text|> and the tokenizer adds BOS; the demo:
     no BOS is added (its "bos" <|im_start|> is the turn opener). Either way the runtime's ids
@@ -25,7 +25,7 @@ def test_chat_prompt_has_exactly_the_bos_the_model_wants(
     from tokenizers import Tokenizer
 
     source = load_source(request.getfixturevalue(fixture))
-    path = export_gguf(source, tmp_path / "m.gguf", out_type="Q8_0").path
+    path = q8_gguf(source.path)  # export_gguf's Q8_0 of it, once a session
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         ids = chat_prompt_ids(llm, source)
@@ -51,7 +51,7 @@ def _decode(ids: list[int], source) -> str:
 
 
 def test_check_gguf_runs_the_inspect_battery_then_generation(
-    demo_model: Path, tmp_path: Path
+    demo_model: Path, demo_q8: Path, tmp_path: Path
 ) -> None:
     """What convert calls: the full battery against the source, the generation check last
     and not fatal; a --token-type override passes with the policy it was written with."""
@@ -60,7 +60,7 @@ def test_check_gguf_runs_the_inspect_battery_then_generation(
     from quantkit.inspection.convert_checks import check_gguf
 
     source = load_source(demo_model)
-    path = export_gguf(source, tmp_path / "m.gguf", out_type="Q8_0").path
+    path = demo_q8  # export_gguf's Q8_0 of the demo, once a session (read-only)
     checks = check_gguf(path, source)
     assert [c.name for c in checks][:3] == [
         "special tokens single ids",

@@ -17,11 +17,9 @@ from support.gguf_corrupt import (
 )
 
 import quantkit
-from quantkit.backends.gguf.export import export_gguf
 from quantkit.backends.gguf.options import GGUFOptions
 from quantkit.evaluation.options import EvalOptions
 from quantkit.inspection import ArtifactError, ServerOptions
-from quantkit.source.model import load_source
 
 NO_EVAL = EvalOptions(enabled=False)  # these tests check other things than quality
 # These tests are about the token, template and rope checks; the llama-server round trip on
@@ -34,9 +32,8 @@ TOOL_USE_KEY = "tokenizer.chat_template.tool_use"
 
 
 @pytest.fixture(scope="module")
-def llama31_q8(llama31_model: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("llama31-q8") / "llama31-Q8_0.gguf"
-    return export_gguf(load_source(llama31_model), out, out_type="Q8_0").path
+def llama31_q8(llama31_model: Path, q8_gguf) -> Path:
+    return q8_gguf(llama31_model)  # the session's: tests/support/models.py
 
 
 def inspect_checks(artifact, against=None, **kwargs):
@@ -102,8 +99,8 @@ def test_llama31_rope_freqs_equal_the_source(llama31_q8: Path, llama31_model: Pa
 
 
 @pytest.mark.slow
-def test_qwen3_passes(qwen3_model: Path, tmp_path: Path) -> None:
-    path = export_gguf(load_source(qwen3_model), tmp_path / "q.gguf", out_type="Q8_0").path
+def test_qwen3_passes(qwen3_model: Path, q8_gguf) -> None:
+    path = q8_gguf(qwen3_model)
     report = inspect_checks(path, qwen3_model)
     assert report.passed, report.failed
     assert "rope_freqs" not in {c.name for c in report.checks if c.fatal}
@@ -127,11 +124,11 @@ def test_split_set_passes_from_any_shard(demo_q8: Path, demo_model: Path, tmp_pa
 @pytest.mark.reference
 @pytest.mark.parametrize("model", ["llama31_model", "qwen3_model", "demo_model"])
 def test_llama_cpp_converter_gguf_passes(
-    reference_converter, model: str, request: pytest.FixtureRequest, tmp_path: Path
+    reference_gguf, model: str, request: pytest.FixtureRequest
 ) -> None:
     """A third-party artifact: llama.cpp's own convert_hf_to_gguf.py output."""
     source = request.getfixturevalue(model)
-    path = reference_converter.convert(source, tmp_path / "ref.gguf", "q8_0")
+    path = reference_gguf(source, "q8_0")
     report = inspect_checks(path, source)
     assert report.passed, report.failed
     if model == "llama31_model":
@@ -141,11 +138,11 @@ def test_llama_cpp_converter_gguf_passes(
 @pytest.mark.slow
 @pytest.mark.reference
 def test_llama_cpp_converter_hides_special_tags_and_is_caught(
-    reference_converter, llama31_model_special_tags: Path, tmp_path: Path
+    reference_gguf, llama31_model_special_tags: Path
 ) -> None:
     """Where the source marks the Hermes tags special, llama.cpp's converter types them
     CONTROL: llama-server would then strip <tool_call> from replies. That is the bug."""
-    path = reference_converter.convert(llama31_model_special_tags, tmp_path / "r.gguf", "q8_0")
+    path = reference_gguf(llama31_model_special_tags, "q8_0")
     report = quantkit.inspect(path, llama31_model_special_tags)
     # ... and llama-server hides them: the round trips fail too (server_checks).
     assert set(failed(report)) == {

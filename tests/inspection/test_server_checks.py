@@ -12,7 +12,6 @@ import pytest
 from support.gguf_corrupt import edited_copy, rewritten_copy, set_int, set_token_type
 
 import quantkit
-from quantkit.backends.gguf.export import export_gguf
 from quantkit.inspection import ServerOptions, server_checks
 from quantkit.inspection.gguf_meta import read_gguf_meta
 from quantkit.inspection.server_checks import (
@@ -22,7 +21,6 @@ from quantkit.inspection.server_checks import (
     last_analysis,
 )
 from quantkit.runtime.llama_server import ENV_VAR, find_llama_server
-from quantkit.source.model import load_source
 
 CONTROL = 3
 TOOL_USE_KEY = "tokenizer.chat_template.tool_use"
@@ -73,12 +71,11 @@ def test_demo_round_trip_passes(demo_q8: Path) -> None:
     ids=["llama3-header", "chatml-on-llama31-tokenizer"],
 )
 def test_random_weight_fixtures_round_trip_passes(
-    fixture: str, turn_end: str, request: pytest.FixtureRequest, tmp_path: Path
+    fixture: str, turn_end: str, request: pytest.FixtureRequest, q8_gguf
 ) -> None:
     """The Llama-3-header format (Hermes 4) and ChatML on the Llama 3.1 tokenizer (Hermes
     3's layout), random weights: the prefill and the biases make even these call."""
-    source = load_source(request.getfixturevalue(fixture))
-    gguf = export_gguf(source, tmp_path / "f.gguf", out_type="Q8_0").path
+    gguf = q8_gguf(request.getfixturevalue(fixture))  # export_gguf's Q8_0, once a session
     checks = round_trip(gguf)
     assert_all_pass(checks)
     assert f"eos_token '{turn_end}'" in checks[SERVER_TEMPLATE].evidence
@@ -108,11 +105,11 @@ def test_vendored_hermes_tool_use_templates_pass(
 
 @pytest.mark.slow
 def test_vendored_qwen3_template_moves_the_thought_to_reasoning_content(
-    qwen3_model: Path, templates: Path, tmp_path: Path
+    qwen3_model: Path, templates: Path, tmp_path: Path, q8_gguf
 ) -> None:
     """Qwen3's real template has the enable_thinking switch the server probes: its analysis
     finds <think>, and the thought comes back in reasoning_content."""
-    base = export_gguf(load_source(qwen3_model), tmp_path / "q.gguf", out_type="Q8_0").path
+    base = q8_gguf(qwen3_model)  # read-only: the template is changed in a copy
     qwen = (templates / "Qwen-Qwen3-0.6B.jinja").read_text()
     drop = frozenset({TOOL_USE_KEY, "tokenizer.chat_templates"})
     gguf = rewritten_copy(

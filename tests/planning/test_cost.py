@@ -226,11 +226,19 @@ def test_a_finished_convert_records_its_rates(demo_model: Path, tmp_path: Path,
                                               monkeypatch) -> None:  # fmt: skip
     """The stages the estimate names are the ones the convert reports, so each one's rate
     is kept for the next estimate."""
+    from quantkit.evaluation.corpus import default_corpus_dir
+    from quantkit.evaluation.options import EvalOptions
+
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
     started = time.time()
     seen: list[str] = []
+    # The shipped corpus's prose alone (2 chunks of its 9): the stages and the rates they
+    # leave do not depend on how many chunks are evaluated, and the evaluation (reference
+    # logits included, the cache being empty) is most of this convert's time.
+    short = EvalOptions(corpus=default_corpus_dir() / "prose.txt")
     result = quantkit.convert(demo_model, out=tmp_path / "out", format="gguf", quant="Q8_0",
-                              verify=False, progress=lambda s, d, t: seen.append(s))  # fmt: skip
+                              verify=False, evaluation=short,
+                              progress=lambda s, d, t: seen.append(s))  # fmt: skip
     assert result.cost is not None
     assert set(labels(result.cost)) <= set(seen)
     recorded = json.loads((tmp_path / "cache" / "rates.json").read_text(encoding="utf-8"))

@@ -161,7 +161,7 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
     BF16 file: each probe's tensors are what llama.cpp's quantizer writes for it on its own
     (K-quants and i-quants with the importance matrix too), and llama.cpp loads it. A role's
     probe changes its tensors in every other layer."""
-    from gguf import GGUFReader
+    from support.gguf_reader import read_gguf_tensors
 
     from quantkit.backends.gguf.auto.probes import REFERENCE_TYPE, build_probe_set
     from quantkit.backends.gguf.auto.weights import BF16File, BF16Shards
@@ -202,9 +202,11 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
         assert layers == every[::2]
 
     def tensors(paths) -> dict[str, tuple[str, bytes]]:
+        # the tests' reader: what GGUFReader gives (tests/support/test_gguf_support.py), but
+        # GGUFReader's per-token views take seconds on each of these ~20 files
         out = {}
         for path in paths:
-            for t in GGUFReader(path).tensors:
+            for t in read_gguf_tensors(path).values():
                 out[t.name] = (t.tensor_type.name, bytes(t.data.tobytes()))
         return out
 

@@ -11,7 +11,7 @@ import pytest
 from support.gguf_reader import read_gguf_tensors
 
 from quantkit.backends.gguf.backend import make_gguf
-from quantkit.backends.gguf.export import export_gguf, plan_export
+from quantkit.backends.gguf.export import plan_export
 from quantkit.backends.gguf.imatrix.matrix import Imatrix, ImatrixEntry, load_imatrix
 from quantkit.backends.gguf.imatrix.request import ImatrixRequest
 from quantkit.backends.gguf.quantize import llama_tensor_types, quantize_gguf
@@ -33,13 +33,6 @@ def random_imatrix(bf16: Path, seed: int = 0) -> Imatrix:
     return Imatrix(entries, datasets=("calibration.jsonl",), chunk_count=3, chunk_size=512)
 
 
-def llama_cpp_from_bf16(
-    source, folder: Path, quant: str, imatrix: Imatrix | None, label: str = "m.imatrix"
-) -> bytes:
-    bf16 = export_gguf(source, folder / "m-BF16.gguf").path
-    return llama_cpp_quantize(bf16, folder, quant, imatrix, label)
-
-
 def llama_cpp_quantize(
     bf16: Path, folder: Path, quant: str, imatrix: Imatrix | None, label: str = "m.imatrix"
 ) -> bytes:
@@ -47,18 +40,24 @@ def llama_cpp_quantize(
     return (folder / "ref.gguf").read_bytes()
 
 
+# The demo (trained weights, rows of 576: IQ2_XS falls back to IQ4_NL, Q4_0, Q2_K and Q8_0
+# beside its IQ2_XS tensors) with 8 of its 30 layers: each tensor is quantized on its own,
+# so the file's bytes hold or fail tensor by tensor, and every type of the mix is in the
+# first 8 layers; the i-quant searches over all 30 took ~35 s each way on 2 cores.
 @pytest.mark.parametrize(
     ("model", "quant", "with_imatrix"),
     [("llama31_model", "Q4_K_M", True), ("qwen3_model", "Q3_K_S", False),
-     ("demo_model", "IQ2_XS", True)],
+     ("demo_model_8_layers", "IQ2_XS", True)],
     ids=["llama31-Q4_K_M-imatrix", "qwen3-Q3_K_S", "demo-IQ2_XS-imatrix"],
 )  # fmt: skip
 def test_streamed_file_is_llama_cpps_byte_for_byte(
-    request: pytest.FixtureRequest, tmp_path: Path, model: str, quant: str, with_imatrix: bool
+    request: pytest.FixtureRequest, tmp_path: Path, model: str, quant: str, with_imatrix: bool,
+    bf16_gguf,
 ) -> None:
-    # The reference: our BF16 GGUF, then llama_model_quantize on it (llama-quantize's call).
+    # The reference: our BF16 GGUF (export_gguf's, made once a session), then
+    # llama_model_quantize on it (llama-quantize's call).
     source = load_source(request.getfixturevalue(model))
-    bf16 = export_gguf(source, tmp_path / "m-BF16.gguf").path
+    bf16 = bf16_gguf(source.path)
     imatrix = random_imatrix(bf16) if with_imatrix else None  # the names of the same export
     expected = llama_cpp_quantize(bf16, tmp_path, quant, imatrix)
     streamed = tmp_path / "streamed" / "m.gguf"
@@ -93,11 +92,11 @@ def test_a_type_that_needs_an_imatrix_fails_before_writing(demo_model: Path, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_imatrix_of_another_model_fails_and_leaves_no_file(demo_model: Path, tmp_path: Path):
+def test_an_imatrix_of_another_model_fails_and_leaves_no_file(
+    demo_model: Path, bf16_gguf, tmp_path: Path
+) -> None:
     source = load_source(demo_model)
-    export_gguf(source, tmp_path / "names.gguf")
-    imatrix = random_imatrix(tmp_path / "names.gguf")
-    (tmp_path / "names.gguf").unlink()
+    imatrix = random_imatrix(bf16_gguf(demo_model))  # the names of the demo's BF16 export
     name = "blk.0.attn_q.weight"
     imatrix.entries[name] = ImatrixEntry(np.ones((1, 7), dtype=np.float32), np.array([1.0]))
     with pytest.raises(ImatrixError, match=f"7 values for {name}"):
@@ -105,7 +104,7 @@ def test_an_imatrix_of_another_model_fails_and_leaves_no_file(demo_model: Path, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_make_gguf_never_writes_a_bf16_file(demo_model: Path, tmp_path: Path) -> None:
+def test_make_gguf_never_writes_a_bf16_file(demo_model: Path, bf16_gguf, tmp_path: Path) -> None:
     """With a computed importance matrix: a Q8_0 file while it is computed, removed, then
     the artifact; the disk never holds a BF16 GGUF. The artifact is what llama.cpp's
     quantizer makes from the BF16 file with the matrix that was drawn."""
@@ -135,6 +134,6 @@ def test_make_gguf_never_writes_a_bf16_file(demo_model: Path, tmp_path: Path) ->
     label = f"{source.name}.imatrix.gguf"
     reference = tmp_path / "reference"
     reference.mkdir()
-    expected = llama_cpp_from_bf16(source, reference, "Q4_K_M", load_imatrix(work / label),
-                                   label)  # fmt: skip
+    expected = llama_cpp_quantize(bf16_gguf(demo_model), reference, "Q4_K_M",
+                                  load_imatrix(work / label), label)  # fmt: skip
     assert result.artifact.read_bytes() == expected

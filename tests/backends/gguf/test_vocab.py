@@ -75,9 +75,9 @@ def models(demo_model: Path, llama31_model: Path, qwen3_model: Path) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def ggufs(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("vocab")
-    return {n: export_gguf(load_source(p), root / f"{n}.gguf").path for n, p in models.items()}
+def ggufs(models: dict[str, Path], bf16_gguf) -> dict[str, Path]:
+    # export_gguf's BF16 files, made once a session (tests/support/models.py): read here
+    return {n: bf16_gguf(p) for n, p in models.items()}
 
 
 @pytest.fixture(scope="module")

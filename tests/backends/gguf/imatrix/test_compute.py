@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.cli_runner import run_cli
+from support.gguf_reader import read_gguf
 
 from quantkit.backends.gguf.imatrix.compute import (
     ImatrixData,
@@ -33,12 +34,8 @@ def demo_source(demo_model: Path):
 
 
 @pytest.fixture(scope="module")
-def demo_bf16(demo_source, tmp_path_factory) -> Path:
-    from quantkit.backends.gguf.export import export_gguf
-
-    path = tmp_path_factory.mktemp("imatrix") / "demo-BF16.gguf"
-    export_gguf(demo_source, path, out_type="BF16")
-    return path
+def demo_bf16(demo_model: Path, bf16_gguf) -> Path:
+    return bf16_gguf(demo_model)  # export_gguf's BF16 file, made once a session (read-only)
 
 
 @pytest.fixture(scope="module")
@@ -129,17 +126,17 @@ def test_agrees_with_torch_on_the_source(demo_model: Path, demo_imatrix, demo_da
     assert max(worst) < 0.005, max(worst)  # measured 0.30% (docs/formats.md)
 
 
-def _gguf_kv(path: Path, prefix: str) -> dict:
-    import gguf
+# The tests' GGUF reader sees what gguf-py's GGUFReader sees (tests/support/
+# test_gguf_support.py) without its seconds per read of the demo's 49k-token vocabulary.
 
-    reader = gguf.GGUFReader(path)
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefix)}
+
+def _gguf_kv(path: Path, prefix: str) -> dict:
+    fields = read_gguf(path).fields
+    return {k: f.contents() for k, f in fields.items() if k.startswith(prefix)}
 
 
 def _tensor_bytes(path: Path) -> dict[str, bytes]:
-    import gguf
-
-    return {t.name: bytes(t.data.tobytes()) for t in gguf.GGUFReader(path).tensors}
+    return {t.name: bytes(t.data.tobytes()) for t in read_gguf(path).tensors.values()}
 
 
 @pytest.mark.slow

@@ -30,9 +30,9 @@ def _paired(metric_with: np.ndarray, metric_without: np.ndarray, chunks: int) ->
     return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(chunks))
 
 
-def _measure(model: Path, folder: Path, max_chunks: int | None = None) -> dict:
+def _measure(model: Path, bf16: Path, folder: Path, max_chunks: int | None = None) -> dict:
+    """`bf16`: the model's BF16 GGUF (export_gguf's, shared with other tests: read-only)."""
     import quantkit.evaluation.measure as evaluate_module
-    from quantkit.backends.gguf.export import export_gguf
     from quantkit.backends.gguf.imatrix.compute import (
         CHUNK_SIZE,
         compute_imatrix,
@@ -42,8 +42,6 @@ def _measure(model: Path, folder: Path, max_chunks: int | None = None) -> dict:
     from quantkit.backends.gguf.quantize import quantize_gguf
 
     source = load_source(model)
-    bf16 = folder / "BF16.gguf"
-    export_gguf(source, bf16, out_type="BF16")
     data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=DEFAULT_SAMPLES,
                                 chunk_size=CHUNK_SIZE, seed=0)  # fmt: skip
     imatrix = compute_imatrix(bf16, data)
@@ -65,20 +63,21 @@ def _measure(model: Path, folder: Path, max_chunks: int | None = None) -> dict:
                 nll, kld, _, _ = captured.pop()
                 results[quant, label] = (report, nll, kld)
                 path.unlink()
-    bf16.unlink()
     return results
 
 
 @pytest.fixture(scope="module")
-def demo_measured(demo_model: Path, tmp_path_factory) -> dict:
+def demo_measured(demo_model: Path, bf16_gguf, tmp_path_factory) -> dict:
     # 5 of the 9 eval chunks: on trained weights the matrix's gain is many times the noise
-    return _measure(demo_model, tmp_path_factory.mktemp("effect-demo"), max_chunks=5)
+    return _measure(demo_model, bf16_gguf(demo_model), tmp_path_factory.mktemp("effect-demo"),
+                    max_chunks=5)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def llama31_measured(llama31_model: Path, tmp_path_factory) -> dict:
+def llama31_measured(llama31_model: Path, bf16_gguf, tmp_path_factory) -> dict:
     # 5 of the 9 eval chunks: its 128k-token vocabulary makes every chunk costly
-    return _measure(llama31_model, tmp_path_factory.mktemp("effect-llama31"), max_chunks=5)
+    return _measure(llama31_model, bf16_gguf(llama31_model),
+                    tmp_path_factory.mktemp("effect-llama31"), max_chunks=5)  # fmt: skip
 
 
 @pytest.mark.slow
