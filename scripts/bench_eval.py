@@ -12,15 +12,16 @@ export), the same tokens and the same threads:
   that llama.cpp tokenizes it alike with and without special-token parsing (so both see
   the same ids) and that both report the same chunk count.
 - llama-perplexity -c 512 -b 2048 -t THREADS (4 sequences per batch, flash attention
-  `auto`, i.e. on for the CPU), and the same with `-fa off`, which quantkit matches.
+  `auto`, i.e. on for the CPU, as quantkit), and the same with `-fa off`.
 - quantkit: quantkit.evaluation.measure.evaluate_artifact against the demo's HF folder.
   The source's reference logits are computed once before the timed runs and cached, so
   the timed runs score the artifact only.
 
 Precision: the same GGUF and text, PRECISION_CHUNKS chunks, decoded by llama.cpp (through
 llama-cpp-python, 4 chunks per batch as quantkit does) three ways: all in float32 (F32 KV
-cache, no flash attention), the F16 KV cache without flash attention (quantkit's setting),
-and flash attention with the default cache (llama-perplexity's). Reported: the mean and
+cache, no flash attention), the F16 KV cache without flash attention (quantkit's setting
+until flash attention was turned on), and flash attention with the default cache
+(llama-perplexity's and quantkit's). Reported: the mean and
 largest KL divergence of each from the float32 logits over the scored half of every chunk,
 and whether a chunk's logits are the same bits decoded with three others or alone.
 
@@ -126,8 +127,8 @@ def check_same_tokens(gguf: Path, text_file: Path) -> int:
 PRECISION_CHUNKS = 8
 # (label, flash attention, KV cache in float32); the first is the reference.
 KERNELS = (("float32 (F32 KV cache, no flash attention)", False, True),
-           ("F16 KV cache, no flash attention (quantkit)", False, False),
-           ("flash attention (llama-perplexity)", True, False))  # fmt: skip
+           ("F16 KV cache, no flash attention", False, False),
+           ("flash attention (llama-perplexity, quantkit)", True, False))  # fmt: skip
 
 
 def attention_precision(
@@ -301,6 +302,7 @@ def markdown(
         f"by llama.cpp's `llama-perplexity -c {N_CTX} -b {N_BATCH} -t {threads}` (built from "
         "the llama-cpp-python 0.3.36 sdist with GGML_NATIVE=OFF like the wheel; flash "
         "attention `auto`, which is on for the CPU, and `-fa off`) and by quantkit's "
+        "(flash attention on) "
         "`evaluate_artifact` against the demo's HF folder, with the source's reference "
         "logits cached before the timed runs. tokens/s: all evaluated tokens over the time "
         "spent evaluating them (quantkit: its forward passes; llama-perplexity: from its "

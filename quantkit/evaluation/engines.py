@@ -202,7 +202,7 @@ class LlamaCppEngine(Engine):
     def batch_chunks(self, rows_per_chunk: int) -> int:
         from .llama_batch import sequences_per_batch
 
-        return sequences_per_batch(rows_per_chunk, self._n_vocab)
+        return sequences_per_batch(rows_per_chunk, self._n_vocab, self.n_ctx)
 
     def logits_batch(self, chunks: list[list[int]], rows: slice) -> list:
         """Several chunks in one llama_decode, each its own sequence (llama_batch.py)."""

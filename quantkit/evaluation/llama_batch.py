@@ -6,10 +6,16 @@ so no chunk attends to another and each sees what a fresh context of n_ctx shows
 memory is cleared before every batch, and only the rows the caller scores are output: the
 logits of the other positions are never computed through the output matrix nor copied.
 
-The figures do not depend on the batching: on the demo model the logits of a chunk are
-bit-identical whether it is decoded with three others or alone by llama-cpp-python's
-`Llama.eval`, as quantkit did before (tests/evaluation/test_llama_batch.py holds them to
-1e-4).
+Flash attention is on, as in llama-perplexity (its `auto` is on for the CPU). The figures
+do not depend on the batching: on the demo model the logits of a chunk are bit-identical
+whether it is decoded with others or alone by llama-cpp-python's `Llama.eval`
+(tests/evaluation/test_llama_batch.py holds them to 1e-4). That takes one rule: llama.cpp
+gives every sequence of a batch an equal share of each ubatch, and ggml-cpu's flash
+attention has two kernels, chosen by how many queries of a sequence a ubatch holds: tiles
+of FA_QUERY_TILE or more (float32 sums), or one row at a time below (V summed in float16).
+A sequence's share must therefore be a whole part of the chunk and at least a tile, as the
+chunk alone is (`sequences_sharing_a_ubatch`); at n_ctx 128, four chunks of 32 queries
+each differ from one alone by up to 1.3 in a logit.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ if TYPE_CHECKING:
 LOGITS_BUDGET = 512 * 2**20
 # llama-perplexity's batch at its usual settings (-b 2048 with -c 512).
 MOST_SEQUENCES = 4
+# ggml-cpu's flash attention runs its tiled kernel when a ubatch holds at least this many
+# queries of a sequence (GGML_FA_TILE_Q in ggml/src/ggml-cpu/common.h, llama.cpp as vendored
+# in llama-cpp-python 0.3.36), and its one-row kernel below.
+FA_QUERY_TILE = 64
 
 
 class BatchDecodeError(QuantkitError):
@@ -40,12 +50,26 @@ class BatchDecodeError(QuantkitError):
 
 
 def sequences_per_batch(
-    rows_per_chunk: int, n_vocab: int, *, budget: int = LOGITS_BUDGET, most: int = MOST_SEQUENCES
+    rows_per_chunk: int,
+    n_vocab: int,
+    n_ctx: int,
+    *,
+    budget: int = LOGITS_BUDGET,
+    most: int = MOST_SEQUENCES,
 ) -> int:
-    """How many chunks to decode at once so the output logits stay within `budget` bytes
-    (at least one: a single chunk is decoded whatever its size, as before)."""
+    """How many chunks of n_ctx tokens to decode at once: as many as keep the output logits
+    within `budget` bytes and give the same bits as each chunk alone (at least one: a
+    single chunk is decoded whatever its size)."""
     per_chunk = max(1, rows_per_chunk) * n_vocab * 4
-    return max(1, min(most, budget // per_chunk))
+    return sequences_sharing_a_ubatch(n_ctx, max(1, min(most, budget // per_chunk)))
+
+
+def sequences_sharing_a_ubatch(n_ctx: int, most: int) -> int:
+    """The largest n <= most whose share of a ubatch of n_ctx tokens, n_ctx / n queries of
+    each chunk, is whole and at least FA_QUERY_TILE, so that flash attention takes the
+    kernel it takes for the chunk alone (see the module docstring); 1 when none is."""
+    fits = [n for n in range(1, most + 1) if n_ctx % n == 0 and n_ctx // n >= FA_QUERY_TILE]
+    return max(fits, default=1)
 
 
 class ChunkDecoder:
@@ -67,10 +91,11 @@ class ChunkDecoder:
         params.n_ubatch = n_ctx
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = n_threads
-        # Off, as llama-cpp-python's Llama left it: the CPU flash-attention kernel sums
-        # V in float16 and moves the demo's logits by up to 1.7, which would change every
-        # figure measured before; without it batching changes no bit.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # On, as llama-perplexity's `auto` is on the CPU: 7-14 % faster on the demo and as
+        # close to an all-float32 computation as the F16 cache without it (bench_eval's
+        # precision table). Enabled rather than `auto`, so that the kernel is the same
+        # whatever llama.cpp decides for a device.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise BatchDecodeError(

@@ -46,6 +46,12 @@ REPLY_TOKENS = 64
 GENERATION_EXTRA_BYTES = 400 * MIB  # transformers' tokenizer and generate() around the model
 EVAL_CHUNKS = 9  # the shipped corpus in 512-token chunks (demo and Llama 3 tokenizers)
 OVERHEAD_LABEL = "the rest (loading, tokenizing, the manifest and card)"
+
+
+def quantize_stage(quant: str, *, llama_quantize: bool = False) -> str:
+    """The label of a GGUF quantization stage, in the estimate and in the build's progress:
+    a convert's timings find each stage's rate by its label (`record_rates`)."""
+    return f"llama.cpp quantize to {quant}" if llama_quantize else f"quantizing to {quant}"
 CHECK_CONTEXT = 2048  # runtime.llama_server's context for the round-trip checks
 REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})  # see _repacked_bytes
 SERVER_PROCESS_BYTES = 100 * MIB  # llama-server itself, beside its context
@@ -200,9 +206,11 @@ def _gguf_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
         stages.append(StageCost(
             "importance matrix (llama.cpp)", f"llama_forward:{model_type}",
             tokens * spec.parameter_count, _imatrix_bytes(spec)))  # fmt: skip
-    label = f"llama.cpp quantize to {r.quant}" if via_bf16 else f"quantizing to {r.quant}"
-    stages.append(StageCost(label, f"quantize:{r.quant}", spec.parameter_count,
-                            writer + _llama_quantize_buffers(via_bf16)))  # fmt: skip
+    # --quant auto builds its file itself, from the BF16 file too
+    llama_quantize = via_bf16 and not r.auto
+    stages.append(StageCost(quantize_stage(r.quant, llama_quantize=llama_quantize),
+                            f"quantize:{r.quant}", spec.parameter_count,
+                            writer + _llama_quantize_buffers(llama_quantize)))  # fmt: skip
     return stages
 
 

@@ -290,6 +290,7 @@ def _llama_cpp_logits(gguf: Path, chunks: list[list[int]]) -> list[np.ndarray]:
         n_batch=N_CTX,
         n_ubatch=N_CTX,
         logits_all=True,
+        flash_attn=True,  # as quantkit's engine and llama-perplexity
         verbose=False,
     )
     try:

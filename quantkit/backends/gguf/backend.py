@@ -12,6 +12,7 @@ from ...artifact import naming
 from ...artifact.manifest import file_record
 from ...formats.quants import AUTO_QUANT, gguf_quant
 from ...formats.tokens import TokenTypePolicy
+from ...planning.cost import quantize_stage
 from ...source.model import SourceModel
 from ..base import BackendResult, BuildOptions
 from .auto.build import quantize_auto, recipe_section
@@ -165,7 +166,7 @@ def _quantize_streamed(
 
     def on_tensor(done: int, total: int) -> None:
         if progress is not None:
-            progress(f"quantizing to {quant}", done, total)
+            progress(quantize_stage(quant), done, total)
 
     quantize_from_shards(source, final_path, quant, token_policy=policy,
                          pre_tokenizer=pre_tokenizer, imatrix=matrix, imatrix_file=label,
@@ -190,11 +191,12 @@ def _quantize_via_bf16(
         result = _quantize_auto(source, auto, BF16File(bf16_path), final_path, work, matrix,
                                 label, extra_files, imatrix_info, policy, progress)  # fmt: skip
     else:
+        stage = quantize_stage(quant, llama_quantize=True)
         if progress is not None:
-            progress(f"llama.cpp quantize to {quant}", 0, 1)
+            progress(stage, 0, 1)
         quantize_gguf(bf16_path, final_path, quant, imatrix=matrix, imatrix_file=label)
         if progress is not None:
-            progress(f"llama.cpp quantize to {quant}", 1, 1)
+            progress(stage, 1, 1)
         result = _result(final_path, quant, extra_files, imatrix_info, {}, policy)
     result.files.append(_gguf_record(bf16_path, "BF16", role="intermediate"))
     return result

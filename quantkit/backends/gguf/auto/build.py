@@ -3,6 +3,7 @@ prove the file kept to the budget, write the recipe files beside it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,9 @@ from ....artifact.manifest import file_record
 from ....errors import ConversionError, RecipeError
 from ....formats.gguf_recipe import Recipe, write_recipe
 from ....formats.gguf_types import IMATRIX_REQUIRED
+from ....formats.quants import AUTO_QUANT
 from ....planning.budget import FILE
+from ....planning.cost import quantize_stage
 from ....planning.mix import types_by_role
 from . import choose_recipe
 
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from .weights import BF16Weights
 
 ProgressFn = Callable[[str, int, int], None]
+log = logging.getLogger(__name__)
 
 
 def quantize_auto(
@@ -44,7 +48,8 @@ def quantize_auto(
                                probe_chunks=auto.probe_chunks, evaluation=auto.evaluation,
                                progress=progress)  # fmt: skip
     check_imatrix_coverage(recipe, imatrix)
-    stage = f"quantizing, a type per tensor ({recipe.file_type}-sized)"
+    stage = quantize_stage(AUTO_QUANT.name)  # the estimate's label: its rate is recorded
+    log.info("quantizing, a type per tensor (%s-sized)", recipe.file_type)
 
     def on_tensor(done: int, total: int) -> None:
         if progress is not None:
