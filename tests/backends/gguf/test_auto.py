@@ -113,20 +113,26 @@ def test_the_gguf_path_applies_a_recipe_file(
     from quantkit.backends.gguf.imatrix.matrix import load_imatrix
     from quantkit.backends.gguf.imatrix.request import FILE, ImatrixRequest
     from quantkit.formats.gguf_recipe import read_recipe
+    from quantkit.planning.cost import quantize_stage
     from quantkit.source.model import load_source
 
     _, auto, recipe, json_path, _ = stock_and_auto
     _, imatrix_path = demo_bf16_imatrix
     matrix = ImatrixRequest(FILE, "--imatrix", imatrix=load_imatrix(imatrix_path),
                             file=imatrix_path)  # fmt: skip
+    seen: set[str] = set()
     built = make_gguf(load_source(demo_model), "AUTO", tmp_path, imatrix=matrix,
                       auto=AutoRequest(None, read_recipe(json_path), 0),
-                      keep_intermediate=keep_intermediate)  # fmt: skip
+                      keep_intermediate=keep_intermediate,
+                      progress=lambda stage, done, total: seen.add(stage))  # fmt: skip
     assert built.artifact.read_bytes() == auto.read_bytes()
     assert built.gate_quant == recipe.file_type == built.manifest["recipe"]["file_type"]
     roles = {"artifact", "imatrix", "recipe"} | ({"intermediate"} if keep_intermediate else set())
     assert {f["role"] for f in built.files} == roles
     assert (tmp_path / "demo-BF16.gguf").exists() == keep_intermediate
+    # the label the estimate gives this stage (tests/planning/test_cost.py): rates are
+    # recorded by label
+    assert quantize_stage("AUTO") in seen
 
 
 def test_llama_quantize_makes_the_same_file_from_the_tensor_type_file(
