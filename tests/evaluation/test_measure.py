@@ -333,20 +333,28 @@ def direct(demo_model, demo_ggufs, plain_text):
     return {"gguf": gguf_logits, "hf": hf_logits, "hf_losses": losses, "targets": targets}
 
 
-@pytest.mark.slow
-def test_gguf_perplexity_matches_llama_cpp_logits_computed_directly(
-    direct, demo_ggufs, demo_model, plain_text, eval_cache
-) -> None:
+@pytest.fixture(scope="module")
+def plain_text_report(demo_ggufs, demo_model, plain_text, eval_cache):
+    """quantkit's report of the Q4_K_M on the plain text: the first evaluation of that
+    text in this module, so it computes the source's reference, which the tests below
+    then find cached whatever order they run in."""
     from quantkit.evaluation.measure import evaluate_artifact
 
+    return evaluate_artifact(
+        demo_ggufs["Q4_K_M"], demo_model, corpus=plain_text, n_ctx=N_CTX, max_chunks=CHUNKS
+    )
+
+
+@pytest.mark.slow
+def test_gguf_perplexity_matches_llama_cpp_logits_computed_directly(
+    direct, plain_text_report
+) -> None:
     nll = []
     for logits, targets in zip(direct["gguf"], direct["targets"], strict=True):
         lp = logits - np.logaddexp.reduce(logits.astype(np.float64), axis=1, keepdims=True)
         nll.extend(-lp[np.arange(len(targets)), targets])
     expected = math.exp(float(np.mean(nll)))
-    report = evaluate_artifact(
-        demo_ggufs["Q4_K_M"], demo_model, corpus=plain_text, n_ctx=N_CTX, max_chunks=CHUNKS
-    )
+    report = plain_text_report
     assert report.engine == "llama.cpp" and report.tokens == CHUNKS * (N_CTX // 2 - 1)
     assert report.perplexity == pytest.approx(expected, rel=0.005)
     # the reference side (transformers) against transformers' own loss
@@ -356,7 +364,7 @@ def test_gguf_perplexity_matches_llama_cpp_logits_computed_directly(
 
 @pytest.mark.slow
 def test_safetensors_perplexity_matches_transformers_loss_and_self_kld_is_zero(
-    direct, demo_model, plain_text, eval_cache
+    direct, demo_model, plain_text, plain_text_report
 ) -> None:
     from quantkit.evaluation.measure import evaluate_artifact
 
@@ -367,27 +375,22 @@ def test_safetensors_perplexity_matches_transformers_loss_and_self_kld_is_zero(
     assert report.perplexity == pytest.approx(
         math.exp(float(np.mean(direct["hf_losses"]))), rel=0.005
     )
-    assert report.reference_cached  # computed by the GGUF test or a moment ago, not twice
+    assert report.reference_cached  # computed for plain_text_report, not twice
     assert abs(report.kld_mean) < 1e-6 and report.kld_p99 < 1e-5
     assert report.top1_agreement == 1.0 and report.ppl_ratio == pytest.approx(1.0, abs=1e-6)
 
 
 @pytest.mark.slow
 def test_topk_kld_is_within_tolerance_of_the_exact_full_vocabulary_kld(
-    direct, demo_ggufs, demo_model, plain_text, eval_cache
+    direct, plain_text_report
 ) -> None:
-    from quantkit.evaluation.measure import evaluate_artifact
-
     exact = []
     for p_logits, q_logits in zip(direct["hf"], direct["gguf"], strict=True):
         lp = p_logits - np.logaddexp.reduce(p_logits.astype(np.float64), axis=1, keepdims=True)
         lq = q_logits - np.logaddexp.reduce(q_logits.astype(np.float64), axis=1, keepdims=True)
         exact.extend((np.exp(lp) * (lp - lq)).sum(axis=1))
     exact = np.array(exact)
-    report = evaluate_artifact(
-        demo_ggufs["Q4_K_M"], demo_model, corpus=plain_text, n_ctx=N_CTX, max_chunks=CHUNKS
-    )
-    assert report.reference_cached
+    report = plain_text_report
     assert report.kld_mean == pytest.approx(exact.mean(), rel=0.03)
     assert report.kld_p99 == pytest.approx(np.percentile(exact, 99), rel=0.05)
     assert report.kld_mean_lower_bound <= exact.mean()
