@@ -46,12 +46,6 @@ REPLY_TOKENS = 64
 GENERATION_EXTRA_BYTES = 400 * MIB  # transformers' tokenizer and generate() around the model
 EVAL_CHUNKS = 9  # the shipped corpus in 512-token chunks (demo and Llama 3 tokenizers)
 OVERHEAD_LABEL = "the rest (loading, tokenizing, the manifest and card)"
-
-
-def quantize_stage(quant: str, *, llama_quantize: bool = False) -> str:
-    """The label of a GGUF quantization stage, in the estimate and in the build's progress:
-    a convert's timings find each stage's rate by its label (`record_rates`)."""
-    return f"llama.cpp quantize to {quant}" if llama_quantize else f"quantizing to {quant}"
 CHECK_CONTEXT = 2048  # runtime.llama_server's context for the round-trip checks
 REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})  # see _repacked_bytes
 SERVER_PROCESS_BYTES = 100 * MIB  # llama-server itself, beside its context
@@ -178,6 +172,12 @@ def choose_repack(
 
 
 # --- the build ------------------------------------------------------------------------------
+
+
+def quantize_stage(quant: str, *, llama_quantize: bool = False) -> str:
+    """The label of a GGUF quantization stage, in the estimate and in the build's progress:
+    a convert's timings find each stage's rate by its label (`record_rates`)."""
+    return f"llama.cpp quantize to {quant}" if llama_quantize else f"quantizing to {quant}"
 
 
 def _build_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
