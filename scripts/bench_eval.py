@@ -300,7 +300,7 @@ def markdown(
         f"What: {gguf.name} scored on the same text (the shipped eval corpus as plain text, "
         f"repeated; {chunks} chunks of {N_CTX} tokens, the same ids for both tools, checked) "
         f"by llama.cpp's `llama-perplexity -c {N_CTX} -b {N_BATCH} -t {threads}` (built from "
-        "the llama-cpp-python 0.3.36 sdist with GGML_NATIVE=OFF like the wheel; flash "
+        "the llama-cpp-python 0.3.36 sdist for this CPU, GGML_NATIVE=ON, like the wheel; flash "
         "attention `auto`, which is on for the CPU, and `-fa off`) and by quantkit's "
         "(flash attention on) "
         "`evaluate_artifact` against the demo's HF folder, with the source's reference "

@@ -46,8 +46,9 @@ RepackOption = Annotated[
         "--repack/--no-repack",
         help="llama.cpp's weight repacking when a GGUF is loaded for checks and evaluation "
         "(llama-server's --no-repack): off keeps the weights memory-mapped instead of "
-        "copying its Q4_0/Q4_K/IQ4_NL matrices into RAM, but is slower and its plain kernels "
-        "round differently. convert's default: on unless the copy would not fit the RAM.",
+        "copying some of its matrices (Q4_0, Q4_K, IQ4_NL; Q2_K with AVX-512) into RAM, but "
+        "is slower and its plain kernels round differently. convert's default: on unless "
+        "the copy would not fit the RAM.",
     ),
 ]
 

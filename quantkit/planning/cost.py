@@ -47,7 +47,6 @@ GENERATION_EXTRA_BYTES = 400 * MIB  # transformers' tokenizer and generate() aro
 EVAL_CHUNKS = 9  # the shipped corpus in 512-token chunks (demo and Llama 3 tokenizers)
 OVERHEAD_LABEL = "the rest (loading, tokenizing, the manifest and card)"
 CHECK_CONTEXT = 2048  # runtime.llama_server's context for the round-trip checks
-REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})  # see _repacked_bytes
 SERVER_PROCESS_BYTES = 100 * MIB  # llama-server itself, beside its context
 
 
@@ -356,14 +355,16 @@ def _plain(r: CostRequest) -> str:
 def _repacked_bytes(spec: ModelSpec, r: CostRequest) -> int:
     """llama.cpp's CPU backend copies the weight matrices of some types into interleaved
     layouts for its faster kernels when it loads a model: anonymous memory as large as
-    those tensors, beside the memory-mapped file (ggml-cpu's repack.cpp; with AVX2, the
-    build's instruction set: Q4_0, Q4_K and IQ4_NL). At 8B Q4_K_M, 2.9 GB."""
+    those tensors, beside the memory-mapped file (ggml-cpu's repack.cpp; which types, by
+    the build's instruction sets: runtime.llama_cpp.repacked_types). At 8B Q4_K_M, 2.9 GB."""
+    from ..runtime.llama_cpp import repacked_types
     from .memory import gguf_tensors
 
     if not r.repack or r.auto or gguf_quant(r.quant).written_directly:  # none repacked
         return 0
+    repacked = repacked_types()
     return sum(t.nbytes for t in gguf_tensors(spec, r.quant)
-               if t.layer is not None and t.ggml_type in REPACKED_TYPES)  # fmt: skip
+               if t.layer is not None and t.ggml_type in repacked)  # fmt: skip
 
 
 # --- sizes ----------------------------------------------------------------------------------

@@ -12,10 +12,9 @@ from __future__ import annotations
 import ctypes
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import require
+from .llama_cpp import library_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,9 +38,7 @@ _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_in
 
 @cache
 def _libggml() -> ctypes.CDLL:
-    llama_cpp = require("llama_cpp", "gguf")
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    lib = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+    lib = ctypes.CDLL(str(library_folder() / "libggml-base.so"))
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [
         ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,

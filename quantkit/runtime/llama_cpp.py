@@ -4,8 +4,9 @@ and whether a model is loaded with its weights repacked.
 Every caller that loads llama.cpp (quantization, the importance matrix, inspection, evaluation)
 calls `silence_llama_cpp()` first, so the CLI's own output is not drowned in load messages.
 
-Repacking: llama.cpp's CPU backend copies the weight matrices of some types (with AVX2:
-Q4_0, Q4_K and IQ4_NL) into interleaved layouts in anonymous memory when it loads a model,
+Repacking: llama.cpp's CPU backend copies the weight matrices of some types
+(`repacked_types`: with AVX2 Q4_0, Q4_K, IQ4_NL and MXFP4; Q2_K too with AVX-512) into
+interleaved layouts in anonymous memory when it loads a model,
 for its faster kernels: as much RAM again as those weights (2.9 GB at 8B Q4_K_M, about 40 GB
 at 70B). Without it the weights stay memory-mapped (the RAM they take is the page cache's
 to give back), the kernels are the plain ones, which round differently
@@ -21,9 +22,11 @@ import contextvars
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependencyError, require
 from .interrupts import entering_callback, leaving_callback, note_swallowed
 
 # ggml.h's enum ggml_log_level (the vendored llama.cpp's; llama-cpp-python's _logger.py
@@ -39,6 +42,19 @@ _repack = contextvars.ContextVar("quantkit_llama_cpp_repack", default=True)
 def last_error() -> str:
     """llama.cpp's last error-level log line ('' if none), e.g. why a write failed."""
     return _last_error[0]
+
+
+def library_folder() -> Path:
+    """The folder of llama-cpp-python's shared libraries (libllama, libggml, ...)."""
+    llama_cpp = require("llama_cpp", "gguf")
+    return Path(llama_cpp.__file__).parent / "lib"
+
+
+def cpu_features() -> str:
+    """What llama.cpp's CPU kernels were built to use, as llama.cpp says it ("CPU : SSE3 =
+    1 | ... | AVX512 = 1 | ..."): scripts/setup.sh builds them for this machine's CPU."""
+    llama_cpp = require("llama_cpp", "gguf")
+    return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
 
 
 def silence_llama_cpp() -> None:
@@ -114,6 +130,33 @@ def weights_repacked(enabled: bool | None) -> Iterator[None]:
 def repacking() -> bool:
     """Whether GGUFs loaded now get llama.cpp's weight repacking (its default: on)."""
     return _repack.get()
+
+
+# ggml-cpu/repack.cpp's ggml_repack_get_optimal_repack_type, for x86 builds: the types whose
+# weight matrices get an interleaved copy (given rows in multiples of 8), by the instruction
+# sets the build's kernels use. Arm builds repack more (Q5_K, Q6_K and Q8_0 with dot-product
+# or int8 matrix instructions): all of them are counted there, an upper bound.
+_REPACKED_X86_AVX2 = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
+_REPACKED_X86_AVX512 = _REPACKED_X86_AVX2 | {"Q2_K"}
+_REPACKED_ARM = _REPACKED_X86_AVX2 | {"Q5_K", "Q6_K", "Q8_0"}
+
+
+@cache
+def repacked_types() -> frozenset[str]:
+    """The GGUF types whose weight matrices llama.cpp's CPU backend copies into interleaved
+    layouts when it loads a model, with this build's kernels (`cpu_features`). Where
+    llama-cpp-python is missing: the AVX2 build's."""
+    import platform
+
+    try:
+        features = cpu_features()
+    except MissingDependencyError:  # planning without the gguf extra
+        return _REPACKED_X86_AVX2
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return _REPACKED_ARM
+    if "AVX512 = 1" in features:
+        return _REPACKED_X86_AVX512
+    return _REPACKED_X86_AVX2 if "AVX2 = 1" in features else frozenset()
 
 
 def model_params(repack: bool | None = None) -> Any:

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..disk.atomic import building_folder
 from ..disk.cache import cache_dir
 from ..errors import QuantkitError
+from .cpu import NATIVE, cpu_key
 from .llama_cpp import repacking
 from .local_server import LocalServer
 
@@ -45,11 +46,12 @@ BINARY = "llama-server"
 # benchmarks compare against.
 TOOLS = (BINARY, "llama-quantize", "llama-imatrix", "llama-perplexity")
 _VENDOR = "vendor/llama.cpp/"
-# A static, portable build: one self-contained binary (no libllama/libggml beside it) that
-# runs on any x86-64 machine of its kind, like the cached llama-cpp-python wheel.
+# A static build: one self-contained binary (no libllama/libggml beside it), its CPU kernels
+# built for this machine's CPU like the llama-cpp-python wheel scripts/setup.sh builds
+# (runtime.cpu), so the tools and quantkit's in-process llama.cpp run the same kernels.
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=OFF",
+    NATIVE,
     "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
@@ -99,7 +101,9 @@ def pinned_version() -> str:
 
 
 def build_folder(version: str | None = None) -> Path:
-    return cache_dir("llama-server", f"llama-cpp-python-{version or pinned_version()}")
+    """Where the build for this llama-cpp-python version and this CPU (runtime.cpu) lives."""
+    name = f"llama-cpp-python-{version or pinned_version()}-{cpu_key()}"
+    return cache_dir("llama-server", name)
 
 
 def find_llama_server(explicit: str | Path | None = None) -> ServerBinary | None:

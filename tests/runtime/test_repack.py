@@ -97,3 +97,34 @@ def test_a_converts_choice_reaches_its_evaluation(demo_model: Path, tmp_path: Pa
     assert result.quality is not None
     assert result.quality["engine_detail"] == "llama.cpp (weights not repacked)"
     assert _repacked(log) is False
+
+
+def test_the_repacked_types_are_the_ones_llama_cpp_repacks(
+    demo_model: Path, bf16_gguf, tmp_path: Path
+) -> None:
+    """`repacked_types()`, what the memory estimate counts (planning.cost), against
+    llama.cpp's own load log: the demo quantized with a type per tensor (Q2_K, Q5_K, IQ4_NL,
+    Q8_0 beside the Q4_K_M mix and its fallbacks); llama.cpp's CPU_REPACK buffer holds
+    exactly the matrices of those types (rows in multiples of 8; the token embedding is
+    looked up, not multiplied, and stays in the file)."""
+    import re
+
+    from quantkit.backends.gguf.quantize import quantize_gguf
+    from quantkit.formats.gguf_read import read_header
+    from quantkit.runtime.ggml_quant import row_bytes
+    from quantkit.runtime.llama_cpp import repacked_types
+
+    gguf = tmp_path / "mixed.gguf"
+    overrides = {"blk.0.ffn_down.weight": "Q2_K", "blk.1.ffn_down.weight": "Q5_K",
+                 "blk.2.attn_q.weight": "IQ4_NL", "blk.3.ffn_up.weight": "Q8_0"}  # fmt: skip
+    quantize_gguf(bf16_gguf(demo_model), gguf, "Q4_K_M", tensor_types=overrides)
+    tensors = read_header(gguf).tensors.values()
+    assert {t.type_name for t in tensors} >= {"Q2_K", "Q5_K", "IQ4_NL", "Q8_0", "Q4_K"}
+    counted = sum(row_bytes(t.type_name, t.dims[0]) * t.dims[1] for t in tensors
+                  if len(t.dims) == 2 and t.dims[1] % 8 == 0 and t.name != "token_embd.weight"
+                  and t.type_name in repacked_types())  # fmt: skip
+    with weights_repacked(True), captured_log() as log:
+        open_llama(gguf, n_ctx=64, verbose=False).close()
+    found = re.search(r"CPU_REPACK model buffer size =\s*([\d.]+) MiB", "".join(log))
+    assert found, "llama.cpp repacked nothing"
+    assert float(found[1]) == pytest.approx(counted / 2**20, abs=0.01)
