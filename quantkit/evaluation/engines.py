@@ -32,7 +32,7 @@ from ..artifact.locate import locate_artifact
 from ..disk.atomic import building_file
 from ..disk.cache import cache_dir
 from ..errors import QuantkitError, require
-from ..runtime.memory import chunk_activation_bytes, chunks_per_batch
+from ..runtime.memory import chunk_activation_bytes, chunks_per_batch, sequences_per_batch
 
 if TYPE_CHECKING:
     pass
@@ -200,8 +200,6 @@ class LlamaCppEngine(Engine):
         self.parameters = int(llama_cpp.llama_model_n_params(self._model))
 
     def batch_chunks(self, rows_per_chunk: int) -> int:
-        from .llama_batch import sequences_per_batch
-
         return sequences_per_batch(rows_per_chunk, self._n_vocab, self.n_ctx)
 
     def logits_batch(self, chunks: list[list[int]], rows: slice) -> list:

@@ -16,6 +16,10 @@ of FA_QUERY_TILE or more (float32 sums), or one row at a time below (V summed in
 A sequence's share must therefore be a whole part of the chunk and at least a tile, as the
 chunk alone is (`sequences_sharing_a_ubatch`); at n_ctx 128, four chunks of 32 queries
 each differ from one alone by up to 1.3 in a logit.
+
+How many chunks a batch holds (`sequences_per_batch`, with its budget on the logits and
+that rule) lives in runtime.memory, beside the other sizes that bound a stage's memory:
+planning.cost estimates this evaluation's memory from the same function.
 """
 
 from __future__ import annotations
@@ -29,47 +33,9 @@ from ..runtime.llama_cpp import last_error
 if TYPE_CHECKING:
     import numpy as np
 
-# A batch's logits are held twice: llama.cpp's output buffer (outputs x n_vocab float32)
-# and quantkit's copy (one buffer kept across batches), plus the graph's result tensor for
-# one ubatch. With
-# only the scored half of each chunk output, a bound of 512 MiB on the output keeps all of
-# that near 1 GB and still fits llama-perplexity's full batch at n_ctx 512 for the demo's
-# 49,152 tokens (4 chunks x 255 rows: 191 MiB) and Llama 3's 128,256 (499 MiB); Qwen3's
-# 151,936 gets 3 chunks, and Llama 3 from n_ctx 2048 one chunk at a time, as before.
-LOGITS_BUDGET = 512 * 2**20
-# llama-perplexity's batch at its usual settings (-b 2048 with -c 512).
-MOST_SEQUENCES = 4
-# ggml-cpu's flash attention runs its tiled kernel when a ubatch holds at least this many
-# queries of a sequence (GGML_FA_TILE_Q in ggml/src/ggml-cpu/common.h, llama.cpp as vendored
-# in llama-cpp-python 0.3.36), and its one-row kernel below.
-FA_QUERY_TILE = 64
-
 
 class BatchDecodeError(QuantkitError):
     """llama.cpp could not create the evaluation context or decode a batch."""
-
-
-def sequences_per_batch(
-    rows_per_chunk: int,
-    n_vocab: int,
-    n_ctx: int,
-    *,
-    budget: int = LOGITS_BUDGET,
-    most: int = MOST_SEQUENCES,
-) -> int:
-    """How many chunks of n_ctx tokens to decode at once: as many as keep the output logits
-    within `budget` bytes and give the same bits as each chunk alone (at least one: a
-    single chunk is decoded whatever its size)."""
-    per_chunk = max(1, rows_per_chunk) * n_vocab * 4
-    return sequences_sharing_a_ubatch(n_ctx, max(1, min(most, budget // per_chunk)))
-
-
-def sequences_sharing_a_ubatch(n_ctx: int, most: int) -> int:
-    """The largest n <= most whose share of a ubatch of n_ctx tokens, n_ctx / n queries of
-    each chunk, is whole and at least FA_QUERY_TILE, so that flash attention takes the
-    kernel it takes for the chunk alone (see the module docstring); 1 when none is."""
-    fits = [n for n in range(1, most + 1) if n_ctx % n == 0 and n_ctx // n >= FA_QUERY_TILE]
-    return max(fits, default=1)
 
 
 class ChunkDecoder:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import VerificationError
-from ..runtime.memory import release_freed_memory
+from ..runtime.memory import release_freed_memory, scored_rows
 from .corpus import (
     CorpusError,
     TokenStream,
@@ -176,17 +176,11 @@ def chunk_input(stream: TokenStream, chunk: int, n_ctx: int, bos_id: int | None)
     return ids
 
 
-def _scored_rows(n_ctx: int) -> slice:
-    """The rows of a chunk's logits that are scored: positions n_ctx/2 ... n_ctx-2, which
-    predict tokens n_ctx/2+1 ... n_ctx-1 (llama-perplexity's second half)."""
-    return slice(n_ctx // 2, n_ctx - 1)
-
-
 def _targets(stream: TokenStream, chunk: int, n_ctx: int):
     """The tokens the chunk's scored rows predict, and their span labels."""
     import numpy as np
 
-    rows = _scored_rows(n_ctx)
+    rows = scored_rows(n_ctx)
     start = chunk * n_ctx
     targets = np.asarray(stream.ids[start + rows.start + 1 : start + n_ctx], dtype=np.int64)
     labels = np.asarray(stream.labels[start + rows.start + 1 : start + n_ctx], dtype=np.uint8)
@@ -211,7 +205,7 @@ def _scored_logits(
 ):
     """(chunk, logits of its scored rows) for every chunk, computed `engine.batch_chunks`
     chunks per call: llama.cpp decodes several at once (llama_batch.py)."""
-    rows = _scored_rows(n_ctx)
+    rows = scored_rows(n_ctx)
     step = engine.batch_chunks(rows.stop - rows.start)
     for first in range(0, n_chunks, step):
         if progress is not None:

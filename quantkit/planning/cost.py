@@ -26,8 +26,19 @@ from ..runtime.memory import (
     chunk_activation_bytes,
     chunks_per_batch,
     head_widening_bytes,
+    scored_rows,
+    sequences_per_batch,
 )
-from .memory import GIB, MIB, kv_cache_bytes, llama_cpp_compute_bytes
+from ..source.model import ModelGeometry
+from .memory import (
+    GIB,
+    MIB,
+    kv_cache_bytes,
+    llama_cpp_compute_bytes,
+    llama_cpp_kv_cells,
+    llama_cpp_output_bytes,
+    llama_cpp_work_bytes,
+)
 from .model_spec import ModelSpec
 from .rates import Rates
 
@@ -36,7 +47,6 @@ from .rates import Rates
 PROCESS_BYTES = 600 * MIB
 WRITER_BLOCK_BYTES = 32 * MIB  # export/tensors.py's block of float32 rows
 GENERATION_KEEP_BYTES = GIB  # inspection/generation.py: decoder layers kept resident
-LLAMA_EVAL_SEQUENCES = 4  # evaluation/llama_batch.py: 512-token chunks per llama_decode
 IMATRIX_CHUNK = 512
 IMATRIX_CHUNKS = 4  # backends/gguf/imatrix: the default draw (8 samples, ~4 chunks)
 # The generation checks' reply budget: a one-line question's answer must end (the turn's
@@ -321,16 +331,39 @@ def _streamed_eval_bytes(spec: ModelSpec, r: CostRequest, dtype_bytes: int, comp
 
 
 def _llama_eval_bytes(spec: ModelSpec, r: CostRequest) -> int:
-    """llama.cpp scoring LLAMA_EVAL_SEQUENCES chunks per decode: the repacked weights, the
-    KV cache, the compute buffer, the output buffer (llama.cpp reserves logits for every
-    token of the batch), quantkit's float32 copy of the scored rows and one chunk's
-    log-softmax."""
-    g = spec.geometry
-    tokens = LLAMA_EVAL_SEQUENCES * r.n_ctx
-    row = g.vocab_size * 4
-    outputs = tokens * row + tokens // 2 * row + 2 * (r.n_ctx // 2) * row
-    return (PROCESS_BYTES + _repacked_bytes(spec, r) + kv_cache_bytes(g, tokens)
-            + llama_cpp_compute_bytes(g, tokens) + outputs)  # fmt: skip
+    """The llama.cpp evaluation: the process, the repacked weights, and what scoring a
+    batch of chunks holds (llama_eval_parts)."""
+    parts = llama_eval_parts(spec.geometry, r.n_ctx, r.eval_chunks)
+    return PROCESS_BYTES + _repacked_bytes(spec, r) + sum(parts.values())
+
+
+def llama_eval_parts(g: ModelGeometry, n_ctx: int, chunks: int) -> dict[str, int]:
+    """The llama.cpp evaluation as evaluation/llama_batch.py runs it: n_seq chunks per
+    decode (sequences_per_batch, the evaluation's own rule), each its own KV stream of
+    n_ctx cells, one chunk's worth of tokens per ubatch, flash attention, logits for the
+    scored rows only. What it holds at once while a chunk is scored, beside the process
+    and the weights, part by part (tests/planning/test_memory_llamacpp.py measures them
+    against llama.cpp's log and the process's RssAnon)."""
+    rows = _scored_row_count(n_ctx)
+    n_seq = min(sequences_per_batch(rows, g.vocab_size, n_ctx), max(1, chunks))
+    # llama.cpp splits the batch into ubatches of n_ctx tokens, an equal share of each
+    # chunk (n_ctx / n_seq positions): a ubatch holds at most that many scored rows of each.
+    per_ubatch = n_seq * min(n_ctx // n_seq, rows)
+    return {
+        "KV cache": kv_cache_bytes(g, n_seq * llama_cpp_kv_cells(n_ctx)),
+        # as far as a ubatch uses it: its logits tensor holds the ubatch's scored rows
+        "compute buffer": llama_cpp_compute_bytes(g, n_ctx, n_ubatch=n_ctx, n_outputs=per_ubatch),
+        "work buffer": llama_cpp_work_bytes(g, n_ctx),
+        "output buffer": llama_cpp_output_bytes(g, n_seq * rows),  # the batch's scored rows
+        "logits copy": llama_cpp_output_bytes(g, n_seq * rows),  # ChunkDecoder's buffer
+        # the float64 exps of one chunk's rows the KL divergence works on (evaluation/kl.py)
+        "scoring": rows * g.vocab_size * 8,
+    }
+
+
+def _scored_row_count(n_ctx: int) -> int:
+    rows = scored_rows(n_ctx)
+    return rows.stop - rows.start
 
 
 def _llama_check_bytes(spec: ModelSpec, r: CostRequest) -> int:

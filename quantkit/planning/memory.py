@@ -179,19 +179,25 @@ def llama_cpp_compute_bytes(
     n_ubatch: int = LLAMA_CPP_UBATCH,
     flash_attn: bool = True,
     with_output: bool = True,
+    n_outputs: int | None = None,
 ) -> int:
-    """Peak of llama.cpp's reserve graph (n_ubatch tokens, all of them outputs).
+    """Peak of llama.cpp's reserve graph (n_ubatch tokens, all of them outputs unless
+    `n_outputs` says how many rows of logits a ubatch computes).
 
     ggml-alloc reuses freed memory, so the buffer is the largest of three moments:
-    the logits (n_vocab x n_ub f32 plus the normed input), the attention (without flash
-    attention the n_kv x n_ub x n_head f32 score matrix plus its mask), and the FFN
-    (gate and up activations, n_ff x n_ub f32 each). Residual stream tensors come on top.
+    the logits (n_vocab x n_outputs f32 plus the normed input), the attention (without
+    flash attention the n_kv x n_ub x n_head f32 score matrix plus its mask; with it the
+    f16 mask alone), and the FFN (gate and up activations, n_ff x n_ub f32 each).
+    Residual stream tensors come on top. llama.cpp reserves the buffer for every token of
+    a ubatch an output; fewer outputs touch fewer of its pages, and only touched pages are
+    resident: `n_outputs` gives the part a run with fewer outputs holds.
     """
     n_ub = min(n_ubatch, n_ctx)
+    n_out = n_ub if n_outputs is None else min(n_outputs, n_ub)
     n_kv = llama_cpp_kv_cells(n_ctx)
     f32 = 4
     residual = 4 * g.hidden_size * n_ub * f32
-    logits = (g.vocab_size + 2 * g.hidden_size) * n_ub * f32 if with_output else 0
+    logits = (g.vocab_size + 2 * g.hidden_size) * n_out * f32 if with_output else 0
     if flash_attn:
         attention = n_kv * n_ub * 2 + residual  # f16 mask; scores never materialize
     else:
@@ -200,9 +206,20 @@ def llama_cpp_compute_bytes(
     return max(logits, attention, ffn)
 
 
-def llama_cpp_output_bytes(g: ModelGeometry, n_seq: int = 1) -> int:
-    """The logits buffer llama.cpp keeps for results: n_vocab f32 per output sequence."""
-    return g.vocab_size * 4 * n_seq
+def llama_cpp_work_bytes(g: ModelGeometry, n_ubatch: int = LLAMA_CPP_UBATCH) -> int:
+    """ggml-cpu's work buffer, which its backend allocates beside the compute buffer
+    (ggml_graph_plan; llama.cpp does not log it): the largest matrix product's input
+    converted to the weights' dot-product type (the FFN's down projection, n_ff x n_ubatch
+    values; Q8_K or Q8_0 for quantized weights, about 1.1 bytes a value, F16 for 16-bit
+    ones, 2 bytes: the bound taken here). Flash attention's per-thread tiles are a few
+    hundred KiB."""
+    return 2 * g.intermediate_size * n_ubatch
+
+
+def llama_cpp_output_bytes(g: ModelGeometry, n_outputs: int = 1) -> int:
+    """The logits buffer llama.cpp keeps for results: n_vocab f32 per output row (at least
+    one per sequence; a decode grows it to the batch's outputs, never shrinks it)."""
+    return g.vocab_size * 4 * n_outputs
 
 
 # --- mlx-lm runtime ---------------------------------------------------------------------------

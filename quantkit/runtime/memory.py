@@ -66,6 +66,53 @@ def chunks_per_batch(per_chunk: int) -> int:
     return max(1, min(MOST_CHUNKS, ACTIVATION_BUDGET // per_chunk))
 
 
+def scored_rows(n_ctx: int) -> slice:
+    """The rows of a chunk's logits that are scored: positions n_ctx/2 ... n_ctx-2, which
+    predict tokens n_ctx/2+1 ... n_ctx-1 (llama-perplexity's second half)."""
+    return slice(n_ctx // 2, n_ctx - 1)
+
+
+# The llama.cpp evaluation (evaluation.llama_batch) decodes several chunks at once, each its
+# own sequence, with logits for the scored rows only. A batch's logits are held twice:
+# llama.cpp's output buffer (outputs x n_vocab float32) and quantkit's copy (one buffer kept
+# across batches), plus the graph's result tensor for one ubatch. A bound of 512 MiB on the
+# output keeps all of that near 1 GB and still fits llama-perplexity's full batch at n_ctx
+# 512 for the demo's 49,152 tokens (4 chunks x 255 rows: 191 MiB) and Llama 3's 128,256
+# (499 MiB); Qwen3's 151,936 gets 3 chunks, and Llama 3 from n_ctx 2048 one chunk at a
+# time, as before.
+LOGITS_BUDGET = 512 * 2**20
+# llama-perplexity's batch at its usual settings (-b 2048 with -c 512).
+MOST_SEQUENCES = 4
+# ggml-cpu's flash attention runs its tiled kernel when a ubatch holds at least this many
+# queries of a sequence (GGML_FA_TILE_Q in ggml/src/ggml-cpu/common.h, llama.cpp as vendored
+# in llama-cpp-python 0.3.36), and its one-row kernel below.
+FA_QUERY_TILE = 64
+
+
+def sequences_per_batch(
+    rows_per_chunk: int,
+    n_vocab: int,
+    n_ctx: int,
+    *,
+    budget: int = LOGITS_BUDGET,
+    most: int = MOST_SEQUENCES,
+) -> int:
+    """How many chunks of n_ctx tokens to decode at once: as many as keep the output logits
+    within `budget` bytes and give the same bits as each chunk alone (at least one: a
+    single chunk is decoded whatever its size)."""
+    per_chunk = max(1, rows_per_chunk) * n_vocab * 4
+    return sequences_sharing_a_ubatch(n_ctx, max(1, min(most, budget // per_chunk)))
+
+
+def sequences_sharing_a_ubatch(n_ctx: int, most: int) -> int:
+    """The largest n <= most whose share of a ubatch of n_ctx tokens, n_ctx / n queries of
+    each chunk, is whole and at least FA_QUERY_TILE, so that flash attention takes the
+    kernel it takes for the chunk alone (evaluation.llama_batch's docstring); 1 when none
+    is."""
+    fits = [n for n in range(1, most + 1) if n_ctx % n == 0 and n_ctx // n >= FA_QUERY_TILE]
+    return max(fits, default=1)
+
+
 def release_freed_memory() -> None:
     """Collect cyclic garbage, then ask glibc to return its free heap pages (a no-op on
     other C libraries)."""

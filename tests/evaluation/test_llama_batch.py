@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantkit.evaluation.llama_batch import (
+from quantkit.runtime.memory import (
     FA_QUERY_TILE,
     LOGITS_BUDGET,
     MOST_SEQUENCES,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from quantkit.planning.cost import (
     convert_cost,
     gguf_disk_peak,
 )
+from quantkit.planning.memory import llama_cpp_compute_bytes
 from quantkit.planning.model_spec import spec_from_config
 from quantkit.planning.rates import REFERENCE_RATES, Rates, load_rates, record_rates
 
@@ -105,6 +107,49 @@ def test_memory_follows_the_layer_not_the_model() -> None:
     # Q4_K_M's repacked Q4_K matrices: most of its decoder weights (2.9 GB at 8B measured).
     q4 = CostRequest(fmt="gguf", quant="Q4_K_M")
     assert 2.5e9 < _repacked_bytes(spec("8b"), q4) < 3.5e9
+
+
+def test_the_llama_cpp_evaluation_is_its_batch_of_scored_rows() -> None:
+    """The GGUF evaluation holds what evaluation/llama_batch.py's batch needs: as many
+    chunks as its own rule decodes at once (no more than the corpus has), the output
+    buffer and quantkit's copy of the batch's scored rows, one chunk's rows in float64."""
+    from quantkit.planning.cost import llama_eval_parts
+    from quantkit.runtime.memory import MOST_SEQUENCES, scored_rows, sequences_per_batch
+
+    g = spec("8b").geometry
+    rows = scored_rows(512).stop - scored_rows(512).start
+    n_seq = sequences_per_batch(rows, g.vocab_size, 512)
+    assert n_seq == MOST_SEQUENCES  # Llama 3's vocabulary at n_ctx 512: the full batch
+    parts = llama_eval_parts(g, 512, chunks=9)
+    assert parts["output buffer"] == parts["logits copy"] == n_seq * rows * g.vocab_size * 4
+    assert parts["scoring"] == rows * g.vocab_size * 8
+    # two chunks in the corpus: a batch of two
+    two = llama_eval_parts(g, 512, chunks=2)
+    assert two["output buffer"] == 2 * rows * g.vocab_size * 4
+    assert two["KV cache"] * n_seq == parts["KV cache"] * 2
+    # Qwen3's 151,936 tokens: the rule decodes 2 chunks at n_ctx 512
+    qwen = replace(g, vocab_size=151_936)
+    assert llama_eval_parts(qwen, 512, 9)["output buffer"] == 2 * rows * 151_936 * 4
+    # n_ctx 2048, one chunk a decode: its ubatch is the chunk, 1023 of its 2048 rows scored
+    long = llama_eval_parts(g, 2048, 9)
+    assert long["output buffer"] == 1023 * g.vocab_size * 4
+    assert long["compute buffer"] < llama_cpp_compute_bytes(g, 2048, n_ubatch=2048) * 0.6
+
+
+# Peak RssAnon of the GGUF convert's evaluation stage, measured by scripts/bench_scale.py
+# (docs/benchmarks.md, sections "bench_scale 1b flash attention" and "bench_scale 8b session
+# 14": the evaluation with flash attention, weights not repacked, `--paths gguf-plain`).
+MEASURED_GGUF_EVAL = {"1b": 2.13e9, "8b": 2.34e9}
+
+
+@pytest.mark.parametrize("shape", sorted(MEASURED_GGUF_EVAL))
+def test_the_gguf_evaluation_estimate_meets_the_measured_peak(shape: str) -> None:
+    """The issue's bar: within 25 % of the measured peak, and not under it by more than a
+    few percent (the preflight must not let through a convert that does not fit)."""
+    result = cost(shape, imatrix=True, repack=False)
+    stage = next(s for s in result.stages if s.label == "evaluating artifact (llama.cpp)")
+    measured = MEASURED_GGUF_EVAL[shape]
+    assert -0.03 < stage.peak_bytes / measured - 1 < 0.25, stage.peak_bytes / 1e9
 
 
 def test_the_fp8_pass_is_bounded_by_a_block_of_rows() -> None:

@@ -101,3 +101,87 @@ def test_llama_cpp_buffers_within_10_percent(demo_spec_and_f16, tmp_path, ftype,
         assert key in measured, f"llama.cpp did not report a {key} buffer: {measured}"
         assert abs(value - measured[key]) / measured[key] < 0.10, (key, value, measured)
     assert abs(measured["output"] - mem.llama_cpp_output_bytes(g) / mem.MIB) < 0.01
+
+
+# The evaluation's llama.cpp context, as quantkit makes it, in a process of its own: the
+# model loaded (memory-mapped: no anonymous memory), then one batch of chunks decoded and
+# its logits copied (LlamaCppEngine.logits_batch, ChunkDecoder), then one chunk's rows put
+# through the KL divergence's float64 exps (evaluation/kl.py). Prints llama.cpp's log of
+# the context and the process's RssAnon after each step.
+_EVAL_PROBE = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from quantkit.evaluation.engines import LlamaCppEngine
+from quantkit.evaluation.kl import _normalizer
+from quantkit.runtime.llama_cpp import captured_log, weights_repacked
+from quantkit.runtime.memory import scored_rows
+
+def rss_anon():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
+
+path, n_ctx = Path(sys.argv[1]), int(sys.argv[2])
+rows = scored_rows(n_ctx)
+with weights_repacked(False):
+    engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=2)
+    n_seq = engine.batch_chunks(rows.stop - rows.start)
+    engine.load()
+    rng = np.random.default_rng(0)
+    chunks = [[int(t) for t in rng.integers(0, 1000, n_ctx)] for _ in range(n_seq)]
+    loaded = rss_anon()
+    with captured_log() as lines:
+        logits = engine.logits_batch(chunks, rows)
+    decoded = rss_anon()
+    exps = _normalizer(logits[0])[0]
+    scoring = rss_anon()
+print(json.dumps({"n_seq": n_seq, "log": "".join(lines), "loaded": loaded,
+                  "decoded": decoded, "scoring": scoring}))
+"""
+
+
+@pytest.mark.parametrize("n_ctx", [512, 96])
+def test_the_evaluations_memory_part_by_part(demo_spec_and_f16, tmp_path, n_ctx):
+    """planning.cost.llama_eval_parts against the evaluation itself: its KV cache and
+    compute buffer as llama.cpp logs them, and what the process holds once a batch is
+    decoded (KV cache, the compute buffer's used part, the work buffer, the output buffer
+    and quantkit's copy) and while a chunk is scored (the float64 exps), in RssAnon.
+    n_ctx 512: four chunks share each ubatch, one of which is all scored rows; n_ctx 96:
+    one chunk a decode (48 queries would be under a flash-attention tile), 47 scored rows
+    of its 96 positions, so llama.cpp touches half of the logits it reserved."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from quantkit.planning.cost import llama_eval_parts
+    from quantkit.runtime.memory import scored_rows, sequences_per_batch
+
+    spec, f16 = demo_spec_and_f16
+    out = tmp_path / "demo-Q4_K_M.gguf"
+    _quantize(f16, out, "Q4_K_M")
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _EVAL_PROBE, str(out), str(n_ctx)], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    g = spec.geometry
+    rows = scored_rows(n_ctx)
+    assert run["n_seq"] == sequences_per_batch(rows.stop - rows.start, g.vocab_size, n_ctx)
+    assert run["n_seq"] == (4 if n_ctx == 512 else 1)
+    parts = llama_eval_parts(g, n_ctx, chunks=9)
+    logged = {kind: float(mib) * mem.MIB for _, kind, mib in _BUFFER.findall(run["log"])}
+    assert abs(logged["KV"] - parts["KV cache"]) / logged["KV"] < 0.01
+    if n_ctx == 512:  # a ubatch of scored rows uses the whole reserve
+        assert abs(logged["compute"] - parts["compute buffer"]) / logged["compute"] < 0.05
+    else:  # the reserve is for every position an output; the scored half touches half
+        reserved = mem.llama_cpp_compute_bytes(g, n_ctx, n_ubatch=n_ctx)
+        assert abs(logged["compute"] - reserved) / logged["compute"] < 0.05
+        assert parts["compute buffer"] < 0.6 * reserved
+    decode = sum(parts[k] for k in ("KV cache", "compute buffer", "work buffer",
+                                    "output buffer", "logits copy"))  # fmt: skip
+    held = run["decoded"] - run["loaded"]
+    assert abs(held - decode) / held < 0.10, (held, parts)
+    scoring = run["scoring"] - run["decoded"]
+    assert abs(scoring - parts["scoring"]) / scoring < 0.10, (scoring, parts)
