@@ -392,7 +392,10 @@ def test_topk_kld_is_within_tolerance_of_the_exact_full_vocabulary_kld(
     exact = np.array(exact)
     report = plain_text_report
     assert report.kld_mean == pytest.approx(exact.mean(), rel=0.03)
-    assert report.kld_p99 == pytest.approx(np.percentile(exact, 99), rel=0.05)
+    # The 99th percentile of 510 positions is about the fifth largest, and the tail term is
+    # sampled: over 8 seeds of the tail draws its estimate lay 1 % under to 14 % over the
+    # exact one, with either llama.cpp build's logits (docs/quality.md). The mean: within 2.4 %.
+    assert report.kld_p99 == pytest.approx(np.percentile(exact, 99), rel=0.15)
     assert report.kld_mean_lower_bound <= exact.mean()
     assert report.rest_mass_mean > 0.03  # the tiny model's P is flat: the tail term matters
     # the confident positions and their top-1 agreement, from both models' full logits
