@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, require
-from .interrupts import entering_callback, leaving_callback, note_swallowed
+from .interrupts import called_from_c, entering_callback, leaving_callback, note_swallowed
 
 # ggml.h's enum ggml_log_level (the vendored llama.cpp's; llama-cpp-python's _logger.py
 # comment lists an older order): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
@@ -78,6 +78,7 @@ def _forward_log():
 
     last_level = [logging.DEBUG]
 
+    @called_from_c
     def forward(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         # Level 5 continues the previous message. Failures reach us as return codes and
         # their reason as an error-level line (kept for the error message); the log itself

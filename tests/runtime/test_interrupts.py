@@ -99,6 +99,53 @@ def test_installed_handler_records_and_raises() -> None:
         interrupts.clear()
 
 
+def test_a_ctrl_c_in_a_marked_callback_is_deferred_even_before_its_try() -> None:
+    """The SIGINT handler, stopped in a `called_from_c` function (at its first bytecode, say,
+    before the function's own `try`), records the Ctrl-C instead of raising it there, where
+    ctypes would print a traceback and swallow it; anywhere else it raises."""
+    frames = []
+
+    @interrupts.called_from_c
+    def callback() -> None:
+        frames.append(sys._getframe())
+
+    callback()
+    interrupts.clear()
+    try:
+        interrupts._on_sigint(signal.SIGINT, frames[0])  # no KeyboardInterrupt here ...
+        with pytest.raises(KeyboardInterrupt):  # ... it is delivered at the next safe point
+            interrupts.raise_if_interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts._on_sigint(signal.SIGINT, sys._getframe())
+    finally:
+        interrupts.clear()
+
+
+def test_a_ctrl_c_inside_a_marked_callback_prints_nothing_and_stops_the_convert(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    """As the swallowed Ctrl-C above, but in a callback marked `called_from_c` (as
+    llama.cpp's log callback is): no traceback from ctypes, and the convert still stops."""
+    marked = _SWALLOWED_CTRL_C.replace(
+        "    def compare(a, b):",
+        "    from quantkit.runtime.interrupts import called_from_c\n\n"
+        "    @called_from_c\n    def compare(a, b):",
+    ).replace("the KeyboardInterrupt was swallowed", "qsort returned")
+    out = tmp_path / "out"
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("QUANTKIT_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", marked, str(demo_model), "--format", "gguf", "--quant", "Q8_0",
+         "--out", str(out), "--no-eval", "--no-verify"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert "qsort returned" in proc.stderr  # the Ctrl-C arrived inside the callback
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: interrupted")
+    assert not out.exists() and not out.with_name("out.partial").exists()
+
+
 # Ctrl-C at each stage of a convert, delivered by the stage itself as it starts (a real
 # SIGINT to the process): exit 130, one line, no OUT, no OUT.partial, no partial files.
 _CTRL_C_AT = """

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ....errors import CalibrationError, ImatrixError, require
+from ....runtime.interrupts import called_from_c
 from .matrix import Imatrix, ImatrixEntry
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class _Collector:
             name = self.ops[op] = (self.lib.ggml_op_name(op) or b"").decode()
         return name
 
+    @called_from_c
     def __call__(self, ptr: int, ask: bool, _user: Any) -> bool:
         if self.error is not None:
             return False
