@@ -26,19 +26,8 @@ from ..runtime.memory import (
     chunk_activation_bytes,
     chunks_per_batch,
     head_widening_bytes,
-    scored_rows,
-    sequences_per_batch,
 )
-from ..source.model import ModelGeometry
-from .memory import (
-    GIB,
-    MIB,
-    kv_cache_bytes,
-    llama_cpp_compute_bytes,
-    llama_cpp_kv_cells,
-    llama_cpp_output_bytes,
-    llama_cpp_work_bytes,
-)
+from .memory import GIB, MIB, kv_cache_bytes, llama_cpp_compute_bytes, llama_eval_parts
 from .model_spec import ModelSpec
 from .rates import Rates
 
@@ -335,35 +324,6 @@ def _llama_eval_bytes(spec: ModelSpec, r: CostRequest) -> int:
     batch of chunks holds (llama_eval_parts)."""
     parts = llama_eval_parts(spec.geometry, r.n_ctx, r.eval_chunks)
     return PROCESS_BYTES + _repacked_bytes(spec, r) + sum(parts.values())
-
-
-def llama_eval_parts(g: ModelGeometry, n_ctx: int, chunks: int) -> dict[str, int]:
-    """The llama.cpp evaluation as evaluation/llama_batch.py runs it: n_seq chunks per
-    decode (sequences_per_batch, the evaluation's own rule), each its own KV stream of
-    n_ctx cells, one chunk's worth of tokens per ubatch, flash attention, logits for the
-    scored rows only. What it holds at once while a chunk is scored, beside the process
-    and the weights, part by part (tests/planning/test_memory_llamacpp.py measures them
-    against llama.cpp's log and the process's RssAnon)."""
-    rows = _scored_row_count(n_ctx)
-    n_seq = min(sequences_per_batch(rows, g.vocab_size, n_ctx), max(1, chunks))
-    # llama.cpp splits the batch into ubatches of n_ctx tokens, an equal share of each
-    # chunk (n_ctx / n_seq positions): a ubatch holds at most that many scored rows of each.
-    per_ubatch = n_seq * min(n_ctx // n_seq, rows)
-    return {
-        "KV cache": kv_cache_bytes(g, n_seq * llama_cpp_kv_cells(n_ctx)),
-        # as far as a ubatch uses it: its logits tensor holds the ubatch's scored rows
-        "compute buffer": llama_cpp_compute_bytes(g, n_ctx, n_ubatch=n_ctx, n_outputs=per_ubatch),
-        "work buffer": llama_cpp_work_bytes(g, n_ctx),
-        "output buffer": llama_cpp_output_bytes(g, n_seq * rows),  # the batch's scored rows
-        "logits copy": llama_cpp_output_bytes(g, n_seq * rows),  # ChunkDecoder's buffer
-        # the float64 exps of one chunk's rows the KL divergence works on (evaluation/kl.py)
-        "scoring": rows * g.vocab_size * 8,
-    }
-
-
-def _scored_row_count(n_ctx: int) -> int:
-    rows = scored_rows(n_ctx)
-    return rows.stop - rows.start
 
 
 def _llama_check_bytes(spec: ModelSpec, r: CostRequest) -> int:

@@ -17,6 +17,7 @@ from ..formats.gguf_types import GGUFTensor, QuantContext, gguf_name, hf_role, t
 from ..formats.mlx_quants import DEFAULT_GROUP_SIZE as MLX_GROUP_SIZE
 from ..formats.mlx_quants import mlx_bytes
 from ..formats.schemes import safetensors_bytes
+from ..runtime.memory import scored_rows, sequences_per_batch
 from ..source.model import ModelGeometry
 from .model_spec import ModelSpec
 
@@ -285,3 +286,32 @@ def vllm_shard(spec: ModelSpec, weights_bytes: int, tp: int, pp: int) -> ShardSp
         layers=stage_layers,
         kv_heads=max(1, -(-g.num_kv_heads // tp)),
     )
+
+
+def llama_eval_parts(g: ModelGeometry, n_ctx: int, chunks: int) -> dict[str, int]:
+    """The llama.cpp evaluation as evaluation/llama_batch.py runs it: n_seq chunks per
+    decode (sequences_per_batch, the evaluation's own rule), each its own KV stream of
+    n_ctx cells, one chunk's worth of tokens per ubatch, flash attention, logits for the
+    scored rows only. What it holds at once while a chunk is scored, beside the process
+    and the weights, part by part (tests/planning/test_memory_llamacpp.py measures them
+    against llama.cpp's log and the process's RssAnon)."""
+    rows = _scored_row_count(n_ctx)
+    n_seq = min(sequences_per_batch(rows, g.vocab_size, n_ctx), max(1, chunks))
+    # llama.cpp splits the batch into ubatches of n_ctx tokens, an equal share of each
+    # chunk (n_ctx / n_seq positions): a ubatch holds at most that many scored rows of each.
+    per_ubatch = n_seq * min(n_ctx // n_seq, rows)
+    return {
+        "KV cache": kv_cache_bytes(g, n_seq * llama_cpp_kv_cells(n_ctx)),
+        # as far as a ubatch uses it: its logits tensor holds the ubatch's scored rows
+        "compute buffer": llama_cpp_compute_bytes(g, n_ctx, n_ubatch=n_ctx, n_outputs=per_ubatch),
+        "work buffer": llama_cpp_work_bytes(g, n_ctx),
+        "output buffer": llama_cpp_output_bytes(g, n_seq * rows),  # the batch's scored rows
+        "logits copy": llama_cpp_output_bytes(g, n_seq * rows),  # ChunkDecoder's buffer
+        # the float64 exps of one chunk's rows the KL divergence works on (evaluation/kl.py)
+        "scoring": rows * g.vocab_size * 8,
+    }
+
+
+def _scored_row_count(n_ctx: int) -> int:
+    rows = scored_rows(n_ctx)
+    return rows.stop - rows.start

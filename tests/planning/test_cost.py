@@ -113,7 +113,7 @@ def test_the_llama_cpp_evaluation_is_its_batch_of_scored_rows() -> None:
     """The GGUF evaluation holds what evaluation/llama_batch.py's batch needs: as many
     chunks as its own rule decodes at once (no more than the corpus has), the output
     buffer and quantkit's copy of the batch's scored rows, one chunk's rows in float64."""
-    from quantkit.planning.cost import llama_eval_parts
+    from quantkit.planning.memory import llama_eval_parts
     from quantkit.runtime.memory import MOST_SEQUENCES, scored_rows, sequences_per_batch
 
     g = spec("8b").geometry

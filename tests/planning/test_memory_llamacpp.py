@@ -142,7 +142,7 @@ print(json.dumps({"n_seq": n_seq, "log": "".join(lines), "loaded": loaded,
 
 @pytest.mark.parametrize("n_ctx", [512, 96])
 def test_the_evaluations_memory_part_by_part(demo_spec_and_f16, tmp_path, n_ctx):
-    """planning.cost.llama_eval_parts against the evaluation itself: its KV cache and
+    """planning.memory.llama_eval_parts against the evaluation itself: its KV cache and
     compute buffer as llama.cpp logs them, and what the process holds once a batch is
     decoded (KV cache, the compute buffer's used part, the work buffer, the output buffer
     and quantkit's copy) and while a chunk is scored (the float64 exps), in RssAnon.
@@ -154,7 +154,7 @@ def test_the_evaluations_memory_part_by_part(demo_spec_and_f16, tmp_path, n_ctx)
     import subprocess
     import sys
 
-    from quantkit.planning.cost import llama_eval_parts
+    from quantkit.planning.memory import llama_eval_parts
     from quantkit.runtime.memory import scored_rows, sequences_per_batch
 
     spec, f16 = demo_spec_and_f16
