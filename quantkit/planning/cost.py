@@ -38,6 +38,7 @@ WRITER_BLOCK_BYTES = 32 * MIB  # export/tensors.py's block of float32 rows
 GENERATION_KEEP_BYTES = GIB  # inspection/generation.py: decoder layers kept resident
 IMATRIX_CHUNK = 512
 IMATRIX_CHUNKS = 4  # backends/gguf/imatrix: the default draw (8 samples, ~4 chunks)
+IMATRIX_STAGE = "importance matrix (source)"  # its progress stage (backends/gguf/imatrix)
 # The generation checks' reply budget: a one-line question's answer must end (the turn's
 # end token) within it. 32 was too tight for the demo's FP8 reply on an AVX2 CPU, which
 # ends after 48 tokens there (rounding picks a longer answer).
@@ -194,16 +195,15 @@ def _gguf_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
         return [StageCost(f"writing {quant.name} GGUF", f"write:gguf:{quant.name}",
                           spec.source_bytes, writer)]  # fmt: skip
     via_bf16 = r.keep_intermediate  # otherwise from the shards, --quant auto's probes too
-    model_type = "BF16" if via_bf16 else "Q8_0"
     stages = []
-    if via_bf16 or r.imatrix:
-        stages.append(StageCost(f"writing {model_type} GGUF", f"write:gguf:{model_type}",
-                                spec.source_bytes, writer))  # fmt: skip
+    if via_bf16:
+        stages.append(StageCost("writing BF16 GGUF", "write:gguf:BF16", spec.source_bytes,
+                                writer))  # fmt: skip
     if r.imatrix:
+        dtype = eval_dtype(spec.parameter_count)
         tokens = IMATRIX_CHUNKS * IMATRIX_CHUNK
-        stages.append(StageCost(
-            "importance matrix (llama.cpp)", f"llama_forward:{model_type}",
-            tokens * spec.parameter_count, _imatrix_bytes(spec)))  # fmt: skip
+        stages.append(StageCost(IMATRIX_STAGE, f"imatrix:{dtype}", tokens * spec.parameter_count,
+                                _imatrix_bytes(spec, 4 if dtype == "float32" else 2)))  # fmt: skip
     # --quant auto builds its file itself, from the BF16 file too
     llama_quantize = via_bf16 and not r.auto
     stages.append(StageCost(quantize_stage(r.quant, llama_quantize=llama_quantize),
@@ -219,14 +219,19 @@ def _llama_quantize_buffers(llama_cpp: bool) -> int:
     return 3 * 256 * MIB if llama_cpp else 4 * WRITER_BLOCK_BYTES
 
 
-def _imatrix_bytes(spec: ModelSpec) -> int:
-    """llama.cpp on a memory-mapped file, 512 tokens a pass, logits for every position
-    (copied once into Python), and the callback's sums."""
+def _imatrix_bytes(spec: ModelSpec, dtype_bytes: int) -> int:
+    """The streamed model's decoder on a batch of calibration chunks (backends/gguf/imatrix/
+    source_pass.py): the batch's activations and hidden states, one layer, and the
+    collector's float32 squares of the widest input (the gate/up product), twice (the
+    widened copy and its squares). No head: the matrix leaves the output weight out."""
     g = spec.geometry
-    logits = IMATRIX_CHUNK * g.vocab_size * 4
-    sums = 7 * g.num_layers * max(g.hidden_size, g.intermediate_size) * 4
-    return (PROCESS_BYTES + llama_cpp_compute_bytes(g, IMATRIX_CHUNK) + 2 * logits + sums
-            + kv_cache_bytes(g, IMATRIX_CHUNK))  # fmt: skip
+    per_chunk = chunk_activation_bytes(IMATRIX_CHUNK, g.hidden_size, g.intermediate_size,
+                                       dtype_bytes, False)  # fmt: skip
+    batch = min(IMATRIX_CHUNKS, chunks_per_batch(per_chunk))
+    hidden = batch * IMATRIX_CHUNK * g.hidden_size * dtype_bytes
+    squares = 2 * batch * IMATRIX_CHUNK * g.intermediate_size * 4
+    layer = _layer_bytes(spec, dtype_bytes)
+    return PROCESS_BYTES + hidden + batch * per_chunk + layer + squares
 
 
 def _safetensors_stages(spec: ModelSpec, r: CostRequest) -> list[StageCost]:
@@ -415,25 +420,17 @@ class StageClock:
         return spans
 
 
-def gguf_disk_peak(
-    spec: ModelSpec, quant: str, *, imatrix: bool, via_bf16: bool, probes: bool = False
-) -> int:
-    """Peak disk of a GGUF build: the final file, or what exists before or beside it for a
-    while: the Q8_0 file an importance matrix is computed from (removed before anything
-    else is written: the larger of the two), or the BF16 intermediate (--keep-intermediate,
-    beside everything else). For --quant auto (`quant` AUTO) Q8_0, its largest type,
-    bounds the file; its probes' all-Q8_0 shards and probe-type shards (every other layer:
-    2 x Q8_0 keeps a margin) are removed before the file is written, so they bound the
-    peak instead (docs/quantization.md, "Costs")."""
+def gguf_disk_peak(spec: ModelSpec, quant: str, *, via_bf16: bool, probes: bool = False) -> int:
+    """Peak disk of a GGUF build: the final file, or what exists beside or before it for a
+    while: the BF16 intermediate (--keep-intermediate, beside everything else). An
+    importance matrix is computed from the shards and writes only itself. For --quant auto
+    (`quant` AUTO) Q8_0, its largest type, bounds the file; its probes' all-Q8_0 shards
+    and probe-type shards (every other layer: 2 x Q8_0 keeps a margin) are removed before
+    the file is written, so they bound the peak instead (docs/quantization.md, "Costs")."""
     from .memory import gguf_file_bytes
 
-    q8 = gguf_file_bytes(spec, "Q8_0")
     bf16 = gguf_file_bytes(spec, "BF16") if via_bf16 else 0
     if quant == AUTO_QUANT.name:
+        q8 = gguf_file_bytes(spec, "Q8_0")
         return bf16 + (2 * q8 if probes else q8)
-    final = gguf_file_bytes(spec, quant)
-    if gguf_quant(quant).written_directly:
-        return final
-    if via_bf16:
-        return bf16 + final
-    return max(final, q8) if imatrix else final
+    return bf16 + gguf_file_bytes(spec, quant)

@@ -145,7 +145,7 @@ def conversion_cost(spec: ModelSpec, profile: HardwareProfile, artifact_quant: s
         return None
     imatrix = profile.format == "gguf" and gguf_quant(quant).computes_imatrix(profile.imatrix)
     final = 0 if auto else mem.artifact_weights_bytes(spec, profile.format, quant)
-    peak = (gguf_disk_peak(spec, quant, imatrix=imatrix, via_bf16=False, probes=auto)
+    peak = (gguf_disk_peak(spec, quant, via_bf16=False, probes=auto)
             if profile.format == "gguf" else final)  # fmt: skip
     rates = load_rates()
 

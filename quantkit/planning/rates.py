@@ -34,7 +34,9 @@ REFERENCE_RATES: dict[str, float] = {
     "write:gguf": 6.0e8,  # BF16, F16: copied or widened, not quantized
     "write:safetensors": 6.0e8,
     "write": 2.9e8,
-    "llama_forward": 9.2e10,  # parameter-tokens through llama.cpp (the importance matrix)
+    # parameter-tokens through the streamed model's decoder (the importance matrix)
+    "imatrix:bfloat16": 1.7e11,
+    "imatrix:float32": 7.7e10,
     "quantize": 1.9e7,  # elements (K-quants with an importance matrix)
     "checks:gguf": 6.5e9,  # parameter-tokens of the 48-token reply, with everything else
     "checks:FP8_DYNAMIC": 2.3e9,  # the reply decompresses (and spills) every layer

@@ -66,7 +66,7 @@ def labels(result) -> list[str]:
 
 def test_each_path_names_the_stages_its_progress_reports() -> None:
     assert labels(cost("1b", imatrix=True)) == [
-        "writing Q8_0 GGUF", "importance matrix (llama.cpp)", "quantizing to Q4_K_M",
+        "importance matrix (source)", "quantizing to Q4_K_M",
         "checking the artifact", "reference logits (source)", "evaluating artifact (llama.cpp)",
     ]  # fmt: skip
     assert labels(cost("1b", verify=False, evaluate=False)) == ["quantizing to Q4_K_M"]
@@ -76,7 +76,7 @@ def test_each_path_names_the_stages_its_progress_reports() -> None:
     # --quant auto measures, probes and quantizes from the shards: no BF16 file written
     auto = cost("1b", quant="AUTO", auto=True, imatrix=True, verify=False, evaluate=False)
     assert [s.label for s in auto.stages] == [
-        "writing Q8_0 GGUF", "importance matrix (llama.cpp)", "quantizing to AUTO",
+        "importance matrix (source)", "quantizing to AUTO",
         OVERHEAD_LABEL, "--quant auto: probes and relative errors"]  # fmt: skip
     kept = cost("1b", quant="AUTO", auto=True, keep_intermediate=True, verify=False,
                 evaluate=False)  # fmt: skip
@@ -226,28 +226,26 @@ def test_rates_are_recorded_from_timed_stages(monkeypatch, tmp_path: Path) -> No
     assert load_rates().measured == {}  # a damaged file is ignored, not fatal
 
 
-def test_gguf_disk_peak_holds_q8_only_while_a_matrix_is_computed() -> None:
+def test_gguf_disk_peak_is_the_artifact_unless_the_bf16_file_is_kept() -> None:
+    """The importance matrix is computed from the shards: no model file is written for it."""
     from quantkit.planning.memory import gguf_file_bytes
 
     s = spec("8b")
-    final, q8, bf16 = (gguf_file_bytes(s, t) for t in ("Q4_K_M", "Q8_0", "BF16"))
-    assert gguf_disk_peak(s, "Q4_K_M", imatrix=False, via_bf16=False) == final
-    # the Q8_0 file is removed before the quantization writes the final one
-    assert gguf_disk_peak(s, "Q4_K_M", imatrix=True, via_bf16=False) == q8 > final
-    assert gguf_disk_peak(s, "Q4_K_M", imatrix=True, via_bf16=True) == final + bf16
+    final, bf16 = (gguf_file_bytes(s, t) for t in ("Q4_K_M", "BF16"))
+    assert gguf_disk_peak(s, "Q4_K_M", via_bf16=False) == final
+    assert gguf_disk_peak(s, "Q4_K_M", via_bf16=True) == final + bf16
 
 
 def test_auto_needs_no_bf16_file_unless_it_is_kept() -> None:
-    """--quant auto: the Q8_0 file an importance matrix is drawn from is gone before the
-    probes' shards (2 x Q8_0, a margin) are written, and they before the file (at most
-    Q8_0); --keep-intermediate's BF16 file stays beside them all."""
+    """--quant auto: the probes' shards (2 x Q8_0, a margin) are removed before the file
+    (at most Q8_0) is written; --keep-intermediate's BF16 file stays beside them all."""
     from quantkit.planning.memory import gguf_file_bytes
 
     s = spec("8b")
     q8, bf16 = gguf_file_bytes(s, "Q8_0"), gguf_file_bytes(s, "BF16")
-    assert gguf_disk_peak(s, "AUTO", imatrix=True, via_bf16=False, probes=True) == 2 * q8
-    assert gguf_disk_peak(s, "AUTO", imatrix=True, via_bf16=False, probes=False) == q8
-    assert gguf_disk_peak(s, "AUTO", imatrix=True, via_bf16=True, probes=True) == bf16 + 2 * q8
+    assert gguf_disk_peak(s, "AUTO", via_bf16=False, probes=True) == 2 * q8
+    assert gguf_disk_peak(s, "AUTO", via_bf16=False, probes=False) == q8
+    assert gguf_disk_peak(s, "AUTO", via_bf16=True, probes=True) == bf16 + 2 * q8
 
 
 def test_preflight_refuses_what_memory_cannot_hold(demo_model: Path, tmp_path: Path,

@@ -166,8 +166,9 @@ main()
 
 STAGES = {  # stage -> (module, function it starts with, whether the convert evaluates)
     "source": ("quantkit.pipeline", "load_source", False),
-    "writer": ("quantkit.backends.gguf.export", "export_gguf", False),
-    "imatrix": ("quantkit.backends.gguf.imatrix.compute", "compute_imatrix", False),
+    "writer": ("quantkit.backends.gguf.export", "export_gguf", False),  # Q8_0, below
+    "imatrix": ("quantkit.backends.gguf.imatrix.source_pass", "compute_imatrix_from_source",
+                False),
     "quantize": ("quantkit.backends.gguf.backend", "quantize_from_shards", False),
     "checks": ("quantkit.inspection.convert_checks", "check_converted", False),
     "evaluation": ("quantkit.evaluation.measure", "evaluate_artifact", True),
@@ -179,14 +180,15 @@ STAGES = {  # stage -> (module, function it starts with, whether the convert eva
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_ctrl_c_at_any_stage_leaves_nothing(stage: str, demo_model: Path, tmp_path: Path) -> None:
     module, attribute, evaluates = STAGES[stage]
+    # Q4_K_M is quantized from the shards; quantkit's own writer makes Q8_0 (no imatrix)
+    quant = ["--quant", "Q8_0"] if stage == "writer" else ["--quant", "Q4_K_M", "--imatrix", "auto"]
     out = tmp_path / "work" / "out"
     cache = Path(os.environ["QUANTKIT_CACHE"])  # the test session's (tests/conftest.py)
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("QUANTKIT_DEBUG", None)
     proc = subprocess.run(
         [sys.executable, "-c", _CTRL_C_AT, module, attribute, str(demo_model),
-         "--format", "gguf", "--quant", "Q4_K_M", "--imatrix", "auto", "--out", str(out),
-         *([] if evaluates else ["--no-eval"])],
+         "--format", "gguf", *quant, "--out", str(out), *([] if evaluates else ["--no-eval"])],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 130, proc.stderr[-2000:]

@@ -77,7 +77,6 @@ class GGUFBackend:
         auto = self._auto
         return gguf_disk_peak(
             spec_from_source(source), self.quant,
-            imatrix=self.computes_imatrix,
             via_bf16=self.options.gguf.keep_intermediate,
             probes=auto is not None and auto.recipe is None and auto.probe_chunks > 0,
         )  # fmt: skip
@@ -108,7 +107,7 @@ def make_gguf(
 
     F32/F16/BF16/Q8_0 are written directly. The llama.cpp types, and --quant auto's
     measurements, probes and file, are made straight from the shards (stream_quantize,
-    auto/weights.py), with a Q8_0 file only while an importance matrix is computed;
+    auto/weights.py), an importance matrix computed from them first;
     --keep-intermediate goes through a BF16 GGUF, kept, and llama.cpp's quantizer instead
     (the same bytes: the test suite proves it)."""
     spec = gguf_quant(quant)
@@ -142,22 +141,13 @@ def _quantize_streamed(
     source, quant: str, work: Path, policy, pre_tokenizer, imatrix, auto, progress
 ) -> BackendResult:
     """The shards quantized tensor by tensor (--quant auto: measured and probed from them
-    first); a computed importance matrix is drawn from a Q8_0 file, removed as soon as the
-    matrix exists, before anything else is written (docs/gguf.md gives the measured
-    difference from one drawn in BF16)."""
+    first), with an importance matrix computed from the shards first (nothing but the
+    matrix is written for it) or given."""
     matrix, label, extra_files, imatrix_info = None, "", [], None
     if imatrix is not None:
-        model = None
-        if imatrix.mode == IMATRIX_AUTO:
-            model = work / artifact_name(source, "Q8_0")
-            _export(source, model, "Q8_0", policy, pre_tokenizer, progress)
-        try:
-            matrix, label, extra_files, imatrix_info = apply_imatrix(
-                imatrix, model, work, _stem(source, quant), progress, model_type="Q8_0"
-            )
-        finally:
-            if model is not None:
-                model.unlink(missing_ok=True)
+        matrix, label, extra_files, imatrix_info = apply_imatrix(
+            imatrix, source, work, _stem(source, quant), progress
+        )
     final_path = work / artifact_name(source, quant)
     if auto is not None:
         weights = BF16Shards(source, token_policy=policy, pre_tokenizer=pre_tokenizer)
@@ -184,7 +174,7 @@ def _quantize_via_bf16(
     matrix, label, extra_files, imatrix_info = None, "", [], None
     if imatrix is not None:
         matrix, label, extra_files, imatrix_info = apply_imatrix(
-            imatrix, bf16_path, work, _stem(source, quant), progress, model_type="BF16"
+            imatrix, source, work, _stem(source, quant), progress
         )
     final_path = work / artifact_name(source, quant)
     if auto is not None:

@@ -105,9 +105,9 @@ def test_an_imatrix_of_another_model_fails_and_leaves_no_file(
 
 
 def test_make_gguf_never_writes_a_bf16_file(demo_model: Path, bf16_gguf, tmp_path: Path) -> None:
-    """With a computed importance matrix: a Q8_0 file while it is computed, removed, then
-    the artifact; the disk never holds a BF16 GGUF. The artifact is what llama.cpp's
-    quantizer makes from the BF16 file with the matrix that was drawn."""
+    """With a computed importance matrix: the matrix from the shards (no model file is
+    written for it), then the artifact; the disk never holds a BF16 GGUF. The artifact is
+    what llama.cpp's quantizer makes from the BF16 file with the matrix that was drawn."""
     from quantkit.backends.gguf.imatrix.compute import prepare_imatrix_data
 
     source = load_source(demo_model)
@@ -122,14 +122,14 @@ def test_make_gguf_never_writes_a_bf16_file(demo_model: Path, bf16_gguf, tmp_pat
         seen.setdefault(stage, set()).update(p.name for p in work.iterdir())
 
     result = make_gguf(source, "Q4_K_M", work, imatrix=request, progress=progress)
-    assert list(seen) == ["writing Q8_0 GGUF", "importance matrix (llama.cpp)",
-                          "quantizing to Q4_K_M"]  # fmt: skip
+    assert list(seen) == ["importance matrix (source)", "quantizing to Q4_K_M"]
+    assert seen["importance matrix (source)"] == set()  # nothing written while it is drawn
     assert not any("BF16" in name for names in seen.values() for name in names)
-    assert f"{source.name}-Q8_0.gguf" in seen["importance matrix (llama.cpp)"]
     names = sorted(p.name for p in work.iterdir())
     assert names == sorted([result.artifact.name, f"{source.name}.imatrix.gguf"])
     method = result.manifest["imatrix"]["method"]
-    assert method == "llama.cpp cb_eval on the Q8_0 GGUF (as llama-imatrix)"
+    assert method == (
+        "the source's safetensors layer by layer in transformers (float32), as llama-imatrix")
     # The same bytes as llama.cpp quantizing the BF16 file with the matrix that was drawn.
     label = f"{source.name}.imatrix.gguf"
     reference = tmp_path / "reference"

@@ -1,8 +1,12 @@
-"""Compute an importance matrix the way llama-imatrix does: inside llama.cpp.
+"""The calibration chunks of an importance matrix, and the matrix computed the way
+llama-imatrix computes it: inside llama.cpp.
 
-The BF16 GGUF that quantkit writes anyway (the quantizer's input) is evaluated by
-llama.cpp on chunks of calibration text, with an evaluation callback (`cb_eval`, the hook
-llama-imatrix uses) that sees every matrix multiplication of the graph. For each one whose
+`--imatrix auto` computes the matrix from the shards (source_pass.py, which reads the chunks
+prepared here). The llama.cpp computation below is the reference it is held to
+(tests/backends/gguf/imatrix/test_compute.py, docs/formats.md), and what the benchmarks
+that compare matrices run: a GGUF of the model is evaluated by llama.cpp on the chunks,
+with an evaluation callback (`cb_eval`, the hook llama-imatrix uses) that sees every
+matrix multiplication of the graph. For each one whose
 weight is a `blk.*` tensor and whose input has at least 16 F32 rows, the callback adds the
 squares of the input activations per column and counts the rows: exactly what
 tools/imatrix/imatrix.cpp collects, on the same graph, weights, kernels and GGUF names.

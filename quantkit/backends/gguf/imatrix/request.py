@@ -9,9 +9,10 @@
   When `auto` came from a profile and cannot be made (no tokenizer, too little text) the
   convert goes on without a matrix, with a warning and a manifest record; when the user
   asked for it, or the type needs one, it fails.
-- `apply_imatrix` (in the GGUF backend, after the BF16 file exists): `auto` computes the
-  matrix in llama.cpp and saves `<Model>.imatrix.gguf` into the artifact folder; `FILE` is
-  copied there. Only file names, never the user's paths, reach the GGUF and the manifest.
+- `apply_imatrix` (in the GGUF backend, before the first weight is quantized): `auto`
+  computes the matrix from the source's weights, layer by layer (source_pass.py), and
+  saves `<Model>.imatrix.gguf` into the artifact folder; `FILE` is copied there. Only
+  file names, never the user's paths, reach the GGUF and the manifest.
 """
 
 from __future__ import annotations
@@ -172,37 +173,36 @@ def _cannot_compute(
 
 def apply_imatrix(
     request: ImatrixRequest,
-    model: Path | None,
+    source: SourceModel | None,
     work: Path,
     stem: str,
     progress: Any = None,
-    *,
-    model_type: str = "BF16",
 ) -> tuple[Imatrix | None, str, list[dict[str, Any]], dict[str, Any]]:
     """The matrix to quantize with, its name for `quantize.imatrix.file` (a file name in
     the artifact folder, never the user's path), the file records to add to the manifest
-    and the description of what was used. `model` (a GGUF of type `model_type`) is run
-    only to compute a matrix (AUTO)."""
+    and the description of what was used. `source` is run only to compute a matrix (AUTO)."""
     from ....artifact.manifest import file_record
 
     if request.mode == SKIPPED:
         return None, "", [], request.skipped()
     if request.mode == AUTO:
-        from .compute import compute_imatrix
+        from ....planning.cost import IMATRIX_STAGE
         from .matrix import save_imatrix
+        from .source_pass import compute_imatrix_from_source, source_method
 
-        assert request.data is not None and model is not None
+        assert request.data is not None and source is not None
 
-        def on_chunk(done: int, total: int) -> None:
+        def on_layer(done: int, total: int) -> None:
             if progress is not None:
-                progress("importance matrix (llama.cpp)", done, total)
+                progress(IMATRIX_STAGE, done, total)
 
-        imatrix = compute_imatrix(model, request.data, progress=on_chunk)
+        imatrix = compute_imatrix_from_source(source, request.data, progress=on_layer)
         path = save_imatrix(imatrix, work / f"{stem}{IMATRIX_SUFFIX}")
         records = [file_record(path, format="gguf", quant="imatrix", role="imatrix")]
         label = path.name
         described: dict[str, Any] = {"source": "computed", "file": path.name,
                                      "calibration": request.data.calibration}  # fmt: skip
+        method = source_method(source)
     else:
         assert request.imatrix is not None and request.file is not None
         path = _copy_into(request.file, work, stem)
@@ -210,13 +210,8 @@ def apply_imatrix(
                              quant="imatrix", role="imatrix")  # fmt: skip
         imatrix, label, records = request.imatrix, path.name, [record]
         described = {"source": "file", "file": path.name, "sha256": record["sha256"]}
-    described.update(
-        origin=request.origin,
-        method=f"llama.cpp cb_eval on the {model_type} GGUF (as llama-imatrix)"
-        if request.mode == AUTO
-        else "given",
-        **imatrix.describe(),
-    )
+        method = "given"
+    described.update(origin=request.origin, method=method, **imatrix.describe())
     return imatrix, label, records, described
 
 

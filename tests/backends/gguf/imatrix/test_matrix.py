@@ -227,7 +227,7 @@ def test_a_profile_default_that_cannot_be_made_is_skipped(caplog) -> None:
         request = prepare_imatrix("auto", _source(), "Q4_K_M", origin="profile cpu-64gb")
     assert request.mode == SKIPPED and "no tokenizer" in request.reason
     assert "profile cpu-64gb default" in caplog.text and "without one" in caplog.text
-    matrix, label, records, described = apply_imatrix(request, Path("x"), Path("y"), "m")
+    matrix, label, records, described = apply_imatrix(request, None, Path("y"), "m")
     assert (matrix, label, records) == (None, "", [])
     assert described == {"source": "none", "origin": "profile cpu-64gb",
                          "skipped": request.reason}  # fmt: skip
