@@ -268,7 +268,7 @@ def test_preflight_refuses_what_memory_cannot_hold(demo_model: Path, tmp_path: P
     assert dry.cost is not None and dry.cost.peak_bytes > 200 * 1024**2
 
 
-def test_a_finished_convert_records_its_rates(demo_model_8_layers: Path, tmp_path: Path,
+def test_a_finished_convert_records_its_rates(demo_model: Path, tmp_path: Path,
                                               monkeypatch) -> None:  # fmt: skip
     """The stages the estimate names are the ones the convert reports, so each one's rate
     is kept for the next estimate."""
@@ -280,13 +280,10 @@ def test_a_finished_convert_records_its_rates(demo_model_8_layers: Path, tmp_pat
     seen: list[str] = []
     # The shipped corpus's prose alone (2 chunks of its 9): the stages and the rates they
     # leave do not depend on how many chunks are evaluated, and the evaluation (reference
-    # logits included, the cache being empty) is most of this convert's time. The demo's
-    # first 8 layers (its architecture, tokenizer and templates): which stages run and
-    # report depends on the options, not on the depth, and the evaluation of a shallower
-    # model is cheaper (~30 s with all 30 layers).
+    # logits included, the cache being empty) is most of this convert's time.
     short = EvalOptions(corpus=default_corpus_dir() / "prose.txt")
-    result = quantkit.convert(demo_model_8_layers, out=tmp_path / "out", format="gguf",
-                              quant="Q8_0", verify=False, evaluation=short,
+    result = quantkit.convert(demo_model, out=tmp_path / "out", format="gguf", quant="Q8_0",
+                              verify=False, evaluation=short,
                               progress=lambda s, d, t: seen.append(s))  # fmt: skip
     assert result.cost is not None
     assert set(labels(result.cost)) <= set(seen)
@@ -305,14 +302,8 @@ def test_repacking_is_turned_off_only_when_its_copy_does_not_fit(
     out = tmp_path / "out"
 
     def dry(repack):
-        return quantkit.convert(
-            demo_model,
-            out=out,
-            format="gguf",
-            quant="Q4_K_M",
-            dry_run=True,
-            gguf=quantkit.GGUFOptions(repack=repack),
-        ).cost
+        return quantkit.convert(demo_model, out=out, format="gguf", quant="Q4_K_M",
+                                dry_run=True, gguf=quantkit.GGUFOptions(repack=repack)).cost
 
     heavy, light = dry(True), dry(False)
     assert light.peak_bytes < heavy.peak_bytes
