@@ -46,18 +46,28 @@ def eval_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo_ggufs(demo_model: Path, tmp_path_factory) -> dict[str, Path]:
+def demo_ggufs(demo_model: Path, demo_artifact_cached: Path, tmp_path_factory) -> dict[str, Path]:
+    """quant -> the demo's convert folder of that type (read-only). The Q4_K_M one is the
+    shared demo artifact (support/hub.py: the same convert, checked, no imatrix; built once
+    per machine and evaluated by tests/evaluation/test_gates.py too), not a second
+    conversion of the same thing."""
     import quantkit
 
     root = tmp_path_factory.mktemp("demo-ggufs")
-    out = {}
+    out = {"Q4_K_M": demo_artifact_cached}
     for quant in QUANTS:
+        if quant in out:
+            continue
         result = quantkit.convert(
-            demo_model, out=root / quant, format="gguf", quant=quant, verify=False,
+            demo_model,
+            out=root / quant,
+            format="gguf",
+            quant=quant,
+            verify=False,
             evaluation=NO_EVAL,
         )
         out[quant] = result.out
-    return out
+    return {quant: out[quant] for quant in QUANTS}
 
 
 @pytest.fixture(scope="module")

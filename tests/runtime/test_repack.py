@@ -86,13 +86,18 @@ def test_a_converts_choice_reaches_its_evaluation(demo_model: Path, tmp_path: Pa
     overriding the convert's block: the 8B convert's evaluation held 2.9 GB it was told
     not to), and its report says so."""
     import quantkit
+    from quantkit.evaluation.corpus import default_corpus_dir
     from quantkit.evaluation.options import EvalOptions
 
+    # The shipped corpus's prose alone (2 chunks of its 9): how the evaluation loads the
+    # artifact does not depend on how many chunks it then scores (as in
+    # tests/planning/test_cost.py); the 9 chunks were most of this convert's time.
+    short = EvalOptions(gate=False, corpus=default_corpus_dir() / "prose.txt")
     with captured_log() as log:
         result = quantkit.convert(
             demo_model, out=tmp_path / "out", format="gguf", quant="Q4_K_M",
             gguf=quantkit.GGUFOptions(imatrix="none", repack=False), verify=False,
-            evaluation=EvalOptions(gate=False),
+            evaluation=short,
         )  # fmt: skip
     assert result.quality is not None
     assert result.quality["engine_detail"] == "llama.cpp (weights not repacked)"

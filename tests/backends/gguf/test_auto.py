@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,28 @@ def test_auto_is_not_worse_than_q4_k_m_at_its_size(stock_and_auto, demo_model: P
     assert diff.mean() < 2 * error, (ours.kld_mean, theirs.kld_mean)
 
 
-def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf16_imatrix,
+@pytest.fixture(scope="module")
+def first_layers_bf16_imatrix(demo_model_8_layers: Path, bf16_gguf, demo_bf16_imatrix):
+    """The demo's first 8 layers as a BF16 GGUF (bf16_gguf's, read-only) and the demo's
+    importance matrix cut to those layers: the entries llama.cpp collected for them (the
+    first layers see the same inputs in the cut model as in the whole one)."""
+    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
+
+    whole = load_imatrix(demo_bf16_imatrix[1])
+    layers = load_source(demo_model_8_layers).geometry.num_layers
+    entries = {n: e for n, e in whole.entries.items() if int(n.split(".")[1]) < layers}
+    assert entries and len(entries) < len(whole.entries)
+    return bf16_gguf(demo_model_8_layers), replace(whole, entries=entries)
+
+
+# On the demo's first 8 layers (demo_model_8_layers), not all 30: every claim here holds
+# tensor by tensor (each probe tensor is llama.cpp's quantization of that tensor alone, the
+# shard files are compared byte for byte, a probe's changed layers are every other layer of
+# the model at hand), and the first 8 layers hold every role, the 256-block ffn_down, the
+# IQ2_XS tensors and layer 2's Q4_K exception. The whole model took ~80 s here, mostly the
+# IQ2_XS searches of the three llama.cpp quantizations over all 30 layers.
+def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model_8_layers: Path,
+                                                      first_layers_bf16_imatrix,
                                                       tmp_path) -> None:  # fmt: skip
     """measure_gains builds every probe from two sets of shards written in one pass over the
     BF16 file: each probe's tensors are what llama.cpp's quantizer writes for it on its own
@@ -171,14 +193,12 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
 
     from quantkit.backends.gguf.auto.probes import REFERENCE_TYPE, build_probe_set
     from quantkit.backends.gguf.auto.weights import BF16File, BF16Shards
-    from quantkit.backends.gguf.imatrix.matrix import load_imatrix
     from quantkit.backends.gguf.quantize import quantize_gguf
     from quantkit.evaluation.measure import evaluate_artifact
     from quantkit.planning.mix import FileLayout, tensor_role
 
-    bf16, imatrix_path = demo_bf16_imatrix
-    imatrix = load_imatrix(imatrix_path)
-    source = load_source(demo_model)
+    bf16, imatrix = first_layers_bf16_imatrix
+    source = load_source(demo_model_8_layers)
     layout = FileLayout.read(bf16)
     assert BF16Shards(source).layout(tmp_path) == layout  # from a sparse BF16 file
     # types whose blocks divide the demo's rows (576; ffn_down's 1536 takes 256-blocks),
@@ -221,8 +241,13 @@ def test_a_probe_is_the_bytes_of_its_own_quantization(demo_model: Path, demo_bf1
     base, low = tmp_path / "base.gguf", tmp_path / "low.gguf"
     quantize_gguf(bf16, base, REFERENCE_TYPE, imatrix=imatrix,
                   tensor_types=dict.fromkeys(probe, REFERENCE_TYPE))  # fmt: skip
-    quantize_gguf(bf16, low, REFERENCE_TYPE, imatrix=imatrix,
-                  tensor_types={n: probe[n] if n in changed else REFERENCE_TYPE for n in probe})
+    quantize_gguf(
+        bf16,
+        low,
+        REFERENCE_TYPE,
+        imatrix=imatrix,
+        tensor_types={n: probe[n] if n in changed else REFERENCE_TYPE for n in probe},
+    )
     theirs_base, theirs_low = tensors([base]), tensors([low])
     assert theirs_low["blk.2.ffn_down.weight"][0] == "Q4_K"
     assert theirs_low["blk.0.ffn_down.weight"][0] == "IQ2_XS"
