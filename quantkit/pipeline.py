@@ -35,6 +35,8 @@ from .calibration.options import CalibrationOptions
 from .disk.atomic import building_folder
 from .disk.atomic import quarantine as quarantine_folder
 from .errors import DiskSpaceError, MemoryShortError, QualityGateError, VerificationError
+from .evaluation.engines import fingerprinted_files
+from .evaluation.file_hashes import hash_in_background
 from .evaluation.options import EvalOptions
 from .formats.quants import AUTO_QUANT
 from .planning.cost import ConvertCost, CostRequest, StageClock, choose_repack, convert_cost
@@ -175,6 +177,8 @@ def convert(
         weights_repacked(repack),
     ):
         step = _interruptible(clock.wrap(progress))
+        if evaluation.enabled:  # the reference cache's key, hashed while the build runs
+            hash_in_background(fingerprinted_files(source.path))
         built = backend.build(source, work, step)
         raise_if_interrupted()
         checks = []

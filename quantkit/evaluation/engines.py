@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..artifact.locate import locate_artifact
-from ..disk.atomic import building_file
-from ..disk.cache import cache_dir
 from ..errors import QuantkitError, require
 from ..runtime.memory import chunk_activation_bytes, chunks_per_batch, sequences_per_batch
+from .file_hashes import file_sha256
 
 if TYPE_CHECKING:
     pass
@@ -57,27 +56,6 @@ def open_engine(path: str | Path, *, n_ctx: int, dtype: str = "float32") -> Engi
     if found.kind == "mlx":
         return MLXEngine(found.path)
     return TransformersEngine(found.path, dtype=dtype, n_ctx=n_ctx)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered in QUANTKIT_CACHE/file-hashes.json by (path, size,
-    mtime) so a 40 GB source is read once, not at every evaluation."""
-    stat = path.stat()
-    memo_path = cache_dir() / "file-hashes.json"
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    try:
-        memo = json.loads(memo_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        memo = {}
-    if key in memo:
-        return memo[key]
-    from ..artifact.manifest import sha256_file
-
-    digest = sha256_file(path)
-    memo[key] = digest
-    with building_file(memo_path, per_process=True) as tmp:  # other evaluations may write too
-        tmp.write_text(json.dumps(memo, indent=0, sort_keys=True), encoding="utf-8")
-    return digest
 
 
 class Engine:
@@ -238,6 +216,12 @@ class LlamaCppEngine(Engine):
             self._vocab.close()
 
 
+def fingerprinted_files(folder: Path) -> list[Path]:
+    """The files a transformers folder's fingerprint hashes: weights, configs, templates."""
+    return [path for path in sorted(folder.iterdir())
+            if path.is_file() and path.suffix in (".safetensors", ".json", ".jinja")]  # fmt: skip
+
+
 class TransformersEngine(Engine):
     name = "transformers"
 
@@ -267,9 +251,8 @@ class TransformersEngine(Engine):
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
-        for path in sorted(self.path.iterdir()):
-            if path.is_file() and (path.suffix in (".safetensors", ".json", ".jinja")):
-                digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+        for path in fingerprinted_files(self.path):
+            digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
         return digest.hexdigest()
 
     def describe(self) -> str:
