@@ -138,7 +138,8 @@ def test_make_gguf_never_writes_a_bf16_file(
     assert names == sorted([result.artifact.name, f"{source.name}.imatrix.gguf"])
     method = result.manifest["imatrix"]["method"]
     assert method == (
-        "the source's safetensors layer by layer in transformers (float32), as llama-imatrix")
+        "the source's safetensors layer by layer in transformers (float32), as llama-imatrix"
+    )
     # The same bytes as llama.cpp quantizing the BF16 file with the matrix that was drawn.
     label = f"{source.name}.imatrix.gguf"
     reference = tmp_path / "reference"

@@ -33,18 +33,15 @@ def _paired(metric_with: np.ndarray, metric_without: np.ndarray, chunks: int) ->
 def _measure(model: Path, bf16: Path, folder: Path, max_chunks: int | None = None) -> dict:
     """`bf16`: the model's BF16 GGUF (export_gguf's, shared with other tests: read-only)."""
     import quantkit.evaluation.measure as evaluate_module
-    from quantkit.backends.gguf.imatrix.compute import (
-        CHUNK_SIZE,
-        compute_imatrix,
-        prepare_imatrix_data,
-    )
+    from quantkit.backends.gguf.imatrix.compute import CHUNK_SIZE, prepare_imatrix_data
     from quantkit.backends.gguf.imatrix.request import DEFAULT_SAMPLES
+    from quantkit.backends.gguf.imatrix.source_pass import compute_imatrix_from_source
     from quantkit.backends.gguf.quantize import quantize_gguf
 
     source = load_source(model)
     data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=DEFAULT_SAMPLES,
                                 chunk_size=CHUNK_SIZE, seed=0)  # fmt: skip
-    imatrix = compute_imatrix(bf16, data)
+    imatrix = compute_imatrix_from_source(source, data)  # what --imatrix auto computes
     captured: list = []
     original = evaluate_module.build_report
 
