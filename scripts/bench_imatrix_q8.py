@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""The importance matrix drawn from a Q8_0 GGUF instead of the BF16 one: how different the
-matrix is, and what that changes in the quantized model (issue #13).
+"""The importance matrix drawn elsewhere than llama.cpp on the BF16 GGUF (llama-imatrix's
+way): from a Q8_0 GGUF (quantkit until session 16), and from the shards layer by layer
+(`--imatrix auto` now, backends/gguf/imatrix/source_pass.py): how different each matrix
+is, and what that changes in the quantized model (issue #13).
 
-`quantkit convert` no longer writes a BF16 GGUF of the whole model for the llama.cpp types;
-where it computes an importance matrix it runs llama.cpp on a Q8_0 file (half the bytes,
-removed afterwards). This measures the price on a trained model: both matrices from the
-same calibration chunks, their per-column means compared, then each type quantized from the
-shards with each matrix (quantkit.backends.gguf.stream_quantize) and measured against the
-source by quantkit.evaluation.measure (shipped eval corpus, n_ctx 512). "Q8_0 - BF16": the
-mean of per-chunk differences, ± its standard error over the chunks.
+All matrices from the same calibration chunks, their per-column means compared with the
+BF16 file's, then each type quantized from the shards with each matrix
+(quantkit.backends.gguf.stream_quantize) and measured against the source by
+quantkit.evaluation.measure (shipped eval corpus, n_ctx 512). "X - BF16": the mean of
+per-chunk differences, ± its standard error over the chunks.
 
     .venv/bin/python scripts/bench_imatrix_q8.py [--models demo] [--quants Q4_K_M,IQ4_XS]
         [--write-doc docs/benchmarks.md]
@@ -51,6 +51,7 @@ def bench_model(label: str, quants: list[str], work: Path) -> tuple[list[str], s
         prepare_imatrix_data,
     )
     from quantkit.backends.gguf.imatrix.request import DEFAULT_SAMPLES
+    from quantkit.backends.gguf.imatrix.source_pass import compute_imatrix_from_source
     from quantkit.backends.gguf.stream_quantize import quantize_from_shards
     from quantkit.source.model import load_source
 
@@ -64,8 +65,13 @@ def bench_model(label: str, quants: list[str], work: Path) -> tuple[list[str], s
         matrices[kind] = compute_imatrix(model, data)
         seconds[kind] = time.perf_counter() - tick
         model.unlink()
-    summary = (f"{label}: {matrix_difference(matrices['BF16'], matrices['Q8_0'])}; computed "
-               f"in {seconds['BF16']:.1f} s (BF16) and {seconds['Q8_0']:.1f} s (Q8_0)")  # fmt: skip
+    tick = time.perf_counter()
+    matrices["shards"] = compute_imatrix_from_source(source, data)
+    seconds["shards"] = time.perf_counter() - tick
+    summary = "; ".join(
+        f"{label}, {kind} against BF16: {matrix_difference(matrices['BF16'], matrices[kind])}"
+        for kind in ("Q8_0", "shards")
+    ) + "; computed in " + ", ".join(f"{s:.1f} s ({k})" for k, s in seconds.items())
     rows = []
     for quant in quants:
         measured = {}
@@ -75,11 +81,12 @@ def bench_model(label: str, quants: list[str], work: Path) -> tuple[list[str], s
             measured[kind] = measure(out, source)
             out.unlink()
         chunks = measured["BF16"][0].chunks
-        changes = [fmt.format(*paired(measured["Q8_0"][1][i], measured["BF16"][1][i], chunks))
-                   for _, i, fmt in METRICS]  # fmt: skip
         for kind in matrices:
             r = measured[kind][0]
-            change = " | ".join(changes) if kind == "Q8_0" else " |  | "
+            change = " | ".join(
+                fmt.format(*paired(measured[kind][1][i], measured["BF16"][1][i], chunks))
+                for _, i, fmt in METRICS
+            ) if kind != "BF16" else " |  | "  # fmt: skip
             rows.append(f"| {label} | {quant} | {kind} | {r.kld_mean:.4f} | {r.kld_p99:.3f} | "
                         f"{r.top1_agreement:.1%} | {change} |")  # fmt: skip
     return rows, summary
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *[f"- {s}." for s in summaries],
         "",
-        "| model | type | matrix from | KLD mean | KLD p99 | top-1 | Q8_0 - BF16: KLD | NLL "
+        "| model | type | matrix from | KLD mean | KLD p99 | top-1 | X - BF16: KLD | NLL "
         "| top-1 |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
