@@ -260,3 +260,15 @@ def test_a_profile_default_that_cannot_be_made_is_skipped(demo_model: Path, tmp_
     (gguf_file,) = out.glob("*.gguf")
     assert _gguf_kv(gguf_file, "quantize.imatrix.") == {}
     assert "## Importance matrix\n\nNone" in (out / "README.md").read_text()
+
+
+def test_qwen3_entries_are_the_gguf_block_weights(qwen3_model: Path) -> None:
+    """Qwen3 (Hermes 4 14B's architecture; q_norm/k_norm are not products): one entry per
+    block weight the GGUF writer emits, named as it names them, with its input columns."""
+    source = load_source(qwen3_model)
+    data = prepare_imatrix_data(source.tokenizer, calibration=None, samples=2, chunk_size=256,
+                                seed=0)  # fmt: skip
+    imatrix = compute_imatrix_from_source(source, data)
+    columns = {n: c for n, c in weight_columns(source).items() if n.startswith("blk.")}
+    assert {n: e.n_cols for n, e in imatrix.entries.items()} == columns
+    assert all(e.counts.tolist() == [len(data.chunks) * 256] for e in imatrix.entries.values())
