@@ -35,10 +35,10 @@ def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_every_cache_lives_in_the_one_cache_dir(tmp_path: Path, monkeypatch) -> None:
-    from quantkit.evaluation import engines, reference_cache
+    from quantkit.evaluation import file_hashes, reference_cache
 
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "c"))
-    assert engines.cache_dir() == cache_dir() == reference_cache.cache_dir()
+    assert file_hashes.cache_dir() == cache_dir() == reference_cache.cache_dir()
     assert reference_cache.reference_path("k").is_relative_to(cache_dir())
 
 
