@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifact.locate import locate_artifact
 from ..errors import QuantkitError, require
-from ..runtime.memory import chunk_activation_bytes, chunks_per_batch, sequences_per_batch
+from ..runtime.memory import sequences_per_batch
 from .file_hashes import file_sha256
 
 if TYPE_CHECKING:
@@ -271,15 +271,8 @@ class TransformersEngine(Engine):
 
     def batch_chunks(self, rows_per_chunk: int) -> int:
         """As many chunks as keep one batch's activations within the budget
-        (runtime.memory.ACTIVATION_BUDGET)."""
-        import torch
-
-        config = self._model.model.config.get_text_config()
-        per_chunk = chunk_activation_bytes(
-            self.n_ctx, config.hidden_size, config.intermediate_size,
-            getattr(torch, self.dtype).itemsize, self._model.compressed(),
-        )  # fmt: skip
-        return chunks_per_batch(per_chunk)
+        (StreamedModel.chunks_per_batch)."""
+        return self._model.chunks_per_batch(self.n_ctx)
 
     def logits_batch(self, chunks: list[list[int]], rows: slice):
         """The batch through the model layer by layer now; the output head on each chunk's

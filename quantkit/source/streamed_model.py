@@ -180,9 +180,10 @@ class StreamedModel:
     """The model (`.model`: a transformers PreTrainedModel whose decoder layers stream) and the
     open shards behind it."""
 
-    def __init__(self, model, reader: ShardReader) -> None:
+    def __init__(self, model, reader: ShardReader, dtype: torch.dtype) -> None:
         self.model = model
         self.reader = reader
+        self.dtype = dtype  # what it computes in (a 16-bit file's views may differ)
 
     @property
     def layers(self) -> list[StreamedLayer]:
@@ -197,6 +198,18 @@ class StreamedModel:
             for layer in self.layers
             for module in layer.template.modules()
         )
+
+    def chunks_per_batch(self, n_ctx: int) -> int:
+        """As many chunks of `n_ctx` tokens as keep one batch's activations inside a
+        decoder layer within the budget (runtime.memory.ACTIVATION_BUDGET)."""
+        from ..runtime.memory import chunk_activation_bytes, chunks_per_batch
+
+        config = self.model.config.get_text_config()
+        per_chunk = chunk_activation_bytes(
+            n_ctx, config.hidden_size, config.intermediate_size, self.dtype.itemsize,
+            self.compressed(),
+        )  # fmt: skip
+        return chunks_per_batch(per_chunk)
 
     def layer_bytes(self) -> int:
         """The bytes of every decoder layer once built (decompressed)."""
@@ -232,7 +245,7 @@ def open_streamed(
     _stream_layers(model, reader, keep_bytes, spill)
     _load_the_rest(model, reader, config)
     model.eval()
-    return StreamedModel(model, reader)
+    return StreamedModel(model, reader, torch_dtype)
 
 
 def _config_dtype(config):

@@ -12,10 +12,11 @@ as the GGUF writer's do.
 
 Why not llama.cpp on a GGUF of the model (compute.py, as llama-imatrix): that needs the
 model written once more (a Q8_0 file, half the source's bytes) before the first weight is
-quantized, and llama.cpp's Q8_0 prompt processing is the slowest of its paths on a CPU. On
-the 8B shape it took 47 s to write and 247 s to run, against about 100 s here
-(docs/benchmarks.md). The matrices differ by rounding: docs/formats.md gives the measured
-difference from llama.cpp's on the BF16 file, and from the Q8_0 one.
+quantized, and llama.cpp's Q8_0 prompt processing is slow on these CPUs. On the 8B shape it
+took 47 s to write and 247 s to run (the first chunk with the load, then 185 s), against
+105-114 s here (docs/benchmarks.md, sessions 15 and 16). The matrices differ by rounding:
+docs/formats.md gives the measured difference from llama.cpp's on the BF16 file, and from
+the Q8_0 one.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def compute_imatrix_from_source(
         layers = streamed.layers
         collector = _Collector(torch)
         collector.attach(layers, _gguf_names(source, layers))
-        batch = _chunks_per_batch(streamed, data.chunk_size, getattr(torch, dtype).itemsize)
+        batch = streamed.chunks_per_batch(data.chunk_size)
         batches = -(-len(data.chunks) // batch)
         _report_layers(layers, progress, batches * len(layers))
         decoder = streamed.model.get_decoder()
@@ -160,16 +161,6 @@ class _Collector:
                                np.full(1, float(self.rows[name])))  # fmt: skip
             for name, sums in sorted(self.sums.items())
         }
-
-
-def _chunks_per_batch(streamed, chunk_size: int, itemsize: int) -> int:
-    """As many chunks as the evaluation puts through a layer at once (runtime.memory)."""
-    from ....runtime.memory import chunk_activation_bytes, chunks_per_batch
-
-    config = streamed.model.config.get_text_config()
-    per_chunk = chunk_activation_bytes(chunk_size, config.hidden_size, config.intermediate_size,
-                                       itemsize, streamed.compressed())  # fmt: skip
-    return chunks_per_batch(per_chunk)
 
 
 def _report_layers(layers: list, progress, total: int) -> None:
