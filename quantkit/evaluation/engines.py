@@ -24,12 +24,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..artifact.locate import locate_artifact
 from ..errors import QuantkitError, require
+from ..runtime import cpu
 from ..runtime.memory import sequences_per_batch
 from .file_hashes import file_sha256
 
@@ -117,7 +117,7 @@ class LlamaCppEngine(Engine):
         self.path = path
         self.repacked = repacking()  # runtime.llama_cpp: llama.cpp's weight repacking
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.n_threads = n_threads or cpu.threads()
         self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
         self._n_vocab = int(self._vocab.n_vocab())
         self._model: Any = None  # llama_model_p once loaded

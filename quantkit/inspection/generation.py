@@ -29,11 +29,13 @@ def gguf_generation_check(path: Path, reference, max_new_tokens: int = REPLY_TOK
     greedily; `reference` (an inspection Reference or None) supplies the template. A file
     whose weights llama.cpp cannot load fails (fatal); a template that refuses the
     question fails too (not fatal: the rendering checks report the template itself)."""
+    from ..runtime import cpu
     from ..runtime.llama_cpp import open_llama, silence_llama_cpp
 
     silence_llama_cpp()
     try:
-        llm = open_llama(path, n_ctx=512, n_threads=2, verbose=False, seed=0)
+        llm = open_llama(path, n_ctx=512, n_threads=min(2, cpu.threads()), verbose=False,
+                         seed=0)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the failure is the evidence
         return Check(
             GENERATION, False, f"llama.cpp cannot load the weights: {type(exc).__name__}: {exc}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import sys
 
@@ -34,6 +35,17 @@ def cpu_flags() -> frozenset[str] | None:
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
     return frozenset(flags) or None
+
+
+def threads() -> int:
+    """How many threads quantkit's own work uses: the CPUs this process may run on (its
+    affinity, which `taskset`, a container's cpuset and a pinned test worker narrow), not
+    the machine's count. llama.cpp's and PyTorch's threads wait for each other at every
+    barrier, so a thread beyond those CPUs only waits."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @functools.cache

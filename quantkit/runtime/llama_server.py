@@ -34,6 +34,7 @@ from ..disk.atomic import building_folder
 from ..disk.cache import cache_dir
 from ..errors import QuantkitError
 from .cpu import NATIVE, cpu_key
+from .cpu import threads as cpu_threads
 from .llama_cpp import repacking
 from .local_server import LocalServer
 
@@ -156,7 +157,7 @@ def build_llama_server(*, jobs: int | None = None, version: str | None = None) -
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         source = _unpacked_source(Path(tmp), version)
-        built = _cmake_build(source, Path(tmp) / "build", jobs or os.cpu_count() or 2)
+        built = _cmake_build(source, Path(tmp) / "build", jobs or cpu_threads())
         with building_folder(target) as work:
             (work / "bin").mkdir()
             for tool in built:
@@ -259,7 +260,7 @@ class LlamaServer(LocalServer):
         # runtime.llama_cpp.weights_repacked: the server loads as the in-process checks do
         self.repack_args = () if repacking() else ("--no-repack",)
         self.context = context
-        self.threads = threads or min(4, os.cpu_count() or 1)
+        self.threads = threads or min(4, cpu_threads())
         if startup_timeout is None or request_timeout is None:
             size = self.model.stat().st_size
             startup_timeout = startup_timeout or startup_timeout_for(size)

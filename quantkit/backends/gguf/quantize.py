@@ -25,6 +25,7 @@ from ...formats.gguf_keys import (
     QUANTIZE_IMATRIX_FILE,
 )
 from ...formats.quants import gguf_quant
+from ...runtime import cpu
 from ...runtime.interrupts import raise_if_interrupted
 from ...runtime.llama_cpp import captured_log, last_error, silence_llama_cpp
 
@@ -84,7 +85,7 @@ def _quantize_params(
     """llama_model_quantize's parameters, as llama-quantize sets them from its flags."""
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = spec.ftype
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or cpu.threads()
     if imatrix is not None:
         matrix, overrides = _imatrix_params(llama_cpp, imatrix, imatrix_file, keep)
         params.imatrix, params.kv_overrides = matrix, overrides

@@ -30,7 +30,7 @@ import numpy as np
 from ...errors import ConversionError, ImatrixError
 from ...formats.nonfinite import NonFiniteTally
 from ...formats.quants import gguf_quant
-from ...runtime import ggml_quant
+from ...runtime import cpu, ggml_quant
 from ...runtime.prefetch import Prefetched
 from ...source.model import SourceModel
 from .export import ExportPlan, ProgressFn, TensorJob, job_blocks, metadata_writer, plan_export
@@ -77,7 +77,7 @@ def quantize_from_shards(
         writer.add_tensor_info(job.gguf_name, job.shape, np.dtype(np.float32), nbytes,
                                raw_dtype=qtype)  # fmt: skip
     tally = NonFiniteTally()
-    threads = threads or os.cpu_count() or 1
+    threads = threads or cpu.threads()
     # The next block is read and widened while the cores quantize this one.
     inputs = Prefetched(_source_blocks(jobs, types, tally))
     try:

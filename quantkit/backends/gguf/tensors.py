@@ -9,7 +9,6 @@ one mask and one max over the block's bits.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from math import prod
@@ -21,7 +20,7 @@ import numpy as np
 from ...errors import ConversionError
 from ...formats.nonfinite import NonFiniteTally
 from ...formats.safetensors_index import read_header
-from ...runtime import ggml_quant
+from ...runtime import cpu, ggml_quant
 from .arch import permute_rows
 
 BLOCK_BYTES = 32 * 1024 * 1024  # float32 bytes per block; bounds peak memory
@@ -122,7 +121,7 @@ def _convert(block: np.ndarray, src_dtype: str, qtype: Q) -> bytes:
         # ggml's Q8_0 with the rows split between the cores: the bytes of gguf-py's numpy
         # quantizer (one core), which llama.cpp's converter uses (test_reference_parity).
         rows = as_f32.reshape(-1, as_f32.shape[-1])
-        return ggml_quant.quantize_rows("Q8_0", rows, None, threads=os.cpu_count() or 1).tobytes()
+        return ggml_quant.quantize_rows("Q8_0", rows, None, threads=cpu.threads()).tobytes()
     # gguf-py's reference rounding to BF16, identical to llama.cpp's converter
     return np.ascontiguousarray(gguf.quants.quantize(as_f32, qtype)).tobytes()
 

@@ -26,7 +26,6 @@ the additive model has all of them do, for half the probe-type quantization.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections import deque
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ....formats.gguf_names import shard_name
 from ....formats.gguf_split import ShardTensor, open_shard
 from ....planning.mix import tensor_role
+from ....runtime import cpu
 from ....runtime.ggml_quant import quantize_rows
 from ....runtime.interrupts import raise_if_interrupted
 
@@ -155,7 +155,7 @@ def _write_shards(
     by_name = {t.name: t for t in weights.tensors}
     header = weights.set_header()
     total = len(groups)
-    workers = threads or os.cpu_count() or 1
+    workers = threads or cpu.threads()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for index, (names, owner) in enumerate(zip(groups, owners, strict=True)):
             kinds = {"base": {n: REFERENCE_TYPE if n in probe else None for n in names}}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ....formats.gguf_types import AUTO_TYPES, auto_candidates
 from ....planning.mix import quantizable
+from ....runtime import cpu
 from ....runtime.ggml_quant import round_trip
 from ....runtime.interrupts import raise_if_interrupted
 
@@ -49,7 +50,6 @@ def relative_errors(
 ) -> dict[str, dict[str, float]]:
     """tensor name -> {ggml type -> relative output error} for every quantizable tensor of
     the BF16 model `weights` (weights.py), for each of `types` that fits its rows."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -57,7 +57,7 @@ def relative_errors(
     tensors = [t for t in weights.tensors if quantizable(t.name, t.shape)]
     rng = np.random.default_rng(seed)
     errors: dict[str, dict[str, float]] = {}
-    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads or cpu.threads()) as pool:
         for done, tensor in enumerate(tensors):
             if progress is not None:
                 progress("measuring each type on each tensor", done, len(tensors))

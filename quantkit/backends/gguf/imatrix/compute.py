@@ -30,13 +30,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ....errors import CalibrationError, ImatrixError, require
+from ....runtime import cpu
 from ....runtime.interrupts import called_from_c
 from .matrix import Imatrix, ImatrixEntry
 
@@ -296,7 +296,7 @@ def compute_imatrix(
         params = llama_cpp.llama_context_default_params()
         n = data.chunk_size
         params.n_ctx = params.n_batch = params.n_ubatch = n
-        params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
+        params.n_threads = params.n_threads_batch = threads or cpu.threads()
         params.cb_eval = callback
         params.cb_eval_user_data = None
         ctx = llama_cpp.llama_init_from_model(model, params)
