@@ -15,13 +15,12 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..disk.atomic import building_folder
+from ..disk.lock import exclusive
 from ..errors import MissingDependencyError, OutputPathError, SourceModelError, require
 from .tokenizer import (
     TURN_END,
@@ -102,7 +101,7 @@ def ensure_demo_model(out_dir: Path) -> Path:
     """The demo model folder at `out_dir`, built if missing or built by another version."""
     out_dir = Path(out_dir)
     gguf_path = locate_demo_gguf()
-    with _build_lock(out_dir):
+    with exclusive(out_dir):  # test workers, scripts
         if _read_stamp(out_dir) == _stamp(gguf_path):
             log.debug("demo model at %s is up to date", out_dir)
             return out_dir
@@ -113,7 +112,7 @@ def build_demo_model(out_dir: Path) -> Path:
     """Build the demo model into `out_dir`, replacing an earlier demo build there."""
     out_dir = Path(out_dir)
     gguf_path = locate_demo_gguf()
-    with _build_lock(out_dir):
+    with exclusive(out_dir):  # test workers, scripts
         return _build(out_dir, gguf_path)
 
 
@@ -135,23 +134,6 @@ def _check_replaceable(out_dir: Path) -> None:
             f"{out_dir} exists and is not a demo model build.",
             hint="Pick another folder or remove it first.",
         )
-
-
-@contextmanager
-def _build_lock(out_dir: Path) -> Iterator[None]:
-    """Serialize builds of one folder across processes (test workers, scripts)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.with_name(out_dir.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build_into(work: Path, gguf_path: Path) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..disk.atomic import building_file
 from ..disk.cache import cache_dir
 
 log = logging.getLogger(__name__)
@@ -97,10 +98,8 @@ def record_rates(stages: Iterable[Any], seconds: Mapping[str, float]) -> None:
             measured[stage.rate_key] = {"rate": stage.work / took, "when": now}
     path = cache_dir(RATES_FILE)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(measured, indent=1, sort_keys=True), encoding="utf-8")
-        tmp.replace(path)
+        with building_file(path, per_process=True) as tmp:  # other converts may write too
+            tmp.write_text(json.dumps(measured, indent=1, sort_keys=True), encoding="utf-8")
     except OSError as exc:
         log.debug("could not record stage rates in %s: %s", path, exc)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..disk.atomic import building_folder
 from ..disk.cache import cache_dir
+from ..disk.lock import exclusive
 from ..errors import SourceModelError, require
 from .tokenizer_bundle import TOKENIZER_FILES
 
@@ -31,15 +32,19 @@ def safetensors_copy(folder: Path) -> Path:
     if (target / ".complete").is_file():
         return target
     # An incomplete copy (no .complete) is replaced; the marker is written last inside the
-    # .partial folder, so a finished-looking copy is always a whole one.
-    with building_folder(target) as work:
-        for name in ("config.json", *TOKENIZER_FILES):
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, work / name)
-        for index, pickle_file in enumerate(pickles, start=1):
-            shard = work / f"model-{index:05d}-of-{len(pickles):05d}.safetensors"
-            _convert_one(pickle_file, shard)
-        (work / ".complete").write_text("ok\n")
+    # .partial folder, so a finished-looking copy is always a whole one. A second process
+    # converting the same pickles waits for the first one's copy.
+    with exclusive(target):
+        if (target / ".complete").is_file():
+            return target
+        with building_folder(target) as work:
+            for name in ("config.json", *TOKENIZER_FILES):
+                if (folder / name).is_file():
+                    shutil.copy2(folder / name, work / name)
+            for index, pickle_file in enumerate(pickles, start=1):
+                shard = work / f"model-{index:05d}-of-{len(pickles):05d}.safetensors"
+                _convert_one(pickle_file, shard)
+            (work / ".complete").write_text("ok\n")
     return target
 
 
