@@ -10,7 +10,12 @@ bash scripts/setup.sh
 basetemp=$(mktemp -d "${TMPDIR:-/tmp}/quantkit-pytest.XXXXXX")
 trap 'rm -rf "$basetemp"' EXIT
 set +e
-.venv/bin/python -m pytest -q -ra --durations=40 --basetemp="$basetemp" "$@"
+# Two workers (pytest-xdist), each pinned to its own share of the CPUs (tests/conftest.py),
+# whole test files to one worker so a module's fixtures are built once: on 2 cores the
+# suite spends much of its time on one (starting servers, Python, files). `-n 0` after
+# this script's name runs it in one process.
+.venv/bin/python -m pytest -q -ra --durations=40 -n 2 --dist loadfile \
+  --basetemp="$basetemp" "$@"
 status=$?
 set -e
 if [[ $status -eq 5 ]]; then

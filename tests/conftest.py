@@ -12,6 +12,23 @@ from quantkit.runtime.llama_server import build_folder as llama_server_build
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+
+def _pin_test_worker() -> None:
+    """Under pytest-xdist (scripts/test.sh runs two workers), give each worker its own share
+    of the CPUs, before anything starts a thread pool: quantkit sizes its threads by the
+    affinity (runtime.cpu.threads), PyTorch and the llama.cpp processes a test starts
+    inherit it, and two workers never put four spinning threads on two cores."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    share = cpus[int(worker[2:]) % len(cpus) :: count] or cpus
+    os.sched_setaffinity(0, share)
+
+
+_pin_test_worker()
+
 # The llama-server scripts/setup.sh built into the user's cache (~/.cache/quantkit), found
 # before QUANTKIT_CACHE is pointed at the test cache below.
 # llama-quantize and llama-imatrix are built beside it (tests/backends/gguf/imatrix/

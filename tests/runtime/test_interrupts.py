@@ -183,8 +183,8 @@ def test_ctrl_c_at_any_stage_leaves_nothing(stage: str, demo_model: Path, tmp_pa
     # Q4_K_M is quantized from the shards; quantkit's own writer makes Q8_0 (no imatrix)
     quant = ["--quant", "Q8_0"] if stage == "writer" else ["--quant", "Q4_K_M", "--imatrix", "auto"]
     out = tmp_path / "work" / "out"
-    cache = Path(os.environ["QUANTKIT_CACHE"])  # the test session's (tests/conftest.py)
-    env = {**os.environ, "NO_COLOR": "1"}
+    cache = tmp_path / "cache"  # its own: another test worker's may hold live .partials
+    env = {**os.environ, "NO_COLOR": "1", "QUANTKIT_CACHE": str(cache)}
     env.pop("QUANTKIT_DEBUG", None)
     proc = subprocess.run(
         [sys.executable, "-c", _CTRL_C_AT, module, attribute, str(demo_model),

@@ -30,18 +30,18 @@ def _build_demo_artifact(cache: Path, demo_model: Path) -> Path:
     target = cache / DEMO_ARTIFACT_DIR
     if (target / "manifest.json").is_file():
         return target
+    from quantkit.disk.lock import exclusive
     from quantkit.pipeline import convert
 
-    partial = cache / (DEMO_ARTIFACT_DIR + ".build")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(partial.with_name(partial.name + ".partial"), ignore_errors=True)
-    convert(demo_model, out=partial, format="gguf", quant="Q4_K_M", evaluation=NO_EVAL)
-    try:
-        partial.rename(target)
-    except OSError:
-        if not (target / "manifest.json").is_file():
-            raise
+    with exclusive(target):  # another test worker may be building it
+        if (target / "manifest.json").is_file():
+            return target
+        partial = cache / (DEMO_ARTIFACT_DIR + ".build")
         shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial.with_name(partial.name + ".partial"), ignore_errors=True)
+        convert(demo_model, out=partial, format="gguf", quant="Q4_K_M", evaluation=NO_EVAL)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
     return target
 
 

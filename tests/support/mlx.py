@@ -8,22 +8,25 @@ from pathlib import Path
 
 import pytest
 
+from quantkit.disk.lock import exclusive
+
 
 def build_mlx_demo(cache: Path, demo_model: Path) -> Path:
     pytest.importorskip("mlx_lm")
     target = cache / "demo-mlx-4bit"
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-        return target
-    partial = cache / "demo-mlx-4bit.building"
-    shutil.rmtree(partial, ignore_errors=True)
-    import quantkit
-    from quantkit.evaluation.options import EvalOptions
+    with exclusive(target):  # another test worker may be building it
+        if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+            return target
+        partial = cache / "demo-mlx-4bit.building"
+        shutil.rmtree(partial, ignore_errors=True)
+        import quantkit
+        from quantkit.evaluation.options import EvalOptions
 
-    # unchecked here: the inspection tests check it
-    quantkit.convert(str(demo_model), format="mlx", quant="4bit", out=str(partial),
-                     verify=False, evaluation=EvalOptions(enabled=False))  # fmt: skip
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+        # unchecked here: the inspection tests check it
+        quantkit.convert(str(demo_model), format="mlx", quant="4bit", out=str(partial),
+                         verify=False, evaluation=EvalOptions(enabled=False))  # fmt: skip
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
     return target
 
 
