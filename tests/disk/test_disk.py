@@ -124,3 +124,29 @@ def test_file_failure_leaves_the_old_file(tmp_path: Path, error) -> None:
         tmp.write_text("half")
         raise error
     assert not fresh.exists() and not partial_path(fresh).exists()
+
+
+# --- one builder at a time -----------------------------------------------------------
+
+
+def test_a_second_builder_waits_for_the_first(tmp_path: Path) -> None:
+    """flock locks belong to an open file, so a second open in a thread contends like a
+    second process would (two test workers building one fixture)."""
+    import threading
+
+    from quantkit.disk.lock import exclusive
+
+    target = tmp_path / "sub" / "model"
+    acquired = threading.Event()
+
+    def second() -> None:
+        with exclusive(target):
+            acquired.set()
+
+    with exclusive(target):
+        assert (tmp_path / "sub" / "model.lock").is_file() and not target.exists()
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not acquired.wait(0.5)  # held here, so it cannot have it
+    assert acquired.wait(10)
+    thread.join()
