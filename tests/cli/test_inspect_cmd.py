@@ -34,6 +34,7 @@ def test_json_is_one_object(demo_gguf: Path) -> None:
     assert all({"name", "passed", "evidence", "fatal"} <= set(c) for c in payload["checks"])
 
 
+@pytest.mark.slow
 def test_failing_artifact_exits_11_with_one_line(demo_gguf: Path, tmp_path: Path) -> None:
     bad = edited_copy(demo_gguf, tmp_path / "b.gguf", lambda f: set_token_type(f, "<think>", 3))
     proc = run_cli("inspect", bad, "--json")

@@ -322,6 +322,7 @@ FAN_OUT_MACRO = (
 )
 
 
+@pytest.mark.slow
 def test_a_looping_template_stops_within_the_time_limit() -> None:
     from quantkit.formats.template_limits import RENDER_SECONDS
 

@@ -50,6 +50,7 @@ def _decode(ids: list[int], source) -> str:
     return tok.decode(ids, skip_special_tokens=False)
 
 
+@pytest.mark.slow
 def test_check_gguf_runs_the_inspect_battery_then_generation(
     demo_model: Path, demo_q8: Path, tmp_path: Path
 ) -> None:

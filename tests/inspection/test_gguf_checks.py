@@ -175,6 +175,7 @@ def test_turn_marker_retyped_user_defined_is_caught(demo_q8: Path, tmp_path: Pat
     assert "'<|im_start|>' (id 1) is USER_DEFINED, the policy says CONTROL" in evidence
 
 
+@pytest.mark.slow
 def test_token_override_is_respected_by_convert(demo_model: Path, tmp_path: Path) -> None:
     """--token-type '<think>=control' is the user's choice: convert's checks use the policy
     the GGUF was written with, so the artifact is not quarantined."""
@@ -532,6 +533,7 @@ def _looping_gguf(demo_q8: Path, dest: Path) -> Path:
     return rewritten_copy(demo_q8, dest, set_strings=strings)
 
 
+@pytest.mark.slow
 def test_looping_templates_fail_the_gguf_checks_within_seconds(
     demo_q8: Path, demo_model: Path, tmp_path: Path
 ) -> None:

@@ -209,6 +209,7 @@ def test_bos_added_where_the_source_adds_none_is_caught(
 # --- chat templates past the render limits -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_looping_templates_fail_the_checks_within_seconds(demo_model: Path, tmp_path: Path):
     """The demo folder with a default template that loops for ever and a tool_use template
     that writes without end, inspected against itself by the CLI: the subprocess timeout

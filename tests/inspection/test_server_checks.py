@@ -256,6 +256,7 @@ def test_last_analysis_reads_the_last_block() -> None:
     assert last_analysis("no analysis here") == {}
 
 
+@pytest.mark.slow
 def test_a_template_that_never_finishes_fails_within_the_startup_budget(
     demo_q8: Path, tmp_path: Path
 ) -> None:

@@ -120,6 +120,7 @@ def demo_llm(demo_q4):
     llm.close()
 
 
+@pytest.mark.slow
 def test_artifact_folder_is_complete_and_atomic(demo_q4, demo_model: Path) -> None:
     out = demo_q4.out
     assert out is not None and out.is_dir()
@@ -137,6 +138,7 @@ def test_artifact_folder_is_complete_and_atomic(demo_q4, demo_model: Path) -> No
         assert fh.read(4) == b"GGUF"
 
 
+@pytest.mark.slow
 def test_manifest_hashes_versions_and_tensor_types(demo_q4) -> None:
     gguf_path = artifact(demo_q4)
     manifest = json.loads((demo_q4.out / "manifest.json").read_text())
@@ -168,6 +170,7 @@ def test_manifest_hashes_versions_and_tensor_types(demo_q4) -> None:
     assert manifest["checks"] == demo_q4.checks
 
 
+@pytest.mark.slow
 def test_checks_ran_and_passed(demo_q4) -> None:
     names = {c["name"]: c for c in demo_q4.checks}
     assert set(names) == {  # the inspect battery, generation, llama-server, the quality gate
@@ -189,6 +192,7 @@ def test_checks_ran_and_passed(demo_q4) -> None:
     assert all(c["passed"] for c in demo_q4.checks), demo_q4.checks
 
 
+@pytest.mark.slow
 def test_hermes_tags_are_single_tokens_with_source_ids(demo_llm, demo_q4, demo_model) -> None:
     types = gguf_token_types(artifact(demo_q4))
     for tag in HERMES_TAGS:
@@ -200,6 +204,7 @@ def test_hermes_tags_are_single_tokens_with_source_ids(demo_llm, demo_q4, demo_m
     assert types[IM_END_ID] == CONTROL
 
 
+@pytest.mark.slow
 def test_chat_prompt_tokenizes_like_the_source(demo_llm, demo_model) -> None:
     from tokenizers import Tokenizer
 
@@ -217,6 +222,7 @@ def test_chat_prompt_tokenizes_like_the_source(demo_llm, demo_model) -> None:
     assert demo_llm.tokenize(prompt.encode(), add_bos=False, special=True) == expected
 
 
+@pytest.mark.slow
 def test_greedy_generation_stops_at_im_end(demo_llm, demo_model) -> None:
     import llama_cpp
 
@@ -361,6 +367,7 @@ def test_qwen3_q8_0_loads_in_llama_cpp(qwen3_model: Path, tmp_path: Path) -> Non
     assert np.isfinite(logits).all() and logits.std() > 0
 
 
+@pytest.mark.slow
 def test_convert_measures_quality_and_records_it(demo_q4) -> None:
     """The eval step of every convert: numbers in the result, the manifest and the card,
     and the gate as one more check."""

@@ -266,6 +266,7 @@ def test_preflight_refuses_what_memory_cannot_hold(demo_model: Path, tmp_path: P
     assert dry.cost is not None and dry.cost.peak_bytes > 200 * 1024**2
 
 
+@pytest.mark.slow
 def test_a_finished_convert_records_its_rates(demo_model: Path, tmp_path: Path,
                                               monkeypatch) -> None:  # fmt: skip
     """The stages the estimate names are the ones the convert reports, so each one's rate

@@ -46,8 +46,9 @@ def llama_cpp_quantize(
 # first 8 layers; the i-quant searches over all 30 took ~35 s each way on 2 cores.
 @pytest.mark.parametrize(
     ("model", "quant", "with_imatrix"),
-    [("llama31_model", "Q4_K_M", True), ("qwen3_model", "Q3_K_S", False),
-     ("demo_model_8_layers", "IQ2_XS", True)],
+    [pytest.param("llama31_model", "Q4_K_M", True, marks=pytest.mark.slow),
+     ("qwen3_model", "Q3_K_S", False),  # the fast lane's case: 12 s
+     pytest.param("demo_model_8_layers", "IQ2_XS", True, marks=pytest.mark.slow)],
     ids=["llama31-Q4_K_M-imatrix", "qwen3-Q3_K_S", "demo-IQ2_XS-imatrix"],
 )  # fmt: skip
 def test_streamed_file_is_llama_cpps_byte_for_byte(
@@ -111,6 +112,7 @@ def test_an_imatrix_of_another_model_fails_and_leaves_no_file(
 # On the demo's first 8 layers, as the IQ2_XS case above (and its BF16 file, made once): the
 # files on disk at each stage do not depend on the depth, and the bytes hold or fail tensor
 # by tensor (15 s with all 30 layers, 6 s with 8).
+@pytest.mark.slow
 def test_make_gguf_never_writes_a_bf16_file(
     demo_model_8_layers: Path, bf16_gguf, tmp_path: Path
 ) -> None:

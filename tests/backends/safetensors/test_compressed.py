@@ -160,6 +160,7 @@ def test_gptq_streamed_layer_by_layer_computes_what_transformers_computes(gptq) 
     assert torch.equal(streamed_logits(gptq[0], "float32"), whole_model_logits(gptq[0], "float32"))
 
 
+@pytest.mark.slow
 def test_gptq_beats_round_to_nearest(gptq, demo_model: Path, tmp_path: Path) -> None:
     work = gptq[0]
     rtn = tmp_path / "rtn"

@@ -35,6 +35,7 @@ def test_llama_imatrix_writes_our_file_back_unchanged(made, tmp_path: Path) -> N
     assert out.read_bytes() == ours.read_bytes()
 
 
+@pytest.mark.slow
 def test_llama_quantize_with_our_file_makes_the_same_gguf(made, tmp_path: Path) -> None:
     from quantkit.backends.gguf.imatrix.matrix import load_imatrix
     from quantkit.backends.gguf.quantize import quantize_gguf
