@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ..errors import QuantkitError
+from ..runtime.memory import return_free_heap
 
 
 class StreamedModelError(QuantkitError):
@@ -110,6 +111,7 @@ class StreamedLayer(torch.nn.Module):
             return layer(*args, **kwargs)
         out = layer(*args, **kwargs)
         _free_tensors(layer)
+        return_free_heap()  # or glibc keeps every layer's freed pages (runtime.memory)
         return out
 
     def __getattr__(self, name: str):
