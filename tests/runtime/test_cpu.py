@@ -4,6 +4,7 @@ that the llama.cpp quantkit runs was built for this CPU."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,14 +96,11 @@ def test_llama_cpp_runs_kernels_built_for_this_cpu() -> None:
         assert built == (flag in flags), (flag, features)
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="Linux only")
 def test_threads_follow_the_affinity_not_the_machine() -> None:
     """A process confined to one CPU (taskset, a cpuset, a pinned test worker) sizes its
-    thread pools for one, whatever the machine has."""
+    thread pools for one, whatever the machine has (Linux: sched_setaffinity)."""
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
             "from quantkit.runtime import cpu; print(cpu.threads())")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
-    import os
-
     assert cpu.threads() == len(os.sched_getaffinity(0))
