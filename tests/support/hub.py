@@ -27,22 +27,14 @@ UNKNOWN_TOKEN = "hf_test_unknown_0123456789abcdef"
 
 
 def _build_demo_artifact(cache: Path, demo_model: Path) -> Path:
-    target = cache / DEMO_ARTIFACT_DIR
-    if (target / "manifest.json").is_file():
-        return target
-    from quantkit.disk.lock import exclusive
+    from fixtures.models import build_once
     from quantkit.pipeline import convert
 
-    with exclusive(target):  # another test worker may be building it
-        if (target / "manifest.json").is_file():
-            return target
-        partial = cache / (DEMO_ARTIFACT_DIR + ".build")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(partial.with_name(partial.name + ".partial"), ignore_errors=True)
+    def build(partial: Path) -> None:
+        partial.rmdir()  # convert makes its OUT itself
         convert(demo_model, out=partial, format="gguf", quant="Q4_K_M", evaluation=NO_EVAL)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-    return target
+
+    return build_once(cache / DEMO_ARTIFACT_DIR, build)
 
 
 @pytest.fixture(scope="session")

@@ -8,26 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from quantkit.disk.lock import exclusive
+from fixtures.models import build_once
 
 
 def build_mlx_demo(cache: Path, demo_model: Path) -> Path:
     pytest.importorskip("mlx_lm")
-    target = cache / "demo-mlx-4bit"
-    with exclusive(target):  # another test worker may be building it
-        if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-            return target
-        partial = cache / "demo-mlx-4bit.building"
-        shutil.rmtree(partial, ignore_errors=True)
-        import quantkit
-        from quantkit.evaluation.options import EvalOptions
+    import quantkit
+    from quantkit.evaluation.options import EvalOptions
 
+    def build(partial: Path) -> None:
+        partial.rmdir()  # convert makes its OUT itself
         # unchecked here: the inspection tests check it
         quantkit.convert(str(demo_model), format="mlx", quant="4bit", out=str(partial),
                          verify=False, evaluation=EvalOptions(enabled=False))  # fmt: skip
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-    return target
+
+    return build_once(cache / "demo-mlx-4bit", build)
 
 
 @pytest.fixture(scope="session")
